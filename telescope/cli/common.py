@@ -1,0 +1,92 @@
+"""What every command shares: the error table, output formats and option aliases."""
+
+from __future__ import annotations
+
+import csv
+import enum
+import json
+import math
+import sys
+from typing import Annotated, Any, Iterable
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from telescope.errors import TelescopeError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class OutputFormat(str, enum.Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+FormatOption = Annotated[
+    OutputFormat, typer.Option("--format", "-f", help="Output format: table, csv or json.")
+]
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL (sqlite:///file.db or postgresql://...). Default: ./telescope.db.",
+        envvar="TELESCOPE_DB",
+    ),
+]
+
+
+class TelescopeGroup(TyperGroup):
+    """Turns user-input errors raised anywhere below a command into one line and exit 2."""
+
+    def invoke(self, ctx):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except TelescopeError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def print_rows(
+    rows: Iterable[dict[str, Any]],
+    fmt: OutputFormat = OutputFormat.table,
+    columns: list[str] | None = None,
+    title: str | None = None,
+) -> None:
+    """Print rows (dicts) as a rich table, CSV or JSON; the one output path for row data."""
+    rows = list(rows)
+    if columns is None:
+        columns = list(rows[0].keys()) if rows else []
+    if fmt is OutputFormat.json:
+        json.dump([{c: _plain(r.get(c)) for c in columns} for r in rows], sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif fmt is OutputFormat.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows([_plain(r.get(c)) for c in columns] for r in rows)
+    else:
+        table = Table(title=title)
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            table.add_row(*(_cell(r.get(c)) for c in columns))
+        console.print(table)

@@ -1,0 +1,14 @@
+"""The `telescope` command: registers the commands, nothing else."""
+
+import typer
+
+from telescope.cli.common import TelescopeGroup
+
+app = typer.Typer(
+    cls=TelescopeGroup,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # database URLs carry passwords
+    help="Tune learning rate and weight decay on small muP proxies trained with Muon, then transfer.",
+)
+
+# Each command lives in its own module under telescope/cli/ and is registered here.

@@ -1,0 +1,107 @@
+"""The trial contract shared by the proxy, the search, the executors and storage.
+
+A trial is one training run of a proxy model: a `TrialSpec` in, a stream of
+`StepMetrics` and one `TrialResult` out. Everything here is plain data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+
+class Status(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+
+# Hyperparameters a sweep may search over; each is a field of TrialSpec.
+SWEEPABLE = ("lr", "weight_decay", "muon_lr_ratio")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The proxy family: everything about the model except its width."""
+
+    depth: int = 2
+    head_dim: int = 32
+    kv_ratio: int = 1  # query heads per KV head (grouped-query attention when > 1)
+    mlp_ratio: float = 4.0  # gated-MLP hidden size = mlp_ratio * width
+    vocab_size: int = 256
+    tied_embeddings: bool = False
+    seq_len: int = 64
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How each trial trains; identical for every trial of a sweep."""
+
+    steps: int = 200
+    batch_size: int = 16
+    warmup_steps: int = 20
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    final_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+    eval_batches: int = 8  # held-out batches for the validation loss
+    data: str = "stdlib"  # "stdlib" (default corpus) or a path
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    divergence_factor: float = 2.0  # loss above factor * initial loss counts as diverged
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    width: int
+    base_width: int  # muP width multiplier m = width / base_width
+    lr: float  # base learning rate eta0
+    weight_decay: float  # coupled weight decay lambda
+    muon_lr_ratio: float = 1.0  # Muon-to-AdamW learning-rate ratio (a table constant)
+    parametrization: str = "paper"
+    seed: int = 0
+    model: ModelShape = field(default_factory=ModelShape)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialSpec":
+        d = dict(d)
+        d["model"] = ModelShape(**d.get("model", {}))
+        d["train"] = TrainSettings(**d.get("train", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    step: int
+    tokens: int
+    train_loss: float
+    lr: float  # base learning rate at this step (schedule applied)
+    grad_norm: float
+    elapsed: float  # seconds since the trial started
+
+
+@dataclass
+class TrialResult:
+    status: Status
+    train_loss: float | None = None  # final (smoothed over the last steps) train loss
+    val_loss: float | None = None
+    tokens: int = 0
+    flops: float = 0.0
+    wall_time: float = 0.0
+    steps: int = 0
+    device: str = ""
+    error: str | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["status"] = self.status.value
+        return d
+
+
+MetricsCallback = Callable[[StepMetrics], None]
