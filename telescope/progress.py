@@ -1,0 +1,117 @@
+"""The live view of a running sweep: level k of n, trial counts, time, best so far."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from telescope.spec import Status
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class _LevelCounts:
+    total: int = 0
+    done: int = 0
+    running: int = 0
+    diverged: int = 0
+    failed: int = 0
+
+
+@dataclass
+class SweepProgress:
+    """Counts trials as events arrive and renders them; `flops_left` drives the ETA.
+
+    The ETA assumes the seconds per FLOP measured so far hold for the rest of the
+    sweep, which is what makes it honest across levels of different widths.
+    """
+
+    n_levels: int
+    flops_left: float  # training FLOPs of every trial not yet finished, all levels
+    console: Console = field(default_factory=Console)
+    level: int = 0
+    width: int = 0
+    counts: _LevelCounts = field(default_factory=_LevelCounts)
+    best: str = "-"
+    _flops_done: float = 0.0
+    _started: float = field(default_factory=time.monotonic)
+    _live: Live | None = None
+
+    def __enter__(self) -> "SweepProgress":
+        if self.console.is_terminal:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.__exit__(*exc)
+
+    def start_level(self, level: int, width: int, total: int, already_done: int) -> None:
+        self.level, self.width = level, width
+        self.counts = _LevelCounts(total=total, done=already_done)
+        self._refresh()
+
+    def trial_started(self) -> None:
+        self.counts.running += 1
+        self._refresh()
+
+    def trial_finished(self, status: Status, flops: float) -> None:
+        self.counts.running = max(0, self.counts.running - 1)
+        self.counts.done += 1
+        self.counts.diverged += status is Status.DIVERGED
+        self.counts.failed += status is Status.FAILED
+        self._flops_done += flops
+        self.flops_left = max(0.0, self.flops_left - flops)
+        self._refresh()
+
+    def set_best(self, text: str) -> None:
+        self.best = text
+        self._refresh()
+
+    def end_level(self) -> None:
+        if self._live is None:  # not a terminal: one line per level instead of a live view
+            self.console.print(self._line(), highlight=False)
+
+    def eta(self) -> float | None:
+        if self._flops_done <= 0:
+            return None
+        return self.flops_left * (time.monotonic() - self._started) / self._flops_done
+
+    def _line(self) -> str:
+        c = self.counts
+        return (
+            f"level {self.level + 1}/{self.n_levels} (width {self.width}): "
+            f"{c.done}/{c.total} done, {c.running} running, {c.diverged} diverged, {c.failed} failed | "
+            f"elapsed {_clock(time.monotonic() - self._started)}, remaining ~{_clock(self.eta())} | "
+            f"best {self.best}"
+        )
+
+    def _render(self) -> Group:
+        c = self.counts
+        table = Table.grid(padding=(0, 2))
+        table.add_row("level", f"{self.level + 1} of {self.n_levels}  (width {self.width})")
+        table.add_row(
+            "trials",
+            f"{c.done}/{c.total} done  {c.running} running  "
+            f"[yellow]{c.diverged} diverged[/]  [red]{c.failed} failed[/]",
+        )
+        table.add_row("time", f"{_clock(time.monotonic() - self._started)} elapsed, ~{_clock(self.eta())} remaining")
+        table.add_row("best", self.best)
+        return Group(Text("telescope sweep", style="bold"), table)
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
