@@ -1,0 +1,143 @@
+"""What a sweep costs before it runs: exact parameter counts, training FLOPs, the plan.
+
+The proxy family (DESIGN §3): token embedding vocab x d; per block an RMSNorm gain (d),
+q (d x d), k and v (d x d/kv_ratio each), o (d x d), QK-norm gains (head_dim each for q
+and k), an RMSNorm gain (d), a gated MLP of three d x h matrices (h = mlp_ratio * d);
+a final RMSNorm gain (d); the unembedding d x vocab unless tied. No biases.
+
+FLOPs count every matrix multiply, 2 per multiply-add: the block projections, the
+unembedding (also when tied) and both attention products (QK^T and AV), where a causal
+query at position i sees i + 1 keys. Norms, rotary, softmax and the embedding lookup
+are not matmuls and are left out. Training = forward + backward = 3 x forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from telescope.spec import ModelShape
+
+if TYPE_CHECKING:
+    from telescope.config import SweepConfig
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    non_embedding: int  # without the embedding and (untied) unembedding matrices
+
+
+def mlp_hidden(shape: ModelShape, width: int) -> int:
+    return round(shape.mlp_ratio * width)
+
+
+def _block_matmul_params(shape: ModelShape, width: int) -> int:
+    d, h = width, mlp_hidden(shape, width)
+    kv = d // shape.kv_ratio
+    return d * d + 2 * d * kv + d * d + 3 * d * h  # q, k, v, o, gated MLP
+
+
+def param_counts(shape: ModelShape, width: int) -> ParamCounts:
+    """Exact parameter counts of the proxy at `width`."""
+    d = width
+    block = _block_matmul_params(shape, d) + 2 * d + 2 * shape.head_dim  # + norm gains, QK-norm gains
+    embedding = shape.vocab_size * d * (1 if shape.tied_embeddings else 2)
+    non_embedding = shape.depth * block + d  # + final norm
+    return ParamCounts(total=non_embedding + embedding, non_embedding=non_embedding)
+
+
+def forward_flops_per_token(shape: ModelShape, width: int) -> float:
+    """Matmul FLOPs of one forward pass, per token, averaged over a full causal sequence."""
+    d = width
+    projections = 2 * shape.depth * _block_matmul_params(shape, d)
+    unembedding = 2 * d * shape.vocab_size
+    # QK^T and AV: 2 products x 2 FLOPs x d per (query, key) pair; T(T+1)/2 causal pairs.
+    attention = shape.depth * 2 * d * (shape.seq_len + 1)
+    return float(projections + unembedding + attention)
+
+
+def train_flops(shape: ModelShape, width: int, tokens: int) -> float:
+    """Training FLOPs (forward + backward = 3x forward) for `tokens` tokens at `width`."""
+    return 3.0 * forward_flops_per_token(shape, width) * tokens
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class LevelCost:
+    level: int
+    width: int
+    heads: int
+    params: int
+    non_embedding_params: int
+    grid: str  # e.g. "8x8"
+    trials: int  # grid points x seeds
+    flops_per_trial: float
+    flops_per_level: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str | None
+    tokens_per_trial: int
+    levels: tuple[LevelCost, ...]
+    sweep_flops: float
+    sweep_trials: int
+    target_width: int
+    target_params: int
+    target_non_embedding_params: int
+    target_flops: float  # one training run of the target model, same tokens
+    ratio: float  # sweep_flops / target_flops
+    brute_force_trials: int  # the level-0 grid (x seeds) run at the target width
+    brute_force_flops: float
+    saving: float  # brute_force_flops / sweep_flops
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def plan(config: SweepConfig) -> Plan:
+    """Cost of every level of the sweep and the totals, from the config alone."""
+    shape, train = config.model, config.train
+    tokens = train.steps * train.batch_size * shape.seq_len
+    levels = []
+    for lp in config.levels():
+        counts = param_counts(shape, lp.width)
+        per_trial = train_flops(shape, lp.width, tokens)
+        levels.append(
+            LevelCost(
+                level=lp.level,
+                width=lp.width,
+                heads=lp.width // shape.head_dim,
+                params=counts.total,
+                non_embedding_params=counts.non_embedding,
+                grid=lp.shape,
+                trials=lp.trials,
+                flops_per_trial=per_trial,
+                flops_per_level=per_trial * lp.trials,
+            )
+        )
+    sweep = sum(lc.flops_per_level for lc in levels)
+    target = config.widths.target
+    target_counts = param_counts(shape, target)
+    target_flops = train_flops(shape, target, tokens)
+    brute_trials = math.prod(a.points for a in config.search.axes) * config.seeds.per_point
+    return Plan(
+        name=config.name,
+        tokens_per_trial=tokens,
+        levels=tuple(levels),
+        sweep_flops=sweep,
+        sweep_trials=sum(lc.trials for lc in levels),
+        target_width=target,
+        target_params=target_counts.total,
+        target_non_embedding_params=target_counts.non_embedding,
+        target_flops=target_flops,
+        ratio=sweep / target_flops,
+        brute_force_trials=brute_trials,
+        brute_force_flops=brute_trials * target_flops,
+        saving=brute_trials * target_flops / sweep,
+    )
