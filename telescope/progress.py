@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ class SweepProgress:
     width: int = 0
     counts: _LevelCounts = field(default_factory=_LevelCounts)
     best: str = "-"
+    _best_loss: float = math.inf
     _flops_done: float = 0.0
     _started: float = field(default_factory=time.monotonic)
     _live: Live | None = None
@@ -59,27 +61,33 @@ class SweepProgress:
             self._live.update(self._render())
             self._live.__exit__(*exc)
 
-    def start_level(self, level: int, width: int, total: int, already_done: int) -> None:
+    def start_level(self, level: int, width: int, total: int) -> None:
         self.level, self.width = level, width
-        self.counts = _LevelCounts(total=total, done=already_done)
+        self.counts = _LevelCounts(total=total)
+        self._best_loss = math.inf
         self._refresh()
 
     def trial_started(self) -> None:
         self.counts.running += 1
         self._refresh()
 
-    def trial_finished(self, status: Status, flops: float) -> None:
-        self.counts.running = max(0, self.counts.running - 1)
+    def trial_finished(self, status: Status, flops: float, resumed: bool = False) -> None:
+        """Count a finished trial; `resumed` ones finished in an earlier run and do not
+        enter the speed estimate."""
+        if not resumed:
+            self.counts.running = max(0, self.counts.running - 1)
+            self._flops_done += flops
         self.counts.done += 1
         self.counts.diverged += status is Status.DIVERGED
         self.counts.failed += status is Status.FAILED
-        self._flops_done += flops
         self.flops_left = max(0.0, self.flops_left - flops)
         self._refresh()
 
-    def set_best(self, text: str) -> None:
-        self.best = text
-        self._refresh()
+    def offer_best(self, text: str, loss: float | None) -> None:
+        """Show `text` as the best point if its loss beats the best shown in this level."""
+        if loss is not None and math.isfinite(loss) and loss < self._best_loss:
+            self.best, self._best_loss = text, loss
+            self._refresh()
 
     def end_level(self) -> None:
         if self._live is None:  # not a terminal: one line per level instead of a live view

@@ -251,7 +251,7 @@ def next_grid(
         on_low, on_high = lbest <= math.log(g.values[0]) + _LOG_TOL, lbest >= math.log(g.values[-1]) - _LOG_TOL
         at_range_edge = (on_low and lbest <= llo + _LOG_TOL) or (on_high and lbest >= lhi - _LOG_TOL)
         if at_range_edge:
-            side = "lo" if on_low else "hi"
+            side = "lo" if lbest <= llo + _LOG_TOL else "hi"
             warnings.append(
                 f"level {prev.level}: best {a.name}={best.point[a.name]:.4g} is on the range edge "
                 f"search.{a.name}.{side}; widen the range"

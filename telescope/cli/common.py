@@ -37,6 +37,14 @@ DbOption = Annotated[
         envvar="TELESCOPE_DB",
     ),
 ]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Folder of the Parquet step metrics. Default: ./telescope-metrics.",
+        envvar="TELESCOPE_STORE",
+    ),
+]
 
 
 class TelescopeGroup(TyperGroup):
