@@ -12,3 +12,11 @@ app = typer.Typer(
 )
 
 # Each command lives in its own module under telescope/cli/ and is registered here.
+from telescope.cli import plan  # noqa: E402
+app.command("plan")(plan.plan)
+from telescope.cli import query, status  # noqa: E402
+app.command("query")(query.query)
+app.command("status")(status.status)
+from telescope.cli import export, sweep  # noqa: E402
+app.command("sweep")(sweep.sweep)
+app.command("export")(export.export)

@@ -1,0 +1,3 @@
+from telescope.cli.main import app
+
+app(prog_name="telescope")

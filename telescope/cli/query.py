@@ -1,0 +1,40 @@
+"""`telescope query "SQL"`: one read-only statement over the sweep database and step metrics."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from telescope.cli.common import DbOption, FormatOption, OutputFormat, StoreOption, err_console, print_rows
+from telescope.storage.query import DEFAULT_LIMIT, DEFAULT_TIMEOUT_S, run_query
+
+def query(
+    sql: Annotated[str, typer.Argument(help="One SQL statement, or - to read it from stdin.")],
+    db: DbOption = None,
+    store: StoreOption = None,
+    fmt: FormatOption = OutputFormat.table,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Print at most this many rows.")] = DEFAULT_LIMIT,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Stop the statement after this many seconds.")
+    ] = DEFAULT_TIMEOUT_S,
+    metrics: Annotated[
+        bool | None,
+        typer.Option(
+            "--metrics/--no-metrics",
+            help="Run in DuckDB with a `metrics` table of step metrics (default: when the SQL mentions metrics).",
+        ),
+    ] = None,
+) -> None:
+    """Run one read-only SQL statement and print its rows.
+
+    Tables: sweeps, levels, trials; with step metrics also `metrics`
+    (sweep, level, trial_key, step, tokens, train_loss, lr, grad_norm, elapsed).
+    A statement that would write is refused and the database is left unchanged.
+    """
+    text = sys.stdin.read() if sql == "-" else sql
+    result = run_query(text, db, store, limit=limit, timeout=timeout, metrics=metrics)
+    print_rows(result.records(), fmt, columns=result.columns)
+    if result.truncated:
+        err_console.print(f"(showing the first {limit} rows; raise --limit to see more)")

@@ -1,0 +1,415 @@
+"""Read-only SQL over the sweep database and the Parquet step metrics (`telescope query`).
+
+Read-only is a property of the connection, not of the query text:
+
+- SQLite is opened with a `file:...?mode=ro` URI, `PRAGMA query_only`, and an
+  authorizer that allows reading and nothing else (so ATTACH and PRAGMA writes
+  are refused too);
+- PostgreSQL runs the statement in a READ ONLY transaction
+  (`default_transaction_read_only`, with a snapshot taken first so the user
+  cannot switch it back) under a `statement_timeout`;
+- with step metrics the statement runs in an in-memory DuckDB holding a
+  `metrics` view over the Parquet store and copies of the sweeps, levels and
+  trials tables, and DuckDB's own parser must classify it as a SELECT.
+
+Every path caps the rows returned and the time spent.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+import urllib.parse
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import duckdb
+import pyarrow as pa
+from sqlalchemy import BigInteger, Double, Integer
+from sqlalchemy.engine import URL
+
+from telescope.errors import StorageError
+from telescope.storage.database import SQLITE_BUSY_TIMEOUT_S, error_line, resolve_url, safe_url
+from telescope.storage.metrics import DEFAULT_STORE, PARTITION_SCHEMA, STEP_SCHEMA
+from telescope.storage.schema import DATA_TABLES, Base, UTCDateTime
+
+DEFAULT_LIMIT = 1000
+DEFAULT_TIMEOUT_S = 30.0
+
+READ_ONLY_REFUSAL = "refused: telescope query is read-only"
+ONE_STATEMENT = "refused: telescope query runs one statement at a time"
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: bool  # more rows existed than the limit allowed
+    engine: str  # "sqlite", "postgresql" or "duckdb": who ran the statement
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+def mentions_metrics(sql: str) -> bool:
+    """Whether the statement names the `metrics` table, so it needs DuckDB and the Parquet store."""
+    return re.search(r"\bmetrics\b", sql, flags=re.IGNORECASE) is not None
+
+
+def run_query(
+    sql: str,
+    db: str | None = None,
+    store: str | Path | None = None,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    metrics: bool | None = None,
+) -> QueryResult:
+    """Run one read-only SQL statement against the database `db` (URL, path or None for
+    ./telescope.db). With `metrics` (default: when the SQL mentions `metrics`) it runs in
+    DuckDB, where the table `metrics` holds the step metrics of the store `store`.
+    Returns at most `limit` rows; stops after `timeout` seconds. Any refusal or
+    failure is a StorageError with one line."""
+    if not sql.strip():
+        raise StorageError("empty query: pass a SQL statement, or - to read it from stdin")
+    if limit < 1:
+        raise StorageError(f"invalid --limit {limit}: it must be at least 1")
+    if not timeout > 0:
+        raise StorageError(f"invalid --timeout {timeout}: it must be more than 0 seconds")
+    url = resolve_url(db)
+    use_duckdb = mentions_metrics(sql) if metrics is None else metrics
+    deadline = time.monotonic() + timeout
+    with _read_only_connection(url, timeout, deadline) as connection:
+        if use_duckdb:
+            return _run_in_duckdb(sql, connection, Path(store or DEFAULT_STORE), limit, deadline)
+        return _run_in_database(sql, connection, limit)
+
+
+# ---------------------------------------------------------------------------
+# Read-only connections
+
+
+@dataclass
+class _Connection:
+    dbapi: Any
+    backend: str  # "sqlite" or "postgresql"
+    url: URL
+    timeout: float
+    denied: list[str]  # what the SQLite authorizer refused, for the message
+
+
+@contextmanager
+def _read_only_connection(url: URL, timeout: float, deadline: float) -> Iterator[_Connection]:
+    if url.get_backend_name() == "sqlite":
+        connection = _open_sqlite(url, timeout, deadline)
+    else:
+        connection = _open_postgres(url, timeout)
+    try:
+        yield connection
+    finally:
+        if connection.backend == "postgresql":
+            try:
+                connection.dbapi.rollback()
+            except Exception:  # the server may have gone; closing is all that is left
+                pass
+        connection.dbapi.close()
+
+
+# Pragmas that only read; any other pragma, and any of these given a value, is refused.
+_READING_PRAGMAS = {
+    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+    "foreign_key_list", "database_list", "collation_list", "function_list", "module_list",
+    "pragma_list", "compile_options", "user_version", "schema_version", "application_id",
+    "journal_mode", "page_count", "page_size", "freelist_count", "encoding", "foreign_keys",
+    "data_version", "query_only",
+}  # fmt: skip
+_PRAGMAS_WITH_TABLE_ARGUMENT = {
+    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list", "table_list",
+}  # fmt: skip
+_SQLITE_ACTION_NAMES = {
+    getattr(sqlite3, f"SQLITE_{name}"): name.replace("_", " ")
+    for name in (
+        "CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE", "CREATE_TEMP_TRIGGER",
+        "CREATE_TEMP_VIEW", "CREATE_TRIGGER", "CREATE_VIEW", "DELETE", "DROP_INDEX", "DROP_TABLE",
+        "DROP_TEMP_INDEX", "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER", "DROP_TEMP_VIEW", "DROP_TRIGGER",
+        "DROP_VIEW", "INSERT", "PRAGMA", "READ", "SELECT", "TRANSACTION", "UPDATE", "ATTACH", "DETACH",
+        "ALTER_TABLE", "REINDEX", "ANALYZE", "CREATE_VTABLE", "DROP_VTABLE", "FUNCTION", "SAVEPOINT",
+        "RECURSIVE",
+    )
+}  # fmt: skip
+
+
+def _sqlite_authorizer(denied: list[str]) -> Callable[..., int]:
+    reading = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+
+    def authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
+        if action in reading:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA and arg1 is not None:
+            name = arg1.lower()
+            if name in _READING_PRAGMAS and (arg2 is None or name in _PRAGMAS_WITH_TABLE_ARGUMENT):
+                return sqlite3.SQLITE_OK
+            denied.append(f"PRAGMA {arg1}" + (f"={arg2}" if arg2 is not None else ""))
+            return sqlite3.SQLITE_DENY
+        what = _SQLITE_ACTION_NAMES.get(action, f"action {action}")
+        denied.append(f"{what} {arg1}" if arg1 and action != sqlite3.SQLITE_ATTACH else what)
+        return sqlite3.SQLITE_DENY
+
+    return authorize
+
+
+def _open_sqlite(url: URL, timeout: float, deadline: float) -> _Connection:
+    if url.database in (None, "", ":memory:"):
+        raise StorageError("telescope query needs a database file, not an in-memory database")
+    path = Path(url.database)
+    if not path.is_file():
+        raise StorageError(f"no database at {path} (run `telescope sweep CONFIG` first, or pass --db)")
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+    try:
+        dbapi = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+        dbapi.execute("PRAGMA query_only=ON")
+        dbapi.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fails now if not a database
+    except sqlite3.Error as e:
+        raise StorageError(f"cannot open database {path} read-only: {e}") from None
+    denied: list[str] = []
+    dbapi.set_authorizer(_sqlite_authorizer(denied))
+    # Returning non-zero from the progress handler interrupts the running statement.
+    dbapi.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    return _Connection(dbapi, "sqlite", url, timeout, denied)
+
+
+def _open_postgres(url: URL, timeout: float) -> _Connection:
+    import psycopg2  # only PostgreSQL users need the driver loaded
+
+    args: dict[str, Any] = {k: v for k, v in url.query.items() if isinstance(v, str)}
+    args.update(url.translate_connect_args(username="user", database="dbname"))
+    # default_transaction_read_only makes every transaction of this session read-only,
+    # including one the user's statement might try to start after a COMMIT.
+    args["options"] = (
+        args.get("options", "")
+        + f" -c default_transaction_read_only=on -c statement_timeout={max(1, int(timeout * 1000))}"
+    ).strip()
+    args.setdefault("connect_timeout", 10)
+    try:
+        dbapi = psycopg2.connect(**args)
+        dbapi.set_session(readonly=True)
+        with dbapi.cursor() as cursor:
+            # The first query takes the transaction's snapshot; after it PostgreSQL
+            # refuses `SET TRANSACTION READ WRITE` inside this transaction.
+            cursor.execute("SELECT 1")
+    except psycopg2.Error as e:
+        raise StorageError(f"cannot connect to {safe_url(url)}: {error_line(e, url)}") from None
+    return _Connection(dbapi, "postgresql", url, timeout, [])
+
+
+# ---------------------------------------------------------------------------
+# Running the statement in the database itself
+
+
+def _run_in_database(sql: str, connection: _Connection, limit: int) -> QueryResult:
+    if connection.backend == "postgresql" and count_statements(sql) > 1:
+        # psycopg2 sends text with the simple query protocol, which runs every statement
+        # in it; one of them could COMMIT and end the read-only transaction.
+        raise StorageError(ONE_STATEMENT)
+    cursor = connection.dbapi.cursor()
+    try:
+        cursor.execute(sql)
+        if cursor.description is None:
+            return QueryResult([], [], False, connection.backend)
+        columns = _unique([d[0] for d in cursor.description])
+        rows = [tuple(r) for r in cursor.fetchmany(limit + 1)]
+    except Exception as e:
+        raise _query_error(e, connection) from None
+    finally:
+        cursor.close()
+    return QueryResult(columns, rows[:limit], len(rows) > limit, connection.backend)
+
+
+def _query_error(error: Exception, connection: _Connection) -> StorageError:
+    message = error_line(error, connection.url)
+    if connection.backend == "sqlite":
+        if isinstance(error, sqlite3.ProgrammingError) and "one statement" in message:
+            return StorageError(ONE_STATEMENT)
+        if connection.denied or "readonly database" in message or "not authorized" in message:
+            # The statement's own action (DROP TABLE trials) reads better than the
+            # schema-table writes SQLite authorizes on its behalf.
+            own = [d for d in connection.denied if "sqlite_" not in d]
+            reason = (own or connection.denied or [message])[0]
+            return StorageError(f"{READ_ONLY_REFUSAL} ({reason})")
+        if message == "interrupted":
+            return _timeout_error(connection.timeout)
+        return StorageError(f"query failed: {message}")
+    code = getattr(error, "pgcode", None)
+    if code == "25006":  # read_only_sql_transaction
+        return StorageError(f"{READ_ONLY_REFUSAL} ({message})")
+    if code == "57014":  # query_canceled: statement_timeout
+        return _timeout_error(connection.timeout)
+    return StorageError(f"query failed: {message}")
+
+
+def _timeout_error(timeout: float) -> StorageError:
+    return StorageError(f"query stopped after the time limit of {timeout:g} s (raise it with --timeout)")
+
+
+def count_statements(sql: str) -> int:
+    """Number of non-empty statements in PostgreSQL text, skipping semicolons inside
+    quotes, quoted identifiers, dollar quotes and comments."""
+    count, has_content, i, n = 0, False, 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c == ";":
+            count += has_content
+            has_content = False
+            i += 1
+        elif c.isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif c in "'\"":
+            escapes = c == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not sql[i - 2].isalnum())
+            has_content, i = True, _skip_quoted(sql, i + 1, c, escapes)
+        elif c == "$" and (match := re.match(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$", sql[i:])) and (
+            i == 0 or not (sql[i - 1].isalnum() or sql[i - 1] == "_")
+        ):
+            tag = match.group(0)
+            end = sql.find(tag, i + len(tag))
+            has_content, i = True, n if end < 0 else end + len(tag)
+        else:
+            has_content, i = True, i + 1
+    return count + has_content
+
+
+def _skip_quoted(sql: str, i: int, quote: str, backslash_escapes: bool) -> int:
+    n = len(sql)
+    while i < n:
+        if backslash_escapes and sql[i] == "\\":
+            i += 2
+        elif sql[i] == quote:
+            if sql.startswith(quote * 2, i):
+                i += 2
+            else:
+                return i + 1
+        else:
+            i += 1
+    return n
+
+
+# ---------------------------------------------------------------------------
+# Running the statement in DuckDB, with the step metrics
+
+
+def _run_in_duckdb(sql: str, connection: _Connection, store: Path, limit: int, deadline: float) -> QueryResult:
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise StorageError(f"query failed: {_first_line(e)}") from None
+    if len(statements) != 1:
+        raise StorageError(ONE_STATEMENT if statements else "empty query: pass a SQL statement")
+    statement = statements[0]
+    if statement.type != duckdb.StatementType.SELECT:
+        kind = statement.type.name.replace("_", " ")
+        raise StorageError(f"{READ_ONLY_REFUSAL} ({kind} statement; with metrics only SELECT runs)")
+    duck = duckdb.connect(":memory:")
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), duck.interrupt)
+    try:
+        for table in DATA_TABLES:
+            duck.register(table, _load_table(connection, table))
+        _create_metrics_view(duck, store)
+        timer.start()
+        cursor = duck.execute(statement.query)
+        columns = _unique([d[0] for d in cursor.description or []])
+        rows = [tuple(r) for r in cursor.fetchmany(limit + 1)] if columns else []
+    except duckdb.InterruptException:
+        raise _timeout_error(connection.timeout) from None
+    except duckdb.Error as e:
+        raise StorageError(f"query failed: {_first_line(e)}") from None
+    finally:
+        timer.cancel()
+        duck.close()
+    return QueryResult(columns, rows[:limit], len(rows) > limit, "duckdb")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _arrow_type(column: Any) -> pa.DataType:
+    kind = column.type
+    if isinstance(kind, UTCDateTime):
+        return pa.timestamp("us", tz="UTC")
+    if isinstance(kind, (Integer, BigInteger)):
+        return pa.int64()
+    if isinstance(kind, Double):
+        return pa.float64()
+    return pa.string()
+
+
+def _load_table(connection: _Connection, name: str) -> pa.Table:
+    """Copy one telescope table, typed by its schema, through the read-only connection."""
+    columns = list(Base.metadata.tables[name].columns)
+    schema = pa.schema([(c.name, _arrow_type(c)) for c in columns])
+    cursor = connection.dbapi.cursor()
+    try:
+        cursor.execute(f"SELECT {', '.join(c.name for c in columns)} FROM {name}")
+        rows = cursor.fetchall()
+    except Exception as e:
+        raise StorageError(
+            f"cannot read table {name} from {safe_url(connection.url)} "
+            f"(is it a telescope database?): {error_line(e, connection.url)}"
+        ) from None
+    finally:
+        cursor.close()
+    data: dict[str, list[Any]] = {}
+    for index, field in enumerate(schema):
+        values = [row[index] for row in rows]
+        if pa.types.is_timestamp(field.type):
+            values = [_utc(v) for v in values]
+        data[field.name] = values
+    return pa.table(data, schema=schema)
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite keeps datetimes as naive-UTC text
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _create_metrics_view(duck: duckdb.DuckDBPyConnection, store: Path) -> None:
+    if store.is_dir() and any(store.glob("sweep=*/level=*/*.parquet")):
+        pattern = str(store.absolute() / "**" / "*.parquet").replace("'", "''")
+        duck.execute(
+            "CREATE VIEW metrics AS SELECT CAST(sweep AS VARCHAR) AS sweep, CAST(level AS BIGINT) AS level, "
+            + ", ".join(f.name for f in STEP_SCHEMA)
+            + f" FROM read_parquet('{pattern}', hive_partitioning = true, hive_types_autocast = false)"
+        )
+    else:  # no trial has finished yet: an empty table with the same columns
+        duck.register("metrics", pa.schema(list(PARTITION_SCHEMA) + list(STEP_SCHEMA)).empty_table())
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Column names made unique (a, a_2, ...), so rows can be dicts."""
+    unique: list[str] = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in unique:
+            n += 1
+            candidate = f"{name}_{n}"
+        unique.append(candidate)
+    return unique

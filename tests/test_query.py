@@ -1,0 +1,237 @@
+"""`telescope query`: read-only SQL over the database (SQLite and PostgreSQL) and the step metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from telescope.cli import query as query_cli
+from telescope.cli.common import TelescopeGroup
+from telescope.errors import StorageError
+from telescope.spec import Status, StepMetrics, TrialResult, TrialSpec
+from telescope.storage.database import Database, resolve_url
+from telescope.storage.metrics import MetricsStore
+from telescope.storage.query import count_statements, run_query
+from telescope.storage.testing import db_url, pg_database  # noqa: F401 (fixtures: every test on both backends)
+
+POINTS = {  # key: (level, width, lr, val_loss)
+    "L0-a": (0, 64, 0.01, 2.4), "L0-b": (0, 64, 0.03, 2.1), "L0-c": (0, 64, 0.1, None),
+    "L1-a": (1, 128, 0.02, 1.95), "L1-b": (1, 128, 0.03, 1.9),
+}  # fmt: skip
+
+
+@pytest.fixture
+def sweep_db(db_url, tmp_path) -> tuple[str, Path]:
+    """A finished two-level sweep with step metrics; returns (db URL, metrics store)."""
+    store = MetricsStore(tmp_path / "metrics")
+    with Database(db_url) as db:
+        db.create_sweep("demo", {"m0": 3}, parametrization="paper", base_width=64, calibration_width=128)
+        for level, width, best_lr, best_loss in ((0, 64, 0.03, 2.1), (1, 128, 0.03, 1.9)):
+            keys = [k for k, p in POINTS.items() if p[0] == level]
+            db.plan_level("demo", level, width=width, grid=[{"lr": POINTS[k][2]} for k in keys])
+            db.add_trials("demo", level, [(k, TrialSpec(width, 64, POINTS[k][2], 0.1)) for k in keys])
+            db.record_results("demo", [(k, TrialResult(Status.COMPLETED if POINTS[k][3] else Status.DIVERGED,
+                                                        val_loss=POINTS[k][3])) for k in keys])  # fmt: skip
+            db.finish_level("demo", level, best={"lr": best_lr, "weight_decay": 0.1}, best_loss=best_loss)
+            for k in keys:
+                store.write("demo", level, k, [StepMetrics(s, 64 * (s + 1), 3.0 - 0.1 * s, 0.01, 1.0, 0.1 * s)
+                                               for s in range(4)])  # fmt: skip
+    return db_url, store.root
+
+
+def snapshot(url: str) -> object:
+    """What must not change: the SQLite file's bytes (and an empty WAL), or every row on PostgreSQL."""
+    parsed = resolve_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database)
+        wal = path.with_name(path.name + "-wal")
+        return hashlib.sha256(path.read_bytes()).hexdigest(), wal.stat().st_size if wal.exists() else 0
+    engine = create_engine(parsed)
+    with engine.connect() as conn:
+        state = {t: conn.execute(text(f"SELECT * FROM {t} ORDER BY id")).all() for t in ("sweeps", "levels", "trials")}
+        state["version"] = conn.execute(text("SELECT * FROM telescope_version")).all()
+    engine.dispose()
+    return state
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer(cls=TelescopeGroup)
+    app.command("query")(query_cli.query)
+    app.command("noop")(lambda: None)  # two commands keep `query` a subcommand
+    return app
+
+
+def cli(*args: str, input: str | None = None):
+    return CliRunner().invoke(_app(), ["query", *args], input=input)
+
+
+# -- reading ----------------------------------------------------------------
+
+
+def test_swept_values_order_by_loss(sweep_db):
+    url, _ = sweep_db
+    result = run_query("SELECT trial_key, lr, weight_decay, val_loss FROM trials WHERE val_loss IS NOT NULL "
+                       "ORDER BY val_loss", url)  # fmt: skip
+    assert result.columns == ["trial_key", "lr", "weight_decay", "val_loss"]
+    assert [r[0] for r in result.rows] == ["L1-b", "L1-a", "L0-b", "L0-a"]
+    assert result.rows[0][1:] == (0.03, 0.1, 1.9) and not result.truncated
+
+
+def test_which_point_won_at_each_width(sweep_db):
+    url, _ = sweep_db
+    out = cli("SELECT l.width, l.best_lr, l.best_loss FROM levels l JOIN sweeps s ON s.name = l.sweep "
+              "WHERE s.name = 'demo' ORDER BY l.width", "--db", url, "--format", "json")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == [{"width": 64, "best_lr": 0.03, "best_loss": 2.1},
+                                      {"width": 128, "best_lr": 0.03, "best_loss": 1.9}]  # fmt: skip
+
+
+def test_row_cap_and_csv_and_stdin(sweep_db):
+    url, _ = sweep_db
+    out = cli("-", "--db", url, "--format", "csv", "--limit", "2", input="SELECT trial_key FROM trials ORDER BY trial_key")
+    assert out.exit_code == 0
+    assert out.stdout.splitlines() == ["trial_key", "L0-a", "L0-b"]
+    assert "first 2 rows" in out.stderr
+    assert run_query("SELECT trial_key FROM trials", url, limit=5).truncated is False
+
+
+def test_duplicate_column_names_are_kept_apart(sweep_db):
+    url, _ = sweep_db
+    result = run_query("SELECT t.lr, l.best_lr AS lr FROM trials t JOIN levels l ON l.level = t.level "
+                       "WHERE t.trial_key = 'L0-a'", url)  # fmt: skip
+    assert result.records() == [{"lr": 0.01, "lr_2": 0.03}]
+
+
+# -- refusing writes --------------------------------------------------------
+
+WRITES = {
+    "insert": "INSERT INTO sweeps (name, kind, status) VALUES ('x', 'sweep', 'running')",
+    "update": "UPDATE trials SET lr = 1.0",
+    "delete": "DELETE FROM trials",
+    "drop": "DROP TABLE trials",
+    "create": "CREATE TABLE evil (x INTEGER)",
+    "two statements": "SELECT 1; DELETE FROM trials",
+}
+SQLITE_WRITES = {
+    "attach": "ATTACH DATABASE 'evil.db' AS evil",
+    "pragma user_version": "PRAGMA user_version = 5",
+    "pragma journal_mode": "PRAGMA journal_mode = delete",
+    "with delete": "WITH doomed AS (SELECT id FROM trials) DELETE FROM trials WHERE id IN (SELECT id FROM doomed)",
+    "vacuum": "VACUUM",
+}
+POSTGRES_WRITES = {
+    "with delete": "WITH doomed AS (DELETE FROM trials RETURNING id) SELECT count(*) FROM doomed",
+    "commit then write": "COMMIT; SET default_transaction_read_only = off; DELETE FROM trials",
+    "read write": "SET TRANSACTION READ WRITE",
+    "sequence": "SELECT nextval('trials_id_seq')",
+}
+
+
+def test_every_write_is_refused_and_the_database_is_unchanged(sweep_db, tmp_path, monkeypatch):
+    url, _ = sweep_db
+    monkeypatch.chdir(tmp_path)  # where a relative ATTACH would create its file
+    backend = resolve_url(url).get_backend_name()
+    writes = WRITES | (SQLITE_WRITES if backend == "sqlite" else POSTGRES_WRITES)
+    before = snapshot(url)
+    for name, sql in writes.items():
+        out = cli(sql, "--db", url)
+        assert out.exit_code == 2, (name, out.output)
+        assert out.stderr.startswith("error: refused") or "query failed" in out.stderr, (name, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, (name, out.stderr)
+        assert snapshot(url) == before, name
+    assert not (tmp_path / "evil.db").exists()
+    assert "read-only" in cli(WRITES["delete"], "--db", url).stderr
+
+
+def test_sql_errors_are_one_line(sweep_db):
+    url, _ = sweep_db
+    for sql, message in (("SELEC 1", "query failed"), ("SELECT * FROM nope", "query failed"), ("  ", "empty query")):
+        out = cli(sql, "--db", url)
+        assert out.exit_code == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_time_limit_stops_a_long_query(sweep_db):
+    url, _ = sweep_db
+    slow = ("SELECT pg_sleep(5)" if resolve_url(url).get_backend_name() == "postgresql" else
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n")  # fmt: skip
+    with pytest.raises(StorageError, match="time limit of 0.3 s"):
+        run_query(slow, url, timeout=0.3)
+
+
+def test_missing_database_and_bad_url(tmp_path):
+    out = cli("SELECT 1", "--db", str(tmp_path / "none.db"))
+    assert out.exit_code == 2 and "no database at" in out.stderr
+    assert not (tmp_path / "none.db").exists()
+    out = cli("SELECT 1", "--db", "postgresql://bob:s3cret@127.0.0.1:1/x")
+    assert out.exit_code == 2 and "cannot connect" in out.stderr and "s3cret" not in out.stderr
+
+
+# -- step metrics through DuckDB ---------------------------------------------
+
+
+def test_metrics_are_queryable_and_join_trials(sweep_db):
+    url, store = sweep_db
+    curve = run_query("SELECT step, train_loss FROM metrics WHERE trial_key = 'L1-b' ORDER BY step", url, store)
+    assert curve.engine == "duckdb"
+    assert [r[0] for r in curve.rows] == [0, 1, 2, 3] and curve.rows[0][1] == pytest.approx(3.0)
+    joined = run_query(
+        "SELECT t.width, count(*) AS steps, min(m.train_loss) AS best FROM metrics m "
+        "JOIN trials t ON t.sweep = m.sweep AND t.trial_key = m.trial_key "
+        "WHERE t.status = 'completed' GROUP BY t.width ORDER BY t.width",
+        url,
+        store,
+    )
+    assert joined.records() == [{"width": 64, "steps": 8, "best": pytest.approx(2.7)},
+                                {"width": 128, "steps": 8, "best": pytest.approx(2.7)}]  # fmt: skip
+    levels = run_query("SELECT level, best_lr FROM levels ORDER BY level", url, store, metrics=True)
+    assert levels.rows == [(0, 0.03), (1, 0.03)]
+
+
+def test_metrics_before_any_trial_finished(sweep_db, tmp_path):
+    url, _ = sweep_db
+    result = run_query("SELECT count(*) AS n FROM metrics", url, tmp_path / "empty-store")
+    assert result.rows == [(0,)]
+
+
+def test_metrics_mode_runs_only_selects(sweep_db, tmp_path):
+    url, store = sweep_db
+    before = snapshot(url)
+    files = sorted(p.read_bytes() for p in store.rglob("*.parquet"))
+    for sql in ("DELETE FROM metrics", "COPY trials TO 'out.csv'", "ATTACH 'evil.duckdb'",
+                "CREATE TABLE metrics2 AS SELECT * FROM metrics", "SELECT 1 FROM metrics; DROP VIEW metrics"):  # fmt: skip
+        out = cli(sql, "--db", url, "--store", str(store), "--metrics")
+        assert out.exit_code == 2 and out.stderr.startswith("error: refused"), (sql, out.stderr)
+    assert snapshot(url) == before
+    assert sorted(p.read_bytes() for p in store.rglob("*.parquet")) == files
+    out = cli("SELECT * FROM metrics WHERE", "--db", url, "--store", str(store))
+    assert out.exit_code == 2 and "query failed" in out.stderr
+
+
+# -- the statement counter that guards PostgreSQL's multi-statement protocol --
+
+
+@pytest.mark.parametrize(
+    "sql, n",
+    [
+        ("SELECT 1", 1),
+        ("SELECT 1;", 1),
+        ("SELECT 1; ; -- trailing comment", 1),
+        ("SELECT 1; DELETE FROM t", 2),
+        ("SELECT 'a;b', \"c;d\" FROM t", 1),
+        ("SELECT 'it''s; fine'", 1),
+        ("SELECT E'a\\';b'; SELECT 2", 2),
+        ("SELECT $$;$$, $tag$ ; $$ ; $tag$", 1),
+        ("SELECT 1 /* ; /* nested ; */ ; */", 1),
+        ("SELECT 1 -- ; DELETE\n; DELETE FROM t", 2),
+        ("SELECT a$1 FROM t; SELECT 2", 2),
+        ("", 0),
+    ],
+)
+def test_count_statements(sql, n):
+    assert count_statements(sql) == n
