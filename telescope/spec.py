@@ -103,5 +103,11 @@ class TrialResult:
         d["status"] = self.status.value
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialResult":
+        d = dict(d)
+        d["status"] = Status(d["status"])
+        return cls(**d)
+
 
 MetricsCallback = Callable[[StepMetrics], None]

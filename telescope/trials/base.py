@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal, Protocol, Sequence
 
+from telescope.errors import ConfigError
 from telescope.spec import MetricsCallback, StepMetrics, TrialResult, TrialSpec
 
 TrialFn = Callable[[TrialSpec, MetricsCallback], TrialResult]
@@ -23,8 +24,27 @@ class ExecutorSettings:
     max_retries: int = 1  # a trial that raises is retried this many times, then `failed`
     ray_address: str | None = None  # None: start Ray on this machine
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("ray", "local"):
+            raise ConfigError(f"executor must be 'ray' or 'local', got {self.kind!r}")
+        if not self.cpus_per_trial > 0:
+            raise ConfigError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if not self.gpus_per_trial >= 0:
+            raise ConfigError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ConfigError(f"gpus_per_trial above 1 must be a whole number, got {self.gpus_per_trial}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+
 
 class TrialEvents(Protocol):
+    """Called in the driver's process. Per key: `started`, `metrics` (step rows in
+    order), then exactly one `finished`. When a trial that raised is retried,
+    `started` is called again for its key: the rows delivered since the previous
+    `started` belong to the abandoned attempt and should be dropped."""
+
     def started(self, key: str) -> None: ...
 
     def metrics(self, key: str, rows: list[StepMetrics]) -> None: ...
