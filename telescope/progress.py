@@ -83,10 +83,11 @@ class SweepProgress:
         self.flops_left = max(0.0, self.flops_left - flops)
         self._refresh()
 
-    def offer_best(self, text: str, loss: float | None) -> None:
-        """Show `text` as the best point if its loss beats the best shown in this level."""
+    def offer_best(self, point: dict[str, float], loss: float | None) -> None:
+        """Show `point` as the best so far if its loss beats the best shown in this level."""
         if loss is not None and math.isfinite(loss) and loss < self._best_loss:
-            self.best, self._best_loss = text, loss
+            values = ", ".join(f"{k}={v:.4g}" for k, v in point.items())
+            self.best, self._best_loss = f"{values}  loss {loss:.4f}", loss
             self._refresh()
 
     def end_level(self) -> None:

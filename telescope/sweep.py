@@ -20,7 +20,7 @@ from telescope.errors import TelescopeError
 from telescope.progress import SweepProgress
 from telescope.search import Grid, Outcome, best_point, fit_drift, initial_grid, next_grid, significantly_better
 from telescope.spec import Status, TrialResult, TrialSpec
-from telescope.storage.database import Database, config_hash
+from telescope.storage.database import Database, TrialRow, config_hash
 from telescope.storage.metrics import MetricsStore
 from telescope.trials import make_executor
 from telescope.trials.base import Executor
@@ -113,32 +113,8 @@ def _run_levels(
     previous_best = None
     grid = initial_grid(config.search.axes, config.widths.base)
     with SweepProgress(n_levels=len(plans), flops_left=flops_left, console=console) as progress:
-        for plan in plans:
-            trials = level_trials(config, grid)
-            db.plan_level(name, grid.level, width=grid.width, grid=grid.points())
-            db.start_level(name, grid.level)
-            progress.start_level(grid.level, grid.width, len(trials))
-            for row in db.trials(name, grid.level):
-                if row.finished:
-                    progress.trial_finished(row.status, row.flops or 0.0, resumed=True)
-            points = {key: point for key, point, _ in trials}
-
-            def finished(key: str, result: TrialResult) -> None:
-                progress.trial_finished(result.status, result.flops)
-                loss = result.val_loss if config.objective == "val_loss" else result.train_loss
-                progress.offer_best(_describe(points[key], loss), loss)
-
-            run_pending(
-                db,
-                store,
-                executor,
-                name,
-                grid.level,
-                [(key, spec) for key, _, spec in trials],
-                on_started=lambda key: progress.trial_started(),
-                on_finished=finished,
-            )
-            outcomes = _outcomes(config, db, name, grid.level, trials)
+        for _ in plans:
+            outcomes = _run_level(config, db, store, name, executor, grid, progress)
             best = best_point(grid, outcomes)
             following = next_grid(grid, outcomes, config.search.axes, config.narrowing)
             db.finish_level(name, grid.level, best=best.point, best_loss=best.loss, warnings=following.warnings)
@@ -156,21 +132,46 @@ def _run_levels(
     return _result(config, name, levels, optima, warnings)
 
 
-def _outcomes(
-    config: SweepConfig, db: Database, name: str, level: int, trials: list[tuple[str, dict[str, float], TrialSpec]]
+def _run_level(
+    config: SweepConfig,
+    db: Database,
+    store: MetricsStore,
+    name: str,
+    executor: Executor,
+    grid: Grid,
+    progress: SweepProgress,
 ) -> list[Outcome]:
-    rows = {row.key: row for row in db.trials(name, level)}
-    outcomes = []
-    for key, point, _ in trials:
-        row = rows[key]
-        loss = row.val_loss if config.objective == "val_loss" else row.train_loss
-        outcomes.append(Outcome(point, loss, row.status))
-    return outcomes
+    """Run the level's unfinished trials and return every trial's outcome, in grid order."""
+    trials = level_trials(config, grid)
+    points = {key: point for key, point, _ in trials}
+    db.plan_level(name, grid.level, width=grid.width, grid=grid.points())
+    db.start_level(name, grid.level)
+    progress.start_level(grid.level, grid.width, len(trials))
+    for row in db.trials(name, grid.level):
+        if row.finished:
+            progress.trial_finished(row.status, row.flops or 0.0, resumed=True)
+            progress.offer_best(points[row.key], _objective(config, row))
+
+    def finished(key: str, result: TrialResult) -> None:
+        progress.trial_finished(result.status, result.flops)
+        progress.offer_best(points[key], _objective(config, result))
+
+    run_pending(
+        db,
+        store,
+        executor,
+        name,
+        grid.level,
+        [(key, spec) for key, _, spec in trials],
+        on_started=lambda key: progress.trial_started(),
+        on_finished=finished,
+    )
+    rows = {row.key: row for row in db.trials(name, grid.level)}
+    return [Outcome(point, _objective(config, rows[key]), rows[key].status) for key, point, _ in trials]
 
 
-def _describe(point: dict[str, float], loss: float) -> str:
-    values = ", ".join(f"{k}={v:.4g}" for k, v in point.items())
-    return f"{values}  loss {loss:.4f}"
+def _objective(config: SweepConfig, result: TrialResult | TrialRow) -> float | None:
+    return result.val_loss if config.objective == "val_loss" else result.train_loss
 
 
 def _level_summary(grid: Grid, best, outcomes: list[Outcome], warnings: list[str]) -> dict[str, Any]:

@@ -272,54 +272,6 @@ print(json.dumps(events.results))
 """
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
-
-
-@pytest.fixture
-def ray_cluster(tmp_path_factory):
-    """`ray start --head` on loopback, in its own temp dir and process group, so
-    that teardown kills exactly its processes (`ray stop` would kill every Ray
-    on the machine)."""
-    pytest.importorskip("ray")
-    temp_dir = tmp_path_factory.mktemp("raytmp")
-    port = _free_port()
-    ray_bin = Path(sys.executable).with_name("ray")
-    head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=false",
-         f"--temp-dir={temp_dir}", "--block"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if head.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("ray start --head did not come up")
-                time.sleep(0.2)
-        yield head, f"127.0.0.1:{port}"
-    finally:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-        for pid in _processes_mentioning(str(temp_dir)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def test_trials_run_on_a_ray_cluster_started_separately(ray_cluster, tmp_path):
     head, address = ray_cluster
     script = DRIVER.format(tests=str(Path(__file__).parent), address=address, counters=str(tmp_path))

@@ -20,3 +20,9 @@ app.command("status")(status.status)
 from telescope.cli import export, sweep  # noqa: E402
 app.command("sweep")(sweep.sweep)
 app.command("export")(export.export)
+from telescope.cli import coord_check, trial  # noqa: E402
+app.command("trial")(trial.trial)
+app.command("coord-check")(coord_check.coord_check)
+from telescope.cli import plot, report  # noqa: E402
+app.command("plot")(plot.plot)
+app.command("report")(report.report)

@@ -1,0 +1,375 @@
+"""The four figures of a finished sweep (matplotlib, Agg, no pyplot state).
+
+Each `draw_*` function takes the plain data of `telescope.report.data` and returns a
+Figure; `write_figures` saves them. Diverged trials are drawn as red crosses at the top
+of the axis (hatched cells in heatmaps) and failed ones as grey squares, never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from telescope.errors import TelescopeError
+from telescope.report.data import Curve, DriftSeries, FigureData, LevelMap, PowerLaw, SweepData, figure_data
+from telescope.spec import Status
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from telescope.storage.database import Database
+
+DIVERGED_STYLE = dict(marker="x", color="tab:red", linestyle="none", markersize=8, mew=2)
+FAILED_STYLE = dict(marker="s", color="0.55", linestyle="none", markersize=6, fillstyle="none", mew=1.5)
+# Where off-scale trials sit, in axes coordinates (fraction of the height).
+DIVERGED_Y, FAILED_Y = 0.96, 0.90
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str  # file stem
+    title: str
+
+
+FIGURES = (
+    FigureSpec("loss-vs-lr", "Loss against learning rate, one curve per width"),
+    FigureSpec("level-grids", "Each level's sub-grid and its best point"),
+    FigureSpec("loss-vs-width", "Best loss against width, power-law fit"),
+    FigureSpec("drift", "Per-level optimum against 1/width, drift fit and extrapolation"),
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 4.4, **kwargs) -> tuple[Figure, list[Axes]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return fig, [ax for row in axes for ax in row]
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(0.85 * i / max(n - 1, 1)) for i in range(n)]
+
+
+def _mark_off_scale(ax: Axes, xs_diverged: Sequence[float], xs_failed: Sequence[float]) -> None:
+    """Crosses (diverged) and squares (failed) along the top of the axis at their x."""
+    transform = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    if xs_diverged:
+        ax.plot(xs_diverged, [DIVERGED_Y] * len(xs_diverged), transform=transform, clip_on=False, **DIVERGED_STYLE)
+    if xs_failed:
+        ax.plot(xs_failed, [FAILED_Y] * len(xs_failed), transform=transform, clip_on=False, **FAILED_STYLE)
+
+
+def _status_legend(ax: Axes, diverged: bool, failed: bool) -> list:
+    from matplotlib.lines import Line2D
+
+    handles = []
+    if diverged:
+        handles.append(Line2D([], [], label="diverged", **DIVERGED_STYLE))
+    if failed:
+        handles.append(Line2D([], [], label="failed", **FAILED_STYLE))
+    return handles
+
+
+def _pretty(name: str) -> str:
+    return {"lr": "learning rate (eta0)", "weight_decay": "weight decay (lambda)", "muon_lr_ratio": "Muon:AdamW LR ratio"}.get(name, name)
+
+
+def _held_text(held: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3g}" for k, v in held.items())
+
+
+# --------------------------------------------------------------------------- figure 1 and the 1-D fallback
+
+
+def _draw_curves(ax: Axes, curves: list[Curve], objective: str) -> None:
+    colours = _colours(len(curves))
+    any_diverged = any_failed = False
+    for curve, colour in zip(curves, colours):
+        cells = curve.cells()
+        done = [c for c in cells if c.status is Status.COMPLETED]
+        label = f"width {curve.width}" + (f" ({_held_text(curve.held)})" if curve.held else "")
+        ax.plot([c.values[curve.axis] for c in done], [c.loss for c in done], "o-", color=colour, label=label)
+        if curve.best and curve.axis in curve.best:
+            best = next((c for c in done if math.isclose(c.values[curve.axis], curve.best[curve.axis], rel_tol=1e-9)), None)
+            if best is not None:
+                ax.plot([best.values[curve.axis]], [best.loss], marker="*", markersize=16, color=colour, mec="black", linestyle="none", zorder=5)
+        diverged = [c.values[curve.axis] for c in cells if c.status is Status.DIVERGED]
+        failed = [c.values[curve.axis] for c in cells if c.status is Status.FAILED]
+        _mark_off_scale(ax, diverged, failed)
+        any_diverged |= bool(diverged)
+        any_failed |= bool(failed)
+    ax.set_xscale("log")
+    ax.set_xlabel(_pretty(curves[0].axis) if curves else "")
+    ax.set_ylabel(objective)
+    ax.grid(True, which="both", alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    extra = [Line2D([], [], marker="*", markersize=12, color="white", mec="black", linestyle="none", label="best (level optimum)")]
+    extra += _status_legend(ax, any_diverged, any_failed)
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + extra, fontsize="small")
+
+
+def draw_transfer(curves: list[Curve], objective: str, sweep: str = "") -> Figure:
+    """Loss against learning rate (log x), one curve per width at its best weight decay."""
+    fig, (ax,) = _figure()
+    if curves:
+        _draw_curves(ax, curves, objective)
+    ax.set_title(f"{sweep}: {objective} vs {curves[0].axis if curves else 'lr'} per width (muP transfer)")
+    return fig
+
+
+def draw_level_lines(curves: list[Curve], objective: str, sweep: str = "") -> Figure:
+    """With a single swept hyperparameter: one panel per level, loss against it."""
+    fig, axes = _figure(ncols=len(curves) or 1, width=4.2, sharex=True, sharey=True)
+    for ax, curve in zip(axes, curves):
+        _draw_curves(ax, [curve], objective)
+        ax.set_title(f"level {curve.level}, width {curve.width}")
+    fig.suptitle(f"{sweep}: each level's points")
+    return fig
+
+
+# --------------------------------------------------------------------------- figure 2
+
+
+def draw_level_maps(maps: list[LevelMap], objective: str, sweep: str = "", ranges: dict[str, tuple[float, float]] | None = None) -> Figure:
+    """One heatmap per level over (x, y) in log space, shared axes and colour scale, so the
+    narrowing shows; hatched red cells diverged, grey failed, a star at the best point."""
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch, Rectangle
+
+    fig, axes = _figure(ncols=len(maps), width=4.2, height=4.0, sharex=True, sharey=True)
+    losses = [c.loss for m in maps for c in m.cells if c.loss is not None]
+    norm = Normalize(min(losses), max(losses)) if losses else Normalize(0, 1)
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis_r"]
+    previous = None
+    for ax, m in zip(axes, maps):
+        for c in m.cells:
+            box = dict(zip(("xy", "width", "height"), _cell_box(m, c.values)), linewidth=0.8, edgecolor="white")
+            x, y = c.values[m.x], c.values[m.y]
+            is_best = bool(m.best) and all(math.isclose(c.values[n], m.best[n], rel_tol=1e-9) for n in (m.x, m.y))
+            if c.status is Status.COMPLETED:
+                ax.add_patch(Rectangle(facecolor=cmap(norm(c.loss)), **box))
+                if not is_best:  # the best cell's loss is in the title; its star would hide the text
+                    ax.text(x, y, f"{c.loss:.3f}", ha="center", va="center", fontsize=7, color="white" if norm(c.loss) > 0.5 else "black")
+            elif c.status is Status.DIVERGED:
+                ax.add_patch(Rectangle(facecolor="mistyrose", hatch="xx", **dict(box, edgecolor="tab:red")))
+                ax.text(x, y, "diverged", ha="center", va="center", fontsize=6, color="tab:red")
+            else:
+                ax.add_patch(Rectangle(facecolor="0.85", hatch="//", **dict(box, edgecolor="0.5")))
+                ax.text(x, y, "failed", ha="center", va="center", fontsize=6, color="0.3")
+        if m.best:
+            ax.plot([m.best[m.x]], [m.best[m.y]], marker="*", markersize=16, color="gold", mec="black", linestyle="none", zorder=5)
+        if previous is not None and previous.cells:  # the sub-grid this level narrowed from
+            (x0, y0), (x1, y1) = _extent(previous)
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linestyle="--", edgecolor="0.4", linewidth=0.8))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(_pretty(m.x))
+        best_loss = next((c.loss for c in m.cells if m.best and c.loss is not None and all(math.isclose(c.values[n], m.best[n], rel_tol=1e-9) for n in (m.x, m.y))), None)
+        title = f"level {m.level}, width {m.width}" + (f", best {best_loss:.4g}" if best_loss is not None else "")
+        ax.set_title(title + (f"\n{_held_text(m.held)}" if m.held else ""), fontsize="medium")
+        previous = m
+    axes[0].set_ylabel(_pretty(maps[0].y) if maps else "")
+    if ranges and maps:  # the full search range with room for the widest cells: every level on one scale
+        (x0, x1), (y0, y1) = ranges[maps[0].x], ranges[maps[0].y]
+        sx, sy = _widest_cell(maps, maps[0].x), _widest_cell(maps, maps[0].y)
+        axes[0].set_xlim(x0 / sx, x1 * sx)
+        axes[0].set_ylim(y0 / sy, y1 * sy)
+    else:
+        axes[0].autoscale_view()
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=objective, shrink=0.8)
+    statuses = {c.status for m in maps for c in m.cells}
+    handles = [Patch(facecolor="white", edgecolor="0.4", linestyle="--", label="previous level's sub-grid")] if len(maps) > 1 else []
+    if Status.DIVERGED in statuses:
+        handles.append(Patch(facecolor="mistyrose", hatch="xx", edgecolor="tab:red", label="diverged"))
+    if Status.FAILED in statuses:
+        handles.append(Patch(facecolor="0.85", hatch="//", edgecolor="0.5", label="failed"))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
+    fig.suptitle(f"{sweep}: {objective} on each level's sub-grid (star: best)")
+    return fig
+
+
+def _cell_box(m: LevelMap, values: dict[str, float]) -> tuple[tuple[float, float], float, float]:
+    """(corner, width, height) of a grid cell: one grid spacing wide, centred in log space."""
+    hx, hy = math.exp(m.x_spacing / 2), math.exp(m.y_spacing / 2)
+    x, y = values[m.x], values[m.y]
+    return (x / hx, y / hy), x * hx - x / hx, y * hy - y / hy
+
+
+def _extent(m: LevelMap) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Lower-left and upper-right corners of all of a level's cells."""
+    boxes = [_cell_box(m, c.values) for c in m.cells]
+    return (
+        (min(b[0][0] for b in boxes), min(b[0][1] for b in boxes)),
+        (max(b[0][0] + b[1] for b in boxes), max(b[0][1] + b[2] for b in boxes)),
+    )
+
+
+def _widest_cell(maps: list[LevelMap], axis: str) -> float:
+    spacing = [m.x_spacing if m.x == axis else m.y_spacing for m in maps]
+    return math.exp(max(spacing) / 2) if spacing else 1.0
+
+
+# --------------------------------------------------------------------------- figure 3
+
+
+def draw_loss_vs_width(points: list[tuple[int, float]], law: PowerLaw | None, note: str | None, objective: str, sweep: str = "") -> Figure:
+    """Best loss per width and the fitted L(d) = A/d^a + E (or a note why there is no fit)."""
+    import numpy as np
+
+    fig, (ax,) = _figure()
+    widths = [w for w, _ in points]
+    ax.plot(widths, [loss for _, loss in points], "o", color="tab:blue", markersize=8, label="best loss per level", zorder=3)
+    if law is not None and widths:
+        d = np.geomspace(min(widths) / 1.5, max(widths) * 1.5, 100)
+        ax.plot(d, [law(x) for x in d], "-", color="tab:orange", label=f"L(d) = {law.A:.3g}/d^{law.a:.3g} + {law.E:.3g}")
+        ax.axhline(law.E, color="tab:orange", linestyle=":", linewidth=1, label=f"E = {law.E:.3g}")
+    elif note:
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.3")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width d")
+    ax.set_ylabel(f"best {objective}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(f"{sweep}: best {objective} against width")
+    return fig
+
+
+# --------------------------------------------------------------------------- figure 4
+
+
+def draw_drift(series: list[DriftSeries], sweep: str = "") -> Figure:
+    """Per hyperparameter: the level optima against 1/width, the fit x*(n) = x_inf*exp(-alpha/n)
+    and its extrapolation to the target width (with the fit's standard error when known)."""
+    import numpy as np
+
+    fig, axes = _figure(ncols=len(series) or 1, width=4.8)
+    for ax, s in zip(axes, series):
+        inv = [1.0 / w for w, _ in s.optima]
+        ax.plot(inv, [v for _, v in s.optima], "o", color="tab:blue", markersize=8, label="level optimum", zorder=3)
+        for (w, v), u in zip(s.optima, inv):
+            ax.annotate(str(w), (u, v), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        fitted = s.fitted()
+        target = 1.0 / s.target_width
+        if fitted is not None and inv:
+            u = np.linspace(0.0, max(inv) * 1.1, 100)
+            ax.plot(u, [fitted(x) for x in u], "-", color="tab:orange", label=f"fit: alpha={s.fit['alpha'] + 0.0:.3g}")
+            at_target = s.fit["at_target"]
+            se = s.fit.get("log_at_target_se")
+            yerr = None
+            if se:
+                yerr = [[at_target - at_target * math.exp(-se)], [at_target * math.exp(se) - at_target]]
+            ax.errorbar([target], [at_target], yerr=yerr, fmt="D", color="tab:red", capsize=4, label=f"target {s.target_width}: {at_target:.3g}")
+        else:
+            ax.text(0.5, 0.5, "the drift fit needs 2 widths", transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.3")
+        shown = [v for line in ax.get_lines() for v in line.get_ydata()] + _error_ends(s)
+        ax.axvline(target, color="tab:red", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_ylim(*_log_limits(shown))
+        ax.set_xlim(left=0.0)
+        ax.set_xlabel("1 / width")
+        ax.set_ylabel(_pretty(s.name))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{sweep}: optimum drift, log x*(n) = log x_inf - alpha/n")
+    return fig
+
+
+def _error_ends(s: DriftSeries) -> list[float]:
+    se = s.fit.get("log_at_target_se") if s.fit else None
+    return [s.fit["at_target"] * math.exp(-se), s.fit["at_target"] * math.exp(se)] if se else []
+
+
+def _log_limits(values: list[float], pad: float = 1.3) -> tuple[float, float]:
+    """Log-axis limits around positive values, at least a factor 2 tall (a flat optimum too)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not finite:
+        return 0.1, 10.0
+    lo, hi = min(finite) / pad, max(finite) * pad
+    if hi / lo < 2.0:
+        mid = math.sqrt(lo * hi)
+        lo, hi = mid / math.sqrt(2.0), mid * math.sqrt(2.0)
+    return lo, hi
+
+
+# --------------------------------------------------------------------------- all four
+
+
+def draw_figures(data: SweepData, figures: FigureData | None = None) -> dict[str, Figure]:
+    """The four figures by name (see FIGURES), from a loaded sweep."""
+    f = figures or figure_data(data)
+    if f.maps is not None:
+        ranges = {a.name: (a.lo, a.hi) for a in data.axes}
+        grids = draw_level_maps(f.maps, data.objective, data.name, ranges)
+    else:
+        grids = draw_level_lines(f.lines or [], data.objective, data.name)
+    return {
+        "loss-vs-lr": draw_transfer(f.transfer, data.objective, data.name),
+        "level-grids": grids,
+        "loss-vs-width": draw_loss_vs_width(f.widths, f.power_law, f.power_law_note, data.objective, data.name),
+        "drift": draw_drift(f.drift, data.name),
+    }
+
+
+def check_output_dir(path: Path) -> Path:
+    """A folder the figures can go to: it exists, or its parent does (it is then created
+    on writing). Raises TelescopeError otherwise; writes nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TelescopeError(f"output folder {path} is a file; pass a folder with -o")
+    if not path.exists() and not path.parent.is_dir():
+        raise TelescopeError(f"cannot write figures to {path}: folder {path.parent} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise TelescopeError(f"cannot write figures to {path}: permission denied")
+    return path
+
+
+def save_figures(figures: dict[str, Figure], out_dir: Path, svg: bool = False) -> dict[str, list[Path]]:
+    """Save each figure as PNG (and SVG) under `out_dir`, each file written atomically."""
+    out_dir.mkdir(exist_ok=True)
+    written: dict[str, list[Path]] = {}
+    for name, fig in figures.items():
+        written[name] = [_save(fig, out_dir / f"{name}.{ext}", ext) for ext in (("png", "svg") if svg else ("png",))]
+    return written
+
+
+def _save(fig: Figure, path: Path, fmt: str) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_sweep(db: Database, sweep: str, out_dir: Path, svg: bool = False) -> list[Path]:
+    """`telescope plot`: draw the four figures of a finished sweep into `out_dir`."""
+    from telescope.report.data import load_sweep
+
+    data = load_sweep(db, sweep)
+    out_dir = check_output_dir(out_dir)
+    written = save_figures(draw_figures(data), out_dir, svg)
+    return [p for paths in written.values() for p in paths]

@@ -1,0 +1,210 @@
+"""`telescope sweep` end to end: real proxy trials, every trial stored, resume after SIGKILL,
+an external Ray cluster, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomllib
+import yaml
+from typer.testing import CliRunner
+
+from telescope.cli.main import app
+from telescope.config import load_config
+from telescope.spec import Status
+from telescope.storage.database import Database
+from telescope.storage.metrics import MetricsStore
+from telescope.storage.testing import db_url, pg_database  # noqa: F401  (fixtures)
+from telescope.sweep import run_sweep
+from telescope.trials import make_executor
+
+MICRO = """
+name = "micro"
+[model]
+depth = 1
+head_dim = 16
+seq_len = 32
+[widths]
+base = 16
+calibration = 64
+target = 256
+[train]
+steps = {steps}
+batch_size = 4
+warmup_steps = 2
+eval_batches = 2
+device = "cpu"
+[search.lr]
+lo = 0.004
+hi = 0.256
+points = 3
+[search.weight_decay]
+lo = 0.01
+hi = 0.1
+points = 3
+[narrowing]
+min_points = {min_points}
+[executor]
+kind = "{executor}"
+cpus_per_trial = 1
+max_concurrent = 2
+"""
+
+runner = CliRunner()
+
+
+def write_config(tmp_path: Path, steps: int = 12, min_points: int = 1, executor: str = "local") -> Path:
+    path = tmp_path / "micro.toml"
+    path.write_text(MICRO.format(steps=steps, min_points=min_points, executor=executor))
+    return path
+
+
+def assert_complete(url: str, store: Path, sweep: str, expected_trials: int) -> None:
+    """Every planned trial is stored once, finished, with its Parquet metrics file."""
+    with Database(url, create=False) as db:
+        trials = db.trials(sweep)
+        assert db.get_sweep(sweep).status == "completed"
+    keys = [t.key for t in trials]
+    assert len(keys) == len(set(keys)) == expected_trials
+    assert all(t.status in (Status.COMPLETED, Status.DIVERGED) for t in trials)
+    metrics = MetricsStore(store)
+    assert all(metrics.exists(sweep, t.level, t.key) for t in trials)
+    frame = metrics.read(sweep)
+    assert set(frame["trial_key"]) == set(keys)
+
+
+def test_sweep_with_local_executor_stores_every_trial_and_exports(tmp_path: Path, db_url: str) -> None:
+    store = tmp_path / "store"
+    config = write_config(tmp_path)
+    result = runner.invoke(app, ["sweep", str(config), "--db", db_url, "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    assert "answer" in result.output
+    assert_complete(db_url, store, "micro", expected_trials=9 + 1 + 1)
+
+    out = runner.invoke(app, ["export", "micro", "--db", db_url, "--format", "json"])
+    payload = json.loads(out.stdout)
+    assert {g["role"] for g in payload["groups"]} == {"embedding", "hidden", "output", "vector"}
+    assert payload["target_width"] == 256 and len(payload["provenance"]["levels"]) == 3
+    for fmt, parse in (("yaml", yaml.safe_load), ("toml", tomllib.loads)):
+        out = runner.invoke(app, ["export", "micro", "--db", db_url, "--format", fmt, "--target-width", "512"])
+        assert out.exit_code == 0, out.output
+        assert parse(out.stdout)["base"] == payload["base"]
+
+
+def _sweep_process(config: Path, url: str, store: Path, name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "telescope", "sweep", str(config), "--db", url, "--store", str(store), "--name", name],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_url: str) -> None:
+    config = write_config(tmp_path, steps=30, min_points=3)  # 3 levels of 3x3: 27 trials
+    store = tmp_path / "store"
+    cfg = load_config(config)
+    with Database(db_url) as db:
+        executor = make_executor(cfg.executor)
+        reference = run_sweep(cfg, db, MetricsStore(store), "uninterrupted", executor=executor)
+        executor.close()
+
+    def level_one_half_done() -> bool:
+        with Database(db_url, create=False) as db:
+            done = [t for t in db.trials("interrupted", level=1) if t.finished]
+            return 2 <= len(done)
+
+    proc = _sweep_process(config, db_url, store, "interrupted")
+    try:
+        _wait_for(lambda: proc.poll() is not None or (sweep_exists(db_url) and level_one_half_done()))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with Database(db_url, create=False) as db:
+        cut = db.trials("interrupted")
+        assert db.get_sweep("interrupted").status == "running"
+    assert any(not t.finished for t in cut), "the sweep finished before it was killed"
+
+    proc = _sweep_process(config, db_url, store, "interrupted")
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert_complete(db_url, store, "interrupted", expected_trials=27)
+    with Database(db_url, create=False) as db:
+        resumed = db.get_sweep("interrupted").result
+        finished_before = {t.key: t for t in cut if t.finished}
+        for t in db.trials("interrupted"):
+            if t.key in finished_before:  # finished trials were not run again
+                assert t.attempts == finished_before[t.key].attempts
+                assert t.val_loss == finished_before[t.key].val_loss
+    assert resumed["best"] == reference["best"]
+    assert [lv["best"] for lv in resumed["levels"]] == [lv["best"] for lv in reference["levels"]]
+
+
+def sweep_exists(url: str) -> bool:
+    try:
+        with Database(url, create=False) as db:
+            return db.get_sweep("interrupted") is not None
+    except Exception:
+        return False
+
+
+def test_changed_config_is_refused_unless_new(tmp_path: Path, db_url: str) -> None:
+    store = tmp_path / "store"
+    config = write_config(tmp_path, steps=4)
+    assert runner.invoke(app, ["sweep", str(config), "--db", db_url, "--store", str(store)]).exit_code == 0
+    write_config(tmp_path, steps=5)
+    refused = runner.invoke(app, ["sweep", str(config), "--db", db_url, "--store", str(store)])
+    assert refused.exit_code == 2
+    assert "different configuration" in refused.output
+    started = runner.invoke(app, ["sweep", str(config), "--db", db_url, "--store", str(store), "--new"])
+    assert started.exit_code == 0, started.output
+    with Database(db_url, create=False) as db:
+        assert {s.name for s in db.list_sweeps()} == {"micro", "micro-2"}
+
+
+def test_bad_inputs_exit_2_and_write_nothing(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    db = tmp_path / "t.db"
+    cases = [
+        ["sweep", str(tmp_path / "missing.toml"), "--db", f"sqlite:///{db}"],
+        ["sweep", str(config), "--db", "nosuchdriver://x"],
+        ["sweep", str(config), "--db", f"sqlite:///{db}", "--name", "bad name!"],
+        ["export", "nosuch", "--db", f"sqlite:///{db}"],
+        ["status", "nosuch", "--db", f"sqlite:///{db}"],
+    ]
+    for args in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not db.exists()
+
+
+def test_sweep_on_a_ray_cluster_started_separately(ray_cluster, tmp_path: Path, db_url: str) -> None:
+    head, address = ray_cluster
+    config = write_config(tmp_path, executor="ray")
+    store = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, "-m", "telescope", "sweep", str(config), "--ray-address", address,
+         "--db", db_url, "--store", str(store)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_complete(db_url, store, "micro", expected_trials=9 + 1 + 1)
+    exported = subprocess.run(
+        [sys.executable, "-m", "telescope", "export", "micro", "--db", db_url], capture_output=True, text=True
+    )
+    assert json.loads(exported.stdout)["sweep"] == "micro"
+    assert head.poll() is None  # the sweep disconnected without stopping the cluster
