@@ -1,0 +1,73 @@
+"""`telescope coord-check`: a PASS/FAIL verdict on a parametrization's width scaling."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from telescope.cli.common import console, print_rows
+from telescope.errors import ConfigError
+from telescope.parametrization import DEFAULT_TABLE
+from telescope.proxy.coord_check import DEFAULT_LR, CoordCheckSettings, coord_check as run_coord_check, plot_coord_check
+from telescope.spec import ModelShape
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--widths must be comma-separated integers, got {text!r}") from None
+    if any(w <= 0 for w in widths):
+        raise ConfigError(f"--widths must be positive, got {text!r}")
+    return widths
+
+
+def coord_check(
+    parametrization: Annotated[
+        str, typer.Option("--parametrization", "-p", help="paper, muon, adamw or sp.")
+    ] = DEFAULT_TABLE,
+    widths: Annotated[str, typer.Option(help="Comma-separated widths; the first is the base width.")] = "64,128,256,512",
+    steps: Annotated[int, typer.Option(help="Training steps per width.")] = 10,
+    lr: Annotated[float, typer.Option(help="Base learning rate eta0 (constant, no warmup).")] = DEFAULT_LR,
+    threshold: Annotated[float, typer.Option(help="Largest |log-log slope| that passes.")] = 0.25,
+    head_dim: Annotated[int, typer.Option(help="Attention head dimension.")] = 32,
+    depth: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
+    data: Annotated[str, typer.Option(help="'stdlib' (default corpus) or a path.")] = "stdlib",
+    seed: Annotated[int, typer.Option(help="Seed for init and data order.")] = 0,
+    plot: Annotated[str | None, typer.Option(help="Write the activation plot to this PNG.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the per-layer verdicts as JSON.")] = False,
+) -> None:
+    """Train each width a few steps and check that every layer's activation size is
+    width-independent. Exit 0 if every layer passes, 1 otherwise."""
+    settings = CoordCheckSettings(
+        parametrization=parametrization,
+        widths=parse_widths(widths),
+        steps=steps,
+        lr=lr,
+        threshold=threshold,
+        shape=ModelShape(depth=depth, head_dim=head_dim),
+        data=data,
+        seed=seed,
+    )
+    result = run_coord_check(settings)
+    if plot:
+        plot_coord_check(result, plot)
+    rows = [
+        {
+            "layer": v.layer,
+            "slope": round(v.slope, 3),
+            "change_slope": round(v.change_slope, 3),
+            "verdict": "PASS" if v.passed else "FAIL",
+        }
+        for v in result.layers
+    ]
+    if json_out:
+        typer.echo(json.dumps({"parametrization": parametrization, "lr": result.lr,
+                               "passed": result.passed, "layers": rows}, indent=2))
+    else:
+        print_rows(rows, title=f"coord check: {parametrization}, widths {widths}, {steps} steps, lr {result.lr:g}")
+        console.print(f"{'PASS' if result.passed else 'FAIL'}: |slope| <= {threshold} "
+                      f"{'for every layer' if result.passed else 'violated'}")
+    raise typer.Exit(0 if result.passed else 1)

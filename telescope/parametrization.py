@@ -1,0 +1,250 @@
+"""Parametrizations as data: per-role tables, their fingerprint, and the transfer to a width.
+
+Every parameter has a role (DESIGN §2): `embedding`, `hidden`, `output` or `vector`.
+A table gives, per role and as a function of the width multiplier m = width / base_width,
+the forward multiplier, the init std, the optimizer, the learning-rate factor and whether
+weight decay applies. Factors are power laws m**exponent, so a table is a handful of
+numbers that can be printed, stored and compared.
+
+One base learning rate eta0 means the same for every role because Muon's update is
+scaled to AdamW's RMS (torch's adjust_lr_fn="match_rms_adamw"): a group's LR is
+eta0 * m**lr_exponent (times muon_lr_ratio for Muon groups).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+
+from telescope.errors import ConfigError
+
+Role = Literal["embedding", "hidden", "output", "vector"]
+ROLES: tuple[Role, ...] = ("embedding", "hidden", "output", "vector")
+
+# Optimizer settings shared by every table (DESIGN §2); part of the fingerprint.
+MUON_VARIANT = "telescope.proxy.muon.Muon"  # batched NS, numerically torch.optim.Muon
+MUON_MOMENTUM = 0.95
+MUON_NESTEROV = True
+NS_STEPS = 5
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+LR_ADJUST = "match_rms_adamw"
+ADAMW_BETAS = (0.9, 0.95)
+ADAMW_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Init:
+    """How a role's weights start: std = scale / sqrt(fan_in) ("fan_in"), std = scale *
+    m**exponent ("constant"), all zeros ("zero") or all ones ("ones", for norm gains)."""
+
+    kind: Literal["fan_in", "constant", "zero", "ones"]
+    scale: float = 1.0
+    exponent: float = 0.0
+
+    def std(self, m: float, fan_in: int) -> float:
+        if self.kind == "fan_in":
+            return self.scale / math.sqrt(fan_in)
+        if self.kind == "constant":
+            return self.scale * m**self.exponent
+        return 0.0  # zero and ones are deterministic
+
+
+@dataclass(frozen=True)
+class RoleRule:
+    """One row of a table: the role's optimizer, init, and width exponents."""
+
+    optimizer: Literal["muon", "adamw"]
+    init: Init
+    lr_exponent: float = 0.0  # LR factor = m ** lr_exponent
+    multiplier_exponent: float = 0.0  # forward multiplier = m ** multiplier_exponent
+    weight_decay: bool = True
+
+    def lr_factor(self, m: float) -> float:
+        return m**self.lr_exponent
+
+    def multiplier(self, m: float) -> float:
+        return m**self.multiplier_exponent
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    description: str
+    embedding: RoleRule
+    hidden: RoleRule
+    output: RoleRule
+    vector: RoleRule
+    default_lr: float  # suggested eta0, measured at width 64 (see default_lr notes below)
+
+    def rule(self, role: Role) -> RoleRule:
+        return getattr(self, role)
+
+
+_EMBEDDING = RoleRule("adamw", Init("constant", 1.0))
+_VECTOR = RoleRule("adamw", Init("ones"), weight_decay=False)
+_MUP_OUTPUT = RoleRule("adamw", Init("zero"), multiplier_exponent=-1.0)
+
+# default_lr: the eta0 with the lowest validation loss in a sqrt(2)-step LR scan of
+# `telescope trial --width 64 --steps 300` (depth 2, head_dim 32, 16x64 bytes, stdlib corpus,
+# no weight decay). Val loss (nats/byte) at 0.012/0.017/0.024/0.034/0.048:
+# paper 1.791/1.758/1.753/1.732/1.733; adamw 2.007/-/1.932/1.981/2.256; sp 1.816/-/1.768/-/1.763.
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table(
+            name="paper",
+            description="arXiv 2505.02222 table, Tensor Programs V multiplier form: Muon hidden LR 1/m",
+            embedding=_EMBEDDING,
+            hidden=RoleRule("muon", Init("fan_in"), lr_exponent=-1.0),
+            output=_MUP_OUTPUT,
+            vector=_VECTOR,
+            default_lr=0.034,
+        ),
+        Table(
+            name="muon",
+            description="spectral muP: as paper, but Muon hidden LR 1/sqrt(m)",
+            embedding=_EMBEDDING,
+            hidden=RoleRule("muon", Init("fan_in"), lr_exponent=-0.5),
+            output=_MUP_OUTPUT,
+            vector=_VECTOR,
+            default_lr=0.034,  # equal to paper's: the tables coincide at m = 1
+        ),
+        Table(
+            name="adamw",
+            description="muP for AdamW everywhere (hidden LR 1/m), a baseline",
+            embedding=_EMBEDDING,
+            hidden=RoleRule("adamw", Init("fan_in"), lr_exponent=-1.0),
+            output=_MUP_OUTPUT,
+            vector=_VECTOR,
+            default_lr=0.024,
+        ),
+        Table(
+            name="sp",
+            description="standard parametrization: no width factors, output init 1/sqrt(fan_in)",
+            embedding=_EMBEDDING,
+            hidden=RoleRule("muon", Init("fan_in")),
+            output=RoleRule("adamw", Init("fan_in")),
+            vector=_VECTOR,
+            default_lr=0.048,
+        ),
+    )
+}
+DEFAULT_TABLE = "paper"
+
+
+def get_table(name: str) -> Table:
+    """The table registered under `name`; ConfigError naming the choices otherwise."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown parametrization {name!r}; choose one of {', '.join(TABLES)}"
+        ) from None
+
+
+def width_multiplier(width: int, base_width: int) -> float:
+    if width <= 0 or base_width <= 0:
+        raise ConfigError(f"width and base_width must be positive, got {width} and {base_width}")
+    return width / base_width
+
+
+def fingerprint(table: str | Table, muon_lr_ratio: float = 1.0) -> dict[str, Any]:
+    """What must be identical between the proxies and the target for a transfer to hold."""
+    t = get_table(table) if isinstance(table, str) else table
+    return {
+        "table": t.name,
+        "roles": {role: asdict(t.rule(role)) for role in ROLES},
+        "muon_variant": MUON_VARIANT,
+        "lr_adjust": LR_ADJUST,
+        "muon_momentum": MUON_MOMENTUM,
+        "muon_nesterov": MUON_NESTEROV,
+        "ns_steps": NS_STEPS,
+        "ns_coefficients": list(NS_COEFFICIENTS),
+        "adamw_betas": list(ADAMW_BETAS),
+        "adamw_eps": ADAMW_EPS,
+        "torch": str(torch.__version__),
+        "muon_lr_ratio": muon_lr_ratio,
+    }
+
+
+def check_same_fingerprint(
+    a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> None:
+    """Refuse a transfer between runs whose fingerprints differ (keys in `ignore` excepted,
+    e.g. "muon_lr_ratio" when it is swept)."""
+    keys = (set(a) | set(b)) - set(ignore)
+    differing = sorted(k for k in keys if a.get(k) != b.get(k))
+    if differing:
+        details = "; ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in differing)
+        raise ConfigError(f"cannot transfer between different parametrizations ({details})")
+
+
+@dataclass(frozen=True)
+class GroupHyperparams:
+    """Absolute hyperparameters of one parameter group at one width (what export prints)."""
+
+    role: Role
+    params: tuple[str, ...]  # parameter names, layer index written as '*'
+    optimizer: str
+    lr: float
+    weight_decay: float
+    init: str  # "normal", "zero" or "ones"
+    init_std: float
+    multiplier: float
+    fan_in: int
+
+
+def group_lr(rule: RoleRule, m: float, lr: float, muon_lr_ratio: float) -> float:
+    """Absolute peak LR of a role at multiplier m: eta0 * factor (* ratio for Muon)."""
+    ratio = muon_lr_ratio if rule.optimizer == "muon" else 1.0
+    return lr * rule.lr_factor(m) * ratio
+
+
+def transfer(
+    table: str | Table,
+    lr: float,
+    weight_decay: float,
+    base_width: int,
+    width: int,
+    shape: Any,
+    muon_lr_ratio: float = 1.0,
+) -> list[GroupHyperparams]:
+    """Every parameter group of the proxy family (`shape`, a ModelShape) at `width`, with the
+    absolute LR, weight decay, init std and forward multiplier the table gives from the
+    base values eta0 = `lr` and lambda = `weight_decay` tuned at `base_width`."""
+    from telescope.proxy.model import build_model  # the proxy knows its own parameter names
+    from telescope.proxy.optim import DEFAULT_RULES, classify_parameters
+
+    t = get_table(table) if isinstance(table, str) else table
+    m = width_multiplier(width, base_width)
+    with torch.device("meta"):
+        model = build_model(shape, width, base_width, t)
+    roles = classify_parameters(model, DEFAULT_RULES)
+    groups: dict[tuple[Role, int, str], list[str]] = {}
+    for name, p in model.named_parameters():
+        role = roles[name]
+        fan_in = p.shape[-1] if p.ndim == 2 else 1
+        generic = ".".join("*" if part.isdigit() else part for part in name.split("."))
+        names = groups.setdefault((role, fan_in, t.rule(role).init.kind), [])
+        if generic not in names:
+            names.append(generic)
+    rows = []
+    for (role, fan_in, init_kind), names in groups.items():
+        rule = t.rule(role)
+        rows.append(
+            GroupHyperparams(
+                role=role,
+                params=tuple(names),
+                optimizer=rule.optimizer,
+                lr=group_lr(rule, m, lr, muon_lr_ratio),
+                weight_decay=weight_decay if rule.weight_decay else 0.0,
+                init={"fan_in": "normal", "constant": "normal"}.get(init_kind, init_kind),
+                init_std=rule.init.std(m, fan_in),
+                multiplier=rule.multiplier(m),
+                fan_in=fan_in,
+            )
+        )
+    return rows

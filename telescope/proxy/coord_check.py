@@ -1,0 +1,205 @@
+"""Coord check: does every layer's activation size stay constant as the proxy widens?
+
+Each width trains `steps` steps on real data at a constant LR. After every step (and at
+init) a fixed probe batch goes through the model and forward hooks record the mean
+|output| of every layer, logits included (after their multipliers). Per layer the slope of
+log(size) against log(width) at the last step is the verdict: |slope| <= threshold passes.
+The slope of each layer's change since init, mean |out_t - out_0|, is reported without a
+verdict (under `paper`'s 1/m hidden LR it is negative by design).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from telescope.errors import ConfigError
+from telescope.parametrization import get_table
+from telescope.proxy.data import load_data
+from telescope.proxy.model import Transformer, build_model
+from telescope.proxy.optim import build_optimizers
+from telescope.proxy.train import loss_fn
+from telescope.spec import ModelShape
+
+DEFAULT_LR = 0.01
+
+
+@dataclass(frozen=True)
+class CoordCheckSettings:
+    parametrization: str = "paper"
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    steps: int = 10
+    # A moderate LR: update sizes comparable to DESIGN's calibration (Muon 0.02 "original",
+    # AdamW 3e-3). At a table's tuned LR (~0.03) the first updates of the narrowest width
+    # rival its init, and `paper`'s 1/m hidden LR then shows up as a negative slope.
+    lr: float = DEFAULT_LR
+    threshold: float = 0.25
+    shape: ModelShape = field(default_factory=ModelShape)
+    batch_size: int = 8
+    data: str = "stdlib"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LayerVerdict:
+    layer: str
+    slope: float  # d log(mean |activation|) / d log(width) at the last step
+    change_slope: float  # the same for mean |activation - activation at init|
+    passed: bool
+
+
+@dataclass
+class CoordCheckResult:
+    settings: CoordCheckSettings
+    lr: float
+    layers: list[LayerVerdict]
+    sizes: dict[str, np.ndarray]  # layer -> (widths, steps + 1) mean |activation|
+    changes: dict[str, np.ndarray]  # layer -> (widths, steps + 1) mean |change since init|
+    final_losses: list[float]  # train loss of the last step, per width
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.layers)
+
+
+def layer_modules(model: Transformer) -> dict[str, torch.nn.Module]:
+    """The layers whose outputs are measured, in forward order."""
+    layers: dict[str, torch.nn.Module] = {"embedding": model.embed}
+    for i, block in enumerate(model.blocks):
+        layers[f"block{i}.attn"] = block.attn
+        layers[f"block{i}.mlp"] = block.mlp
+        layers[f"block{i}.residual"] = block
+    layers["logits"] = model.lm_head
+    return layers
+
+
+def log_log_slope(widths: list[int], values: np.ndarray) -> float:
+    """Least-squares slope of log(values) against log(widths); NaN if any value is <= 0."""
+    values = np.asarray(values, dtype=np.float64)
+    if np.any(~np.isfinite(values)) or np.any(values <= 0):
+        return float("nan")
+    return float(np.polyfit(np.log(widths), np.log(values), 1)[0])
+
+
+def _check(settings: CoordCheckSettings) -> None:
+    if len(settings.widths) < 2 or len(set(settings.widths)) != len(settings.widths):
+        raise ConfigError(f"--widths needs at least two distinct widths, got {settings.widths}")
+    if settings.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {settings.steps}")
+    if settings.lr <= 0:
+        raise ConfigError(f"--lr must be > 0, got {settings.lr}")
+    if settings.threshold <= 0:
+        raise ConfigError(f"--threshold must be > 0, got {settings.threshold}")
+
+
+def _probe_width(settings: CoordCheckSettings, width: int, base_width: int, lr: float, data):
+    """(sizes, changes, final loss) for one width; sizes/changes are {layer: (steps+1,)}."""
+    shape, B, T = settings.shape, settings.batch_size, settings.shape.seq_len
+    generator = torch.Generator().manual_seed(settings.seed)
+    model = build_model(shape, width, base_width, settings.parametrization, generator)
+    optimizers = build_optimizers(model, settings.parametrization, lr, 0.0, width, base_width)
+    probe_inputs, _ = data.val_batches(1, B, T)[0]
+
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out.detach()))
+        for name, module in layer_modules(model).items()
+    ]
+    sizes: dict[str, list[float]] = {name: [] for name in layer_modules(model)}
+    changes: dict[str, list[float]] = {name: [] for name in layer_modules(model)}
+    initial: dict[str, torch.Tensor] = {}
+
+    def probe() -> None:
+        with torch.no_grad():
+            model(probe_inputs)
+        for name, out in outputs.items():
+            initial.setdefault(name, out)
+            sizes[name].append(out.abs().mean().item())
+            changes[name].append((out - initial[name]).abs().mean().item())
+
+    try:
+        probe()
+        loss = float("nan")
+        for step in range(settings.steps):
+            inputs, targets = data.train_batch(step, B, T, settings.seed)
+            loss_value = loss_fn(model, inputs, targets)
+            loss_value.backward()
+            optimizers.step()
+            optimizers.zero_grad()
+            loss = loss_value.item()
+            probe()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sizes, changes, loss
+
+
+def coord_check(settings: CoordCheckSettings) -> CoordCheckResult:
+    """Train every width `settings.steps` steps and judge each layer's width scaling."""
+    _check(settings)
+    get_table(settings.parametrization)
+    lr = settings.lr
+    widths = sorted(settings.widths)
+    data = load_data(settings.data)
+    sizes: dict[str, list[list[float]]] = {}
+    changes: dict[str, list[list[float]]] = {}
+    final_losses = []
+    for width in widths:
+        s, c, loss = _probe_width(settings, width, widths[0], lr, data)
+        for name in s:
+            sizes.setdefault(name, []).append(s[name])
+            changes.setdefault(name, []).append(c[name])
+        final_losses.append(loss)
+    size_arrays = {name: np.array(v) for name, v in sizes.items()}
+    change_arrays = {name: np.array(v) for name, v in changes.items()}
+    layers = []
+    for name, arr in size_arrays.items():
+        slope = log_log_slope(widths, arr[:, -1])
+        change_slope = log_log_slope(widths, change_arrays[name][:, -1])
+        layers.append(LayerVerdict(name, slope, change_slope, bool(abs(slope) <= settings.threshold)))
+    return CoordCheckResult(
+        settings=settings,
+        lr=lr,
+        layers=layers,
+        sizes=size_arrays,
+        changes=change_arrays,
+        final_losses=final_losses,
+    )
+
+
+def plot_coord_check(result: CoordCheckResult, path: str) -> None:
+    """One panel per layer: mean |activation| against width, one line per step (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = sorted(result.settings.widths)
+    n = len(result.layers)
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    steps = result.settings.steps
+    for ax, verdict in zip(axes.flat, result.layers):
+        arr = result.sizes[verdict.layer]
+        for t in range(arr.shape[1]):
+            ax.plot(widths, arr[:, t], color=cmap(t / max(1, steps)), marker=".", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        mark = "PASS" if verdict.passed else "FAIL"
+        ax.set_title(f"{verdict.layer}: slope {verdict.slope:+.2f} {mark}", fontsize=8)
+        ax.set_xlabel("width", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(
+        f"coord check: {result.settings.parametrization}, lr {result.lr:g}, "
+        f"steps 0..{steps} (dark to light)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

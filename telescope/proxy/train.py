@@ -1,0 +1,182 @@
+"""One trial: train a proxy from a TrialSpec, stream step metrics, return a TrialResult.
+
+Exceptions other than divergence propagate: the executor catches them in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from telescope.errors import ConfigError
+from telescope.parametrization import fingerprint, get_table
+from telescope.proxy.data import load_data
+from telescope.proxy.model import Transformer, build_model
+from telescope.proxy.optim import build_optimizers
+from telescope.spec import MetricsCallback, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
+
+SMOOTHING_STEPS = 10  # the reported train loss is the mean over this many final steps
+WSD_DECAY_FRACTION = 0.2  # WSD: the last 20% of the steps decay linearly
+
+
+def lr_multiplier(step: int, train: TrainSettings) -> float:
+    """Fraction of the peak LR at 0-based `step`: linear warmup, then cosine (or WSD) decay
+    to `final_lr_ratio` at the last step."""
+    warmup = min(train.warmup_steps, train.steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    final = train.final_lr_ratio
+    if train.schedule == "wsd":
+        decay_steps = max(1, round(WSD_DECAY_FRACTION * train.steps))
+        decay_start = max(warmup, train.steps - decay_steps)
+        if step < decay_start:
+            return 1.0
+        progress = (step - decay_start + 1) / max(1, train.steps - decay_start)
+        return 1.0 - (1.0 - final) * min(1.0, progress)
+    progress = (step - warmup) / max(1, train.steps - 1 - warmup)
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" picks CUDA when present; an unavailable CUDA device is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
+
+
+def check_spec(spec: TrialSpec) -> None:
+    t = spec.train
+    if t.steps < 1 or t.batch_size < 1 or t.eval_batches < 1:
+        raise ConfigError("train.steps, train.batch_size and train.eval_batches must be >= 1")
+    if t.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    if t.schedule not in ("cosine", "wsd"):
+        raise ConfigError(f"train.schedule must be cosine or wsd, got {t.schedule!r}")
+    if not 0.0 <= t.final_lr_ratio <= 1.0:
+        raise ConfigError(f"train.final_lr_ratio must be in [0, 1], got {t.final_lr_ratio}")
+    if t.divergence_factor <= 1.0:
+        raise ConfigError(f"train.divergence_factor must be > 1, got {t.divergence_factor}")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loss_fn(model: Transformer, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = model(inputs)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+@torch.no_grad()
+def validation_loss(model: Transformer, batches, device: torch.device) -> float:
+    model.eval()
+    total = 0.0
+    for inputs, targets in batches:
+        with autocast(device):
+            total += loss_fn(model, inputs.to(device), targets.to(device)).item()
+    model.train()
+    return total / len(batches)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def train_flops(spec: TrialSpec, tokens: int) -> float:
+    from telescope.cost import train_flops as cost_train_flops
+
+    return cost_train_flops(spec.model, spec.width, tokens)
+
+
+def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> TrialResult:
+    """Train the proxy `spec` describes; stop early with Status.DIVERGED when the loss is
+    non-finite or exceeds divergence_factor times the first step's loss."""
+    started = time.perf_counter()
+    check_spec(spec)
+    table = get_table(spec.parametrization)
+    data = load_data(spec.train.data)
+    if data.vocab_size > spec.model.vocab_size:
+        raise ConfigError(
+            f"data {spec.train.data!r} has vocab {data.vocab_size} > model.vocab_size {spec.model.vocab_size}"
+        )
+    device = resolve_device(spec.train.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    generator = torch.Generator().manual_seed(spec.seed)
+    model = build_model(spec.model, spec.width, spec.base_width, table, generator).to(device)
+    optimizers = build_optimizers(
+        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    B, T = spec.train.batch_size, spec.model.seq_len
+    val_batches = data.val_batches(spec.train.eval_batches, B, T)
+
+    status, losses, first_loss = Status.COMPLETED, [], None
+    for step in range(spec.train.steps):
+        inputs, targets = (t.to(device) for t in data.train_batch(step, B, T, spec.seed))
+        multiplier = lr_multiplier(step, spec.train)
+        optimizers.set_lr_multiplier(multiplier)
+        with autocast(device):
+            loss = loss_fn(model, inputs, targets)
+        loss.backward()
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        loss_value = loss.item()
+        losses.append(loss_value)
+        if on_metrics is not None:
+            on_metrics(
+                StepMetrics(
+                    step=step + 1,
+                    tokens=(step + 1) * B * T,
+                    train_loss=loss_value,
+                    lr=spec.lr * multiplier,
+                    grad_norm=grad_norm.item(),
+                    elapsed=time.perf_counter() - started,
+                )
+            )
+        first_loss = loss_value if first_loss is None else first_loss
+        if not math.isfinite(loss_value) or loss_value > spec.train.divergence_factor * first_loss:
+            status = Status.DIVERGED
+            break
+        optimizers.step()
+        optimizers.zero_grad()
+
+    steps = len(losses)
+    val_loss = None
+    if status is Status.COMPLETED:
+        val_loss = _finite(validation_loss(model, val_batches, device))
+        if val_loss is None:
+            status = Status.DIVERGED
+    tail = losses[-SMOOTHING_STEPS:]
+    tokens = steps * B * T
+    return TrialResult(
+        status=status,
+        train_loss=_finite(sum(tail) / len(tail)),
+        val_loss=val_loss,
+        tokens=tokens,
+        flops=train_flops(spec, tokens),
+        wall_time=time.perf_counter() - started,
+        steps=steps,
+        device=describe_device(device),
+        fingerprint=fingerprint(table, spec.muon_lr_ratio),
+    )
