@@ -17,7 +17,7 @@ from telescope.errors import StorageError
 from telescope.spec import Status, StepMetrics, TrialResult, TrialSpec
 from telescope.storage.database import Database, resolve_url
 from telescope.storage.metrics import MetricsStore
-from telescope.storage.query import count_statements, run_query
+from telescope.storage.query import ONE_STATEMENT, run_query
 from telescope.storage.testing import db_url, pg_database  # noqa: F401 (fixtures: every test on both backends)
 
 POINTS = {  # key: (level, width, lr, val_loss)
@@ -213,25 +213,55 @@ def test_metrics_mode_runs_only_selects(sweep_db, tmp_path):
     assert out.exit_code == 2 and "query failed" in out.stderr
 
 
-# -- the statement counter that guards PostgreSQL's multi-statement protocol --
+# -- one statement at a time (PostgreSQL: the server refuses, through a prepared statement) --
+
+MULTI_STATEMENTS = {
+    "select then delete": "SELECT 1; DELETE FROM trials",
+    "commit then write": "COMMIT; SET default_transaction_read_only = off; DELETE FROM trials",
+    "commit then drop": "COMMIT; DROP TABLE trials",
+    "semicolon after a comment": "SELECT 1 -- ; harmless\n; DELETE FROM trials",
+    "after a dollar quote": "SELECT $$;$$; UPDATE trials SET lr = 1.0",
+}
+
+
+def test_several_statements_are_refused_with_one_line(sweep_db):
+    url, _ = sweep_db
+    on_postgres = resolve_url(url).get_backend_name() == "postgresql"
+    before = snapshot(url)
+    for name, sql in MULTI_STATEMENTS.items():
+        out = cli(sql, "--db", url)
+        assert out.exit_code == 2, (name, out.output)
+        assert len(out.stderr.strip().splitlines()) == 1, (name, out.stderr)
+        if on_postgres:  # the server refuses the text before running any of it
+            assert out.stderr.strip() == f"error: {ONE_STATEMENT}", (name, out.stderr)
+        else:  # SQLite refuses the first statement's write (COMMIT) or the second statement
+            assert out.stderr.startswith("error: refused"), (name, out.stderr)
+        assert snapshot(url) == before, name
+    assert run_query("SELECT count(*) FROM trials", url).rows == [(5,)]
 
 
 @pytest.mark.parametrize(
-    "sql, n",
+    "sql, row",
     [
-        ("SELECT 1", 1),
-        ("SELECT 1;", 1),
-        ("SELECT 1; ; -- trailing comment", 1),
-        ("SELECT 1; DELETE FROM t", 2),
-        ("SELECT 'a;b', \"c;d\" FROM t", 1),
-        ("SELECT 'it''s; fine'", 1),
-        ("SELECT E'a\\';b'; SELECT 2", 2),
-        ("SELECT $$;$$, $tag$ ; $$ ; $tag$", 1),
-        ("SELECT 1 /* ; /* nested ; */ ; */", 1),
-        ("SELECT 1 -- ; DELETE\n; DELETE FROM t", 2),
-        ("SELECT a$1 FROM t; SELECT 2", 2),
-        ("", 0),
+        ("SELECT count(*) AS n FROM trials;", (5,)),
+        ("SELECT count(*) AS n FROM trials; -- trailing comment", (5,)),
+        ("SELECT 'a;b' AS q, trial_key FROM trials WHERE trial_key = 'L0-a'", ("a;b", "L0-a")),
+        ("SELECT 'it''s; fine' AS q", ("it's; fine",)),
+        ("SELECT 1 AS n /* ; DELETE FROM trials; */", (1,)),
+        ("SELECT 1 AS n -- ; DELETE FROM trials", (1,)),
+        ("SELECT count(*) AS \"n;m\" FROM trials", (5,)),
     ],
 )
-def test_count_statements(sql, n):
-    assert count_statements(sql) == n
+def test_semicolons_inside_one_statement_are_not_statements(sweep_db, sql, row):
+    url, _ = sweep_db
+    assert run_query(sql, url).rows == [row]
+
+
+def test_dollar_quotes_nested_comments_and_empty_statements_on_postgres(sweep_db):
+    url, _ = sweep_db
+    if resolve_url(url).get_backend_name() != "postgresql":
+        pytest.skip("dollar quotes and nested comments are PostgreSQL syntax; sqlite3 counts `; ;` as two")
+    before = snapshot(url)
+    result = run_query("SELECT $$;$$ AS a, $tag$ ; $$ ; DELETE FROM trials; $tag$ AS b /* ; /* nested ; */ ; */ ; ;", url)
+    assert result.rows == [(";", " ; $$ ; DELETE FROM trials; ")]
+    assert snapshot(url) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sqlite3
@@ -258,6 +259,16 @@ def test_sqlite_uses_wal_and_plain_paths(tmp_path):
 def test_bad_urls_give_one_line_without_password(url, message):
     with pytest.raises(StorageError, match=message) as err:
         Database(url)
+    assert "hunter2" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_postgres_urls_use_psycopg3_and_psycopg2_only_when_installed(monkeypatch):
+    assert resolve_url("postgresql://u@h/x").drivername == "postgresql+psycopg"
+    assert resolve_url("postgresql+psycopg://u@h/x").drivername == "postgresql+psycopg"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg2" else real_find_spec(name, *a))
+    with pytest.raises(StorageError, match="needs psycopg2, which is not installed.*write postgresql://alice:\\*\\*\\*@h/x") as err:
+        Database("postgresql+psycopg2://alice:hunter2@h/x")
     assert "hunter2" not in str(err.value) and "\n" not in str(err.value)
 
 

@@ -18,6 +18,7 @@ server.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -212,10 +213,23 @@ def resolve_url(url: str | None) -> URL:
         raise StorageError(
             f"unsupported database {parsed.get_backend_name()!r} in {safe_url(parsed)}: use sqlite:///FILE or postgresql://..."
         )
-    if parsed.drivername == "postgresql":
-        # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql://; telescope ships psycopg2.
-        parsed = parsed.set(drivername="postgresql+psycopg2")
+    if parsed.get_backend_name() == "postgresql":
+        parsed = _postgres_driver(parsed)
     return parsed
+
+
+def _postgres_driver(url: URL) -> URL:
+    """psycopg 3 for postgresql:// (named explicitly: SQLAlchemy 2.0 would pick psycopg2);
+    postgresql+psycopg2:// only where psycopg2 happens to be installed."""
+    driver = url.drivername.partition("+")[2]
+    if driver in ("", "psycopg"):
+        return url.set(drivername="postgresql+psycopg")
+    if driver == "psycopg2" and importlib.util.find_spec("psycopg2") is None:
+        raise StorageError(
+            f"postgresql+psycopg2:// needs psycopg2, which is not installed: telescope uses psycopg 3, "
+            f"so write {safe_url(url)}"
+        )
+    return url
 
 
 def safe_url(url: URL) -> str:

@@ -7,7 +7,9 @@ Read-only is a property of the connection, not of the query text:
   are refused too);
 - PostgreSQL runs the statement in a READ ONLY transaction
   (`default_transaction_read_only`, with a snapshot taken first so the user
-  cannot switch it back) under a `statement_timeout`;
+  cannot switch it back) under a `statement_timeout`, and sends it as a
+  prepared statement (extended query protocol), so the server itself refuses
+  text holding more than one statement;
 - with step metrics the statement runs in an in-memory DuckDB holding a
   `metrics` view over the Parquet store and copies of the sweeps, levels and
   trials tables, and DuckDB's own parser must classify it as a SELECT.
@@ -184,7 +186,10 @@ def _open_sqlite(url: URL, timeout: float, deadline: float) -> _Connection:
 
 
 def _open_postgres(url: URL, timeout: float) -> _Connection:
-    import psycopg2  # only PostgreSQL users need the driver loaded
+    # Always psycopg 3, whatever driver the URL names: the one-statement guarantee of
+    # _run_in_database relies on its prepared statements.
+    import psycopg  # only PostgreSQL users need the driver loaded
+    from psycopg.conninfo import make_conninfo
 
     args: dict[str, Any] = {k: v for k, v in url.query.items() if isinstance(v, str)}
     args.update(url.translate_connect_args(username="user", database="dbname"))
@@ -196,13 +201,16 @@ def _open_postgres(url: URL, timeout: float) -> _Connection:
     ).strip()
     args.setdefault("connect_timeout", 10)
     try:
-        dbapi = psycopg2.connect(**args)
-        dbapi.set_session(readonly=True)
+        # The URL's parameters go into the libpq conninfo (which accepts only libpq's own
+        # keywords), never into connect()'s keyword arguments such as autocommit.
+        # prepare_threshold must not be None: that would silently turn prepare=True off.
+        dbapi = psycopg.connect(make_conninfo(**args), autocommit=False, prepare_threshold=5)
+        dbapi.read_only = True
         with dbapi.cursor() as cursor:
             # The first query takes the transaction's snapshot; after it PostgreSQL
             # refuses `SET TRANSACTION READ WRITE` inside this transaction.
             cursor.execute("SELECT 1")
-    except psycopg2.Error as e:
+    except psycopg.Error as e:
         raise StorageError(f"cannot connect to {safe_url(url)}: {error_line(e, url)}") from None
     return _Connection(dbapi, "postgresql", url, timeout, [])
 
@@ -212,13 +220,15 @@ def _open_postgres(url: URL, timeout: float) -> _Connection:
 
 
 def _run_in_database(sql: str, connection: _Connection, limit: int) -> QueryResult:
-    if connection.backend == "postgresql" and count_statements(sql) > 1:
-        # psycopg2 sends text with the simple query protocol, which runs every statement
-        # in it; one of them could COMMIT and end the read-only transaction.
-        raise StorageError(ONE_STATEMENT)
     cursor = connection.dbapi.cursor()
     try:
-        cursor.execute(sql)
+        if connection.backend == "postgresql":
+            # Never the simple query protocol, which runs every statement of the text (one
+            # could COMMIT and end the read-only transaction): as a prepared statement the
+            # server parses the text first and refuses more than one statement.
+            cursor.execute(sql, prepare=True)
+        else:
+            cursor.execute(sql)  # sqlite3 itself refuses more than one statement
         if cursor.description is None:
             return QueryResult([], [], False, connection.backend)
         columns = _unique([d[0] for d in cursor.description])
@@ -244,7 +254,9 @@ def _query_error(error: Exception, connection: _Connection) -> StorageError:
         if message == "interrupted":
             return _timeout_error(connection.timeout)
         return StorageError(f"query failed: {message}")
-    code = getattr(error, "pgcode", None)
+    code = getattr(error, "sqlstate", None)
+    if _is_multiple_commands_error(error):
+        return StorageError(ONE_STATEMENT)
     if code == "25006":  # read_only_sql_transaction
         return StorageError(f"{READ_ONLY_REFUSAL} ({message})")
     if code == "57014":  # query_canceled: statement_timeout
@@ -256,57 +268,15 @@ def _timeout_error(timeout: float) -> StorageError:
     return StorageError(f"query stopped after the time limit of {timeout:g} s (raise it with --timeout)")
 
 
-def count_statements(sql: str) -> int:
-    """Number of non-empty statements in PostgreSQL text, skipping semicolons inside
-    quotes, quoted identifiers, dollar quotes and comments."""
-    count, has_content, i, n = 0, False, 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c == ";":
-            count += has_content
-            has_content = False
-            i += 1
-        elif c.isspace():
-            i += 1
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-        elif c in "'\"":
-            escapes = c == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not sql[i - 2].isalnum())
-            has_content, i = True, _skip_quoted(sql, i + 1, c, escapes)
-        elif c == "$" and (match := re.match(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$", sql[i:])) and (
-            i == 0 or not (sql[i - 1].isalnum() or sql[i - 1] == "_")
-        ):
-            tag = match.group(0)
-            end = sql.find(tag, i + len(tag))
-            has_content, i = True, n if end < 0 else end + len(tag)
-        else:
-            has_content, i = True, i + 1
-    return count + has_content
-
-
-def _skip_quoted(sql: str, i: int, quote: str, backslash_escapes: bool) -> int:
-    n = len(sql)
-    while i < n:
-        if backslash_escapes and sql[i] == "\\":
-            i += 2
-        elif sql[i] == quote:
-            if sql.startswith(quote * 2, i):
-                i += 2
-            else:
-                return i + 1
-        else:
-            i += 1
-    return n
+def _is_multiple_commands_error(error: Exception) -> bool:
+    """Whether PostgreSQL refused to prepare text holding several statements ("cannot insert
+    multiple commands into a prepared statement"). Its SQLSTATE is the generic syntax_error,
+    so the server function that raised it tells it apart (unlike the message, it is never
+    translated)."""
+    if getattr(error, "sqlstate", None) != "42601":
+        return False
+    diag = getattr(error, "diag", None)
+    return getattr(diag, "source_function", None) == "exec_parse_message" or "multiple commands" in str(error)
 
 
 # ---------------------------------------------------------------------------
