@@ -41,6 +41,7 @@ def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> d
         "target_width": width,
         "base_width": config.widths.base,
         "parametrization": config.parametrization,
+        "model": dataclasses.asdict(config.model),  # the proxy family, to build it at target_width
         "fingerprint": fingerprint(config.parametrization, base.get("muon_lr_ratio", 1.0)),
         "base": base,
         "extrapolated": {d["name"]: d["x_inf"] * math.exp(-d["alpha"] / width) for d in result["drift"] or []},

@@ -30,25 +30,51 @@ class _LevelCounts:
     failed: int = 0
 
 
+def fit_trial_time(observed: list[tuple[float, float]]) -> tuple[float, float]:
+    """Seconds per trial as `a + b * flops`, least squares over (flops, seconds) pairs, a and
+    b >= 0: the fixed part dominates tiny proxies, the FLOPs part large ones."""
+    n = len(observed)
+    mean_f = sum(f for f, _ in observed) / n
+    mean_t = sum(t for _, t in observed) / n
+    var_f = sum((f - mean_f) ** 2 for f, _ in observed)
+    if var_f <= 0 or mean_f <= 0:
+        return 0.0, mean_t / mean_f if mean_f > 0 else 0.0
+    b = sum((f - mean_f) * (t - mean_t) for f, t in observed) / var_f
+    a = mean_t - b * mean_f
+    if b < 0:
+        return mean_t, 0.0
+    if a < 0:
+        return 0.0, sum(t for _, t in observed) / sum(f for f, _ in observed)
+    return a, b
+
+
 @dataclass
 class SweepProgress:
-    """Counts trials as events arrive and renders them; `flops_left` drives the ETA.
+    """Counts trials as events arrive and renders them.
 
-    The ETA assumes the seconds per FLOP measured so far hold for the rest of the
-    sweep, which is what makes it honest across levels of different widths.
+    The remaining time is the planned trials still to run, each costed by a line
+    `seconds = a + b * flops` fitted to the trials finished in this run, divided by the
+    parallelism observed so far (trial seconds per wall second).
     """
 
-    n_levels: int
-    flops_left: float  # training FLOPs of every trial not yet finished, all levels
+    planned: list[tuple[int, float]]  # per level: trials, training FLOPs of one trial
     console: Console = field(default_factory=Console)
     level: int = 0
     width: int = 0
     counts: _LevelCounts = field(default_factory=_LevelCounts)
     best: str = "-"
     _best_loss: float = math.inf
-    _flops_done: float = 0.0
-    _started: float = field(default_factory=time.monotonic)
+    _left: list[int] = field(default_factory=list)
+    _observed: list[tuple[float, float]] = field(default_factory=list)
+    _started: float = field(default_factory=lambda: time.monotonic())
     _live: Live | None = None
+
+    def __post_init__(self) -> None:
+        self._left = [trials for trials, _ in self.planned]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.planned)
 
     def __enter__(self) -> "SweepProgress":
         if self.console.is_terminal:
@@ -71,16 +97,16 @@ class SweepProgress:
         self.counts.running += 1
         self._refresh()
 
-    def trial_finished(self, status: Status, flops: float, resumed: bool = False) -> None:
+    def trial_finished(self, status: Status, flops: float, seconds: float, resumed: bool = False) -> None:
         """Count a finished trial; `resumed` ones finished in an earlier run and do not
         enter the speed estimate."""
         if not resumed:
             self.counts.running = max(0, self.counts.running - 1)
-            self._flops_done += flops
+            self._observed.append((flops, seconds))
         self.counts.done += 1
         self.counts.diverged += status is Status.DIVERGED
         self.counts.failed += status is Status.FAILED
-        self.flops_left = max(0.0, self.flops_left - flops)
+        self._left[self.level] = max(0, self._left[self.level] - 1)
         self._refresh()
 
     def offer_best(self, point: dict[str, float], loss: float | None) -> None:
@@ -95,9 +121,13 @@ class SweepProgress:
             self.console.print(self._line(), highlight=False)
 
     def eta(self) -> float | None:
-        if self._flops_done <= 0:
+        if not self._observed:
             return None
-        return self.flops_left * (time.monotonic() - self._started) / self._flops_done
+        a, b = fit_trial_time(self._observed)
+        elapsed = time.monotonic() - self._started
+        parallel = max(1.0, sum(t for _, t in self._observed) / elapsed) if elapsed > 0 else 1.0
+        work = sum(left * (a + b * flops) for left, (_, flops) in zip(self._left, self.planned))
+        return work / parallel
 
     def _line(self) -> str:
         c = self.counts

@@ -63,6 +63,9 @@ class TrialSpec:
     seed: int = 0
     model: ModelShape = field(default_factory=ModelShape)
     train: TrainSettings = field(default_factory=TrainSettings)
+    # "package.module:factory" (width -> nn.Module): train the user's model instead of the
+    # proxy; `model` then only gives seq_len and vocab_size.
+    model_factory: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,15 +16,16 @@ from rich.console import Console
 
 from telescope.config import SweepConfig
 from telescope.cost import train_flops
-from telescope.errors import TelescopeError
+from telescope.errors import ConfigError, TelescopeError
 from telescope.progress import SweepProgress
 from telescope.search import Grid, Outcome, best_point, fit_drift, initial_grid, next_grid, significantly_better
 from telescope.spec import Status, TrialResult, TrialSpec
 from telescope.storage.database import Database, TrialRow, config_hash
 from telescope.storage.metrics import MetricsStore
 from telescope.trials import make_executor
-from telescope.trials.base import Executor
+from telescope.trials.base import Executor, ExecutorSettings
 from telescope.trials.recorder import run_pending
+from telescope.transfer_check.run import CheckSettings, run_sweep_check
 
 
 def trial_key(level: int, point: dict[str, float], seed: int) -> str:
@@ -39,6 +40,22 @@ def level_trials(config: SweepConfig, grid: Grid) -> list[tuple[str, dict[str, f
         for point in grid.points()
         for seed in config.seeds.seeds()
     ]
+
+
+def check_device_here(device: str, executor: ExecutorSettings) -> None:
+    """Trials that run on this machine (the local executor, or a Ray started here) need the
+    device they ask for: refuse a CUDA config on a machine without CUDA before anything
+    starts, rather than fail every trial. A cluster (`ray_address`) is not checked here:
+    its workers may have the GPUs its driver lacks (the executor checks its resources)."""
+    if executor.ray_address is not None or not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device is {device!r} but this machine has no CUDA GPU: run it on a GPU machine, "
+            "pass --ray-address of a cluster with GPUs, or set train.device = \"cpu\""
+        )
 
 
 def open_sweep(db: Database, config: SweepConfig, name: str, new: bool = False) -> str:
@@ -81,8 +98,16 @@ def run_sweep(
     executor: Executor | None = None,
     new: bool = False,
     console: Console | None = None,
+    check: CheckSettings | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) a telescoping sweep and return its result, also stored in the database."""
+    """Run (or resume) a telescoping sweep and return its result, also stored in the database.
+
+    With `check` (e.g. `settings_from_config(config)`: the sweep's first widths), a transfer
+    check runs before level 0; on FAIL the sweep stops with TransferCheckFailed unless `force`.
+    Its table and plot go into the result under "transfer_check"."""
+    if executor is None:
+        check_device_here(config.train.device, config.executor)
     name = open_sweep(db, config, name, new)
     stored = db.get_sweep(name)
     if stored is not None and stored.status == "completed" and stored.result:
@@ -90,7 +115,12 @@ def run_sweep(
     own_executor = executor is None
     executor = executor or make_executor(config.executor)
     try:
+        section = None
+        if check is not None:
+            section = run_sweep_check(check, db, store, executor, name, force)
         result = _run_levels(config, db, store, name, executor, console or Console(stderr=True))
+        if section is not None:
+            result["transfer_check"] = section
     except BaseException:
         db.update_sweep(name, status="stopped")
         raise
@@ -106,13 +136,13 @@ def _run_levels(
 ) -> dict[str, Any]:
     plans = config.levels()
     tokens = config.train.steps * config.train.batch_size * config.model.seq_len
-    flops_left = sum(train_flops(config.model, p.width, tokens) * p.trials for p in plans)
+    planned = [(p.trials, train_flops(config.model, p.width, tokens)) for p in plans]
     levels: list[dict[str, Any]] = []
     optima: list[tuple[int, dict[str, float]]] = []
     warnings: list[str] = []
     previous_best = None
     grid = initial_grid(config.search.axes, config.widths.base)
-    with SweepProgress(n_levels=len(plans), flops_left=flops_left, console=console) as progress:
+    with SweepProgress(planned, console=console) as progress:
         for _ in plans:
             outcomes = _run_level(config, db, store, name, executor, grid, progress)
             best = best_point(grid, outcomes)
@@ -149,11 +179,11 @@ def _run_level(
     progress.start_level(grid.level, grid.width, len(trials))
     for row in db.trials(name, grid.level):
         if row.finished:
-            progress.trial_finished(row.status, row.flops or 0.0, resumed=True)
+            progress.trial_finished(row.status, row.flops or 0.0, row.wall_time or 0.0, resumed=True)
             progress.offer_best(points[row.key], _objective(config, row))
 
     def finished(key: str, result: TrialResult) -> None:
-        progress.trial_finished(result.status, result.flops)
+        progress.trial_finished(result.status, result.flops, result.wall_time)
         progress.offer_best(points[key], _objective(config, result))
 
     run_pending(

@@ -36,6 +36,9 @@ def coord_check(
     depth: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
     data: Annotated[str, typer.Option(help="'stdlib' (default corpus) or a path.")] = "stdlib",
     seed: Annotated[int, typer.Option(help="Seed for init and data order.")] = 0,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Your model: package.module:factory, factory(width) -> nn.Module.")
+    ] = None,
     plot: Annotated[str | None, typer.Option(help="Write the activation plot to this PNG.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the per-layer verdicts as JSON.")] = False,
 ) -> None:
@@ -50,6 +53,7 @@ def coord_check(
         shape=ModelShape(depth=depth, head_dim=head_dim),
         data=data,
         seed=seed,
+        model_factory=model,
     )
     result = run_coord_check(settings)
     if plot:

@@ -1,28 +1,38 @@
-"""`telescope export SWEEP`: the transferred hyperparameters as JSON, YAML or TOML."""
+"""`telescope export SWEEP`: the transferred hyperparameters as a table, JSON, YAML or TOML."""
 
 from __future__ import annotations
 
 import enum
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from telescope.cli.common import DbOption, console
+from telescope.errors import TelescopeError
 
 
 class ExportFormat(str, enum.Enum):
+    table = "table"
     json = "json"
     yaml = "yaml"
     toml = "toml"
 
 
+_SUFFIX_FORMATS = {".json": ExportFormat.json, ".yaml": ExportFormat.yaml, ".yml": ExportFormat.yaml, ".toml": ExportFormat.toml}
+
+
 def export(
     sweep: Annotated[str, typer.Argument(help="A finished sweep's name.")],
     target_width: Annotated[int | None, typer.Option("--target-width", min=1, help="Default: the config's target width.")] = None,
-    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="json, yaml or toml.")] = ExportFormat.json,
+    fmt: Annotated[
+        ExportFormat | None,
+        typer.Option("--format", "-f", help="table, json, yaml or toml. Default: table on a terminal, else json "
+                     "(with --output: from the file's suffix)."),
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     db: DbOption = None,
 ) -> None:
@@ -30,8 +40,15 @@ def export(
     from telescope.export import export_sweep, render
     from telescope.storage.database import Database
 
+    fmt = fmt or _default_format(output)
+    if output is not None and fmt is ExportFormat.table:
+        raise TelescopeError("--format table is for reading on screen; write json, yaml or toml with --output")
     with Database(db, create=False) as database:
-        text = render(export_sweep(database, sweep, target_width), fmt.value)
+        payload = export_sweep(database, sweep, target_width)
+    if fmt is ExportFormat.table:
+        print_export(payload)
+        return
+    text = render(payload, fmt.value)
     if output is None:
         typer.echo(text, nl=False)
         return
@@ -40,3 +57,62 @@ def export(
         f.write(text)
     os.replace(tmp, output)
     console.print(f"wrote {output}", highlight=False)
+
+
+def _default_format(output: Path | None) -> ExportFormat:
+    if output is not None:
+        return _SUFFIX_FORMATS.get(output.suffix.lower(), ExportFormat.json)
+    return ExportFormat.table if sys.stdout.isatty() else ExportFormat.json
+
+
+def print_export(payload: dict[str, Any]) -> None:
+    """The base values, the per-group table a person reads, and where the numbers come from."""
+    from rich import box
+    from rich.table import Table
+
+    prov, fp = payload["provenance"], payload["fingerprint"]
+    target = payload["target_width"]
+    base = Table(title=f"sweep {payload['sweep']}: base values (tuned at width {prov['calibration_width']})")
+    for column in ("hyperparameter", "chosen", f"drift fit at {target}"):
+        base.add_column(column)
+    for key, value in payload["base"].items():
+        extrapolated = payload["extrapolated"].get(key)
+        base.add_row(key, f"{value:.4g}", "-" if extrapolated is None else f"{extrapolated:.4g}")
+    console.print(base)
+
+    groups = Table(
+        title=f"parameter groups at width {target} ({payload['parametrization']}, m = {target / payload['base_width']:g})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption="opt: optimizer; wd: weight decay (coupled); mult: forward multiplier on the layer's output",
+    )
+    rows = [
+        (g["role"], "\n".join(g["params"]), g["optimizer"], f"{g['lr']:.4g}", f"{g['weight_decay']:.4g}",
+         f"{g['init_std']:.4g}" if g["init"] == "normal" else g["init"], f"{g['multiplier']:.4g}")
+        for g in payload["groups"]
+    ]  # fmt: skip
+    # Numbers never wrap or get cut; only the parameter names fold on a narrow terminal.
+    for i, column in enumerate(("role", "parameters", "opt", "lr", "wd", "init std", "mult")):
+        cells = [column, *(line for row in rows for line in row[i].splitlines())]
+        if column == "parameters":
+            groups.add_column(column, overflow="fold")
+        else:
+            groups.add_column(column, no_wrap=True, min_width=max(map(len, cells)), justify="left" if i < 3 else "right")
+    for row in rows:
+        groups.add_row(*row)
+    console.print(groups)
+
+    levels = prov["levels"]
+    console.print(
+        f"best {prov['objective']} {prov['best_loss']:.4f} at width {prov['calibration_width']}; "
+        f"{sum(lv['trials'] for lv in levels)} trials over widths {' -> '.join(str(lv['width']) for lv in levels)}, "
+        f"{sum(lv['diverged'] for lv in levels)} diverged, {sum(lv['failed'] for lv in levels)} failed",
+        highlight=False,
+    )
+    console.print(
+        f"Muon {fp['lr_adjust']}, {fp['ns_steps']} Newton-Schulz steps, momentum {fp['muon_momentum']}; "
+        f"AdamW betas {tuple(fp['adamw_betas'])}; muon_lr_ratio {fp['muon_lr_ratio']:g}; torch {fp['torch']}",
+        highlight=False,
+    )
+    for warning in prov["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)

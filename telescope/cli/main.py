@@ -26,3 +26,5 @@ app.command("coord-check")(coord_check.coord_check)
 from telescope.cli import plot, report  # noqa: E402
 app.command("plot")(plot.plot)
 app.command("report")(report.report)
+from telescope.cli import transfer_check  # noqa: E402
+app.command("transfer-check")(transfer_check.transfer_check)

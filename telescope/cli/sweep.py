@@ -26,13 +26,17 @@ def sweep(
     executor: Annotated[ExecutorKind | None, typer.Option("--executor", help="Override the config: ray or local.")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Connect to this Ray cluster instead of starting one.")] = None,
     new: Annotated[bool, typer.Option("--new", help="Start a new sweep even if one of this name exists.")] = False,
+    check_transfer: Annotated[bool, typer.Option("--check-transfer", help="Run `telescope transfer-check` at the sweep's first widths before level 0.")] = False,
+    check_threshold: Annotated[float, typer.Option("--check-threshold", help="The check's largest drift per doubling, in grid steps.")] = 1.0,
+    force: Annotated[bool, typer.Option("--force", help="Go on with the sweep when the transfer check fails.")] = False,
 ) -> None:
     """Run the telescoping search; running it again resumes where it stopped."""
     from telescope.config import load_config
     from telescope.export import export_sweep
     from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
-    from telescope.sweep import run_sweep
+    from telescope.sweep import check_device_here, run_sweep
+    from telescope.transfer_check.run import TransferCheckFailed
     from telescope.trials import make_executor
 
     cfg = load_config(config)
@@ -42,12 +46,27 @@ def sweep(
     if ray_address is not None:
         settings = dataclasses.replace(settings, kind="ray", ray_address=ray_address)
     sweep_name = check_sweep_name(name or cfg.name or config.stem)
+    check_device_here(cfg.train.device, settings)
     metrics = MetricsStore(store)
+    check = None
+    if check_transfer:
+        from telescope.transfer_check.run import check_settings, settings_from_config
+
+        check = settings_from_config(cfg, threshold=check_threshold)
+        check_settings(check)
     runner = make_executor(settings)  # connects to Ray now: a bad address fails before anything is written
     try:
         with Database(db) as database:
-            result = run_sweep(cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console)
+            result = run_sweep(
+                cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console, check=check, force=force
+            )
             payload = export_sweep(database, result["sweep"])
+    except TransferCheckFailed as failed:
+        from telescope.cli.transfer_check import print_result
+
+        print_result(failed.check)
+        err_console.print("the sweep did not start: the transfer check failed (rerun with --force to sweep anyway)")
+        raise typer.Exit(1) from None
     finally:
         runner.close()
     print_answer(payload)

@@ -40,6 +40,7 @@ class CoordCheckSettings:
     batch_size: int = 8
     data: str = "stdlib"
     seed: int = 0
+    model_factory: str | None = None  # "package.module:factory": check the user's model, not the proxy
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,44 @@ def layer_modules(model: Transformer) -> dict[str, torch.nn.Module]:
     return layers
 
 
+def foreign_layer_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """For a user's model: every module that owns a parameter (by name, in registration
+    order), then the whole model as "logits" (its output, the output multiplier applied)."""
+    layers: dict[str, torch.nn.Module] = {}
+    for name, module in model.named_modules():
+        if name and any(True for _ in module.parameters(recurse=False)):
+            layers[name] = module
+    layers["logits"] = model
+    return layers
+
+
+def build_checked_model(settings: CoordCheckSettings, width: int, base_width: int, lr: float):
+    """(model, optimizers, measured layers) at `width`: the proxy, or the user's model
+    parametrized per the same table, with the proxy's optimizers (weight decay 0)."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    if settings.model_factory is None:
+        model = build_model(settings.shape, width, base_width, settings.parametrization, generator)
+        optimizers = build_optimizers(model, settings.parametrization, lr, 0.0, width, base_width)
+        return model, optimizers, layer_modules(model)
+    from telescope.foreign import build_foreign_optimizers, load_factory, make_model, parametrize
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = make_model(load_factory(settings.model_factory), width, settings.model_factory)
+    parametrize(model, settings.parametrization, width, base_width, generator=generator)
+    optimizers = build_foreign_optimizers(model, settings.parametrization, lr, 0.0, width, base_width)
+    return model, optimizers, foreign_layer_modules(model)
+
+
+def _first_tensor(out) -> torch.Tensor | None:
+    """A module's output tensor (the first one when it returns a tuple, as attention does)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return next((o for o in out if isinstance(o, torch.Tensor)), None)
+    return None
+
+
 def log_log_slope(widths: list[int], values: np.ndarray) -> float:
     """Least-squares slope of log(values) against log(widths); NaN if any value is <= 0."""
     values = np.asarray(values, dtype=np.float64)
@@ -96,19 +135,23 @@ def _check(settings: CoordCheckSettings) -> None:
 
 def _probe_width(settings: CoordCheckSettings, width: int, base_width: int, lr: float, data):
     """(sizes, changes, final loss) for one width; sizes/changes are {layer: (steps+1,)}."""
-    shape, B, T = settings.shape, settings.batch_size, settings.shape.seq_len
-    generator = torch.Generator().manual_seed(settings.seed)
-    model = build_model(shape, width, base_width, settings.parametrization, generator)
-    optimizers = build_optimizers(model, settings.parametrization, lr, 0.0, width, base_width)
+    B, T = settings.batch_size, settings.shape.seq_len
+    model, optimizers, layers = build_checked_model(settings, width, base_width, lr)
     probe_inputs, _ = data.val_batches(1, B, T)[0]
 
     outputs: dict[str, torch.Tensor] = {}
+
+    def record(name: str, out) -> None:
+        tensor = _first_tensor(out)
+        if tensor is not None:
+            outputs[name] = tensor.detach()
+
     hooks = [
-        module.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out.detach()))
-        for name, module in layer_modules(model).items()
+        module.register_forward_hook(lambda _m, _i, out, name=name: record(name, out))
+        for name, module in layers.items()
     ]
-    sizes: dict[str, list[float]] = {name: [] for name in layer_modules(model)}
-    changes: dict[str, list[float]] = {name: [] for name in layer_modules(model)}
+    sizes: dict[str, list[float]] = {name: [] for name in layers}
+    changes: dict[str, list[float]] = {name: [] for name in layers}
     initial: dict[str, torch.Tensor] = {}
 
     def probe() -> None:
@@ -133,7 +176,8 @@ def _probe_width(settings: CoordCheckSettings, width: int, base_width: int, lr: 
     finally:
         for hook in hooks:
             hook.remove()
-    return sizes, changes, loss
+    measured = [name for name, values in sizes.items() if values]  # a module never called has no output
+    return {n: sizes[n] for n in measured}, {n: changes[n] for n in measured}, loss
 
 
 def coord_check(settings: CoordCheckSettings) -> CoordCheckResult:

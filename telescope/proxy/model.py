@@ -25,7 +25,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight)
+        return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype))  # same dtype: the fused kernel
 
 
 class Linear(nn.Linear):

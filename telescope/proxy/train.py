@@ -11,12 +11,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from telescope.errors import ConfigError
-from telescope.parametrization import fingerprint, get_table
+from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.data import load_data
-from telescope.proxy.model import Transformer, build_model
-from telescope.proxy.optim import build_optimizers
+from telescope.proxy.model import build_model
+from telescope.proxy.optim import Optimizers, build_optimizers
 from telescope.spec import MetricsCallback, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
 
 SMOOTHING_STEPS = 10  # the reported train loss is the mean over this many final steps
@@ -81,13 +82,13 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def loss_fn(model: Transformer, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def loss_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = model(inputs)
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 @torch.no_grad()
-def validation_loss(model: Transformer, batches, device: torch.device) -> float:
+def validation_loss(model: nn.Module, batches, device: torch.device) -> float:
     model.eval()
     total = 0.0
     for inputs, targets in batches:
@@ -101,10 +102,36 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def train_flops(spec: TrialSpec, tokens: int) -> float:
+def train_flops(spec: TrialSpec, tokens: int, model: nn.Module | None = None) -> float:
+    """The proxy's cost model; for a user's model (`model_factory`) the 6 * params * tokens rule."""
+    if spec.model_factory is not None and model is not None:
+        return 6.0 * sum(p.numel() for p in model.parameters()) * tokens
     from telescope.cost import train_flops as cost_train_flops
 
     return cost_train_flops(spec.model, spec.width, tokens)
+
+
+def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tuple[nn.Module, Optimizers]:
+    """The model the trial trains, initialised from `spec.seed` on `device`, and its optimizers:
+    the proxy, or the user's `spec.model_factory` model parametrized per the same table."""
+    generator = torch.Generator().manual_seed(spec.seed)
+    if spec.model_factory is None:
+        model = build_model(spec.model, spec.width, spec.base_width, table, generator).to(device)
+        optimizers = build_optimizers(
+            model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio
+        )
+        return model, optimizers
+    from telescope.foreign import build_foreign_optimizers, load_factory, make_model, parametrize
+
+    with torch.random.fork_rng(devices=[]):  # the factory's own init draws from the global RNG
+        torch.manual_seed(spec.seed)
+        model = make_model(load_factory(spec.model_factory), spec.width, spec.model_factory)
+    parametrize(model, table, spec.width, spec.base_width, generator=generator)
+    model = model.to(device)
+    optimizers = build_foreign_optimizers(
+        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio
+    )
+    return model, optimizers
 
 
 def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> TrialResult:
@@ -123,11 +150,7 @@ def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> Tri
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    generator = torch.Generator().manual_seed(spec.seed)
-    model = build_model(spec.model, spec.width, spec.base_width, table, generator).to(device)
-    optimizers = build_optimizers(
-        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio
-    )
+    model, optimizers = build_trial_model(spec, table, device)
     params = [p for p in model.parameters() if p.requires_grad]
     B, T = spec.train.batch_size, spec.model.seq_len
     val_batches = data.val_batches(spec.train.eval_batches, B, T)
@@ -174,7 +197,7 @@ def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> Tri
         train_loss=_finite(sum(tail) / len(tail)),
         val_loss=val_loss,
         tokens=tokens,
-        flops=train_flops(spec, tokens),
+        flops=train_flops(spec, tokens, model),
         wall_time=time.perf_counter() - started,
         steps=steps,
         device=describe_device(device),

@@ -1,0 +1,166 @@
+"""`telescope transfer-check [CONFIG]`: does the optimal learning rate transfer across width?"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from telescope.cli.common import DbOption, StoreOption, console, err_console, print_rows
+
+
+class ExecutorKind(str, enum.Enum):
+    ray = "ray"
+    local = "local"
+
+
+
+def transfer_check(
+    config: Annotated[
+        Path | None, typer.Argument(help="Sweep config (TOML): its model, train, executor and parametrization.")
+    ] = None,
+    parametrization: Annotated[
+        str | None, typer.Option("--parametrization", "-p", help="paper, muon, adamw or sp. Default: the config's, else paper.")
+    ] = None,
+    widths: Annotated[
+        str | None, typer.Option(help="Comma-separated widths. Default 64,256; with CONFIG its base and 4x base.")
+    ] = None,
+    points: Annotated[int, typer.Option(help="Learning rates per line, in steps of sqrt(2).")] = 5,
+    steps: Annotated[int | None, typer.Option(help="Training steps per trial. Default 200, or the config's.")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per learning rate; the optimum is located on the seed mean.")] = 2,
+    lr: Annotated[
+        float | None, typer.Option(help="Centre of the LR line. Default: the table's default LR, or the config's lr range centre.")
+    ] = None,
+    threshold: Annotated[float, typer.Option(help="Largest drift per doubling that passes, in grid steps.")] = 1.0,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Your model: package.module:factory, factory(width) -> nn.Module.")
+    ] = None,
+    executor: Annotated[ExecutorKind | None, typer.Option(help="ray or local. Default: the config's, else ray.")] = None,
+    name: Annotated[str | None, typer.Option(help="Check name in the database. Default: from the settings.")] = None,
+    db: DbOption = None,
+    store: StoreOption = None,
+    plot: Annotated[Path | None, typer.Option(help="Draw loss vs lr per width, optima marked, to this PNG.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the whole result as one JSON object.")] = False,
+) -> None:
+    """Line-sweep the learning rate at each width, locate the optima and judge whether they
+    stay put: exit 0 on PASS, 1 on FAIL, 2 on bad input. Trials are stored and resumable."""
+    from telescope.cli.coord_check import parse_widths
+    from telescope.storage.database import Database
+    from telescope.storage.metrics import MetricsStore, check_sweep_name
+    from telescope.transfer_check.plot import check_plot_path
+    from telescope.transfer_check.run import check_settings, run_transfer_check
+    from telescope.trials import make_executor
+
+    settings, executor_settings = build_settings(
+        config, parametrization, parse_widths(widths) if widths else None, points, steps, seeds, lr, threshold, model
+    )
+    if executor is not None:
+        executor_settings = dataclasses.replace(executor_settings, kind=executor.value)
+    if name is not None:
+        check_sweep_name(name)
+    if plot is not None:
+        check_plot_path(plot)
+    check_settings(settings)
+    metrics = MetricsStore(store)
+    runner = make_executor(executor_settings)
+    try:
+        with Database(db) as database:
+            result = run_transfer_check(settings, database, metrics, runner, name, _progress(settings), plot)
+    finally:
+        runner.close()
+    if json_out:
+        from telescope.transfer_check.run import dumps
+
+        typer.echo(dumps(result))
+    else:
+        print_result(result)
+    raise typer.Exit(0 if result.passed else 1)
+
+
+def build_settings(
+    config: Path | None,
+    parametrization: str | None,
+    widths: tuple[int, ...] | None,
+    points: int,
+    steps: int | None,
+    seeds: int,
+    lr: float | None,
+    threshold: float,
+    model: str | None,
+):
+    """(CheckSettings, ExecutorSettings) from the built-in defaults or a sweep config."""
+    from telescope.config import load_config
+    from telescope.transfer_check.run import CheckSettings, settings_from_config
+    from telescope.trials.base import ExecutorSettings
+
+    common: dict[str, Any] = {"points": points, "seeds": seeds, "threshold": threshold, "model_factory": model}
+    if config is None:
+        settings = CheckSettings(**common)
+        if widths is not None:
+            settings = dataclasses.replace(settings, widths=widths)
+        executor_settings = ExecutorSettings(kind="ray", cpus_per_trial=1.0)
+    else:
+        cfg = load_config(config)
+        settings = settings_from_config(cfg, widths, **common)
+        executor_settings = cfg.executor
+    if parametrization is not None:
+        settings = dataclasses.replace(settings, parametrization=parametrization)
+    if lr is not None:
+        settings = dataclasses.replace(settings, lr_center=lr)
+    if steps is not None:
+        warmup = min(settings.train.warmup_steps, steps)
+        settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, steps=steps, warmup_steps=warmup))
+    return settings, executor_settings
+
+
+def _progress(settings):
+    done = [0]
+
+    def on_trial(key: str, result) -> None:
+        done[0] += 1
+        loss = result.val_loss if settings.objective == "val_loss" else result.train_loss
+        shown = f"{loss:.4f}" if loss is not None else "-"
+        err_console.print(f"trial {done[0]} ({key}): {result.status.value} {shown}", highlight=False)
+
+    return on_trial
+
+
+def print_result(result) -> None:
+    """The table of optima, the per-doubling drift table, the verdict and its reasons."""
+    v, s = result.verdict, result.settings
+    widths = [
+        {
+            "width": r.width,
+            "optimum lr": f"{r.optimum_lr:.4g}",
+            "steps": f"{r.optimum_steps:+.2f}",
+            "best loss": f"{r.best_loss:.4f}",
+            "edge": r.edge or "-",
+            "seed std": f"{r.seed_std_steps:.2f}" if r.seed_std_steps is not None else "-",
+        }
+        for r in v.widths
+    ]
+    console.print(
+        f"transfer check {result.name}: {s.parametrization}, lr {s.center:.3g} x {s.step:.3g}^k, "
+        f"{s.points} points, {s.seeds} seed(s), {s.train.steps} steps",
+        highlight=False,
+    )
+    print_rows(widths, title="optima per width")
+    doublings = [
+        {
+            "widths": f"{d.width_lo} -> {d.width_hi}",
+            "drift/doubling": f"{d.drift_per_doubling:+.2f}" + (f" ± {d.drift_std:.2f}" if d.drift_std is not None else ""),
+            "within": "yes" if d.drift_ok else "NO",
+            "wider better": "yes" if d.wider_better else "NO",
+        }
+        for d in v.doublings
+    ]
+    print_rows(doublings, title=f"drift in grid steps (threshold {v.threshold_steps:g} per doubling)")
+    color = "green" if v.passed else "red"
+    console.print(f"[bold {color}]{v.label}[/]", highlight=False)
+    for reason in v.reasons:
+        console.print(f"  - {reason}", highlight=False)
+    if result.plot:
+        console.print(f"plot: {result.plot}", highlight=False)

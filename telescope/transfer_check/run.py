@@ -1,0 +1,476 @@
+"""`telescope transfer-check` end to end: LR lines per width through the sweep's executor and
+database, located optima, extensions, and the verdict (telescope.transfer_check.analysis).
+
+A check is stored as a sweep of kind "transfer-check". Level i holds the first line of
+width i; the j-th extension of width i is level i + j * len(widths). Trial keys name the
+width, lr and seed, so running the same check again runs only the trials that have not
+finished, and every level's extension is a pure function of the stored results before it.
+
+Defaults (measured on the default corpus, see README "Transfer check"): widths 64 and 256,
+5 points in steps of sqrt(2) around the table's default LR, 2 seeds, 200 steps of 16 x 64
+bytes, depth 2, head dim 32, weight decay 0. Comparing the two widths two doublings apart
+averages out the seed noise that dominates one doubling at this size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from telescope.errors import ConfigError, TelescopeError
+from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec
+from telescope.storage.database import Database, TrialRow, config_hash
+from telescope.storage.metrics import MetricsStore
+from telescope.transfer_check.analysis import (
+    DEFAULT_EXTENSION_POINTS,
+    DEFAULT_MAX_EXTENSIONS,
+    DEFAULT_THRESHOLD_STEPS,
+    SQRT2,
+    SeededOptimum,
+    Verdict,
+    locate_seeds,
+    lr_line,
+    next_extension,
+    verdict_from_optima,
+)
+from telescope.trials.base import Executor
+from telescope.trials.recorder import run_pending
+
+KIND = "transfer-check"
+DEFAULT_WIDTHS = (64, 256)
+DEFAULT_CHECK_POINTS = 5
+DEFAULT_SEEDS = 2
+DEFAULT_CHECK_TRAIN = TrainSettings(steps=200, batch_size=16, warmup_steps=20)
+DEFAULT_CHECK_SHAPE = ModelShape(depth=2, head_dim=32, seq_len=64)
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """Everything a transfer check runs. `lr_center=None` means the table's default LR;
+    `base_width=None` means the first width (m = 1 there)."""
+
+    parametrization: str = "paper"
+    widths: tuple[int, ...] = DEFAULT_WIDTHS
+    base_width: int | None = None
+    lr_center: float | None = None
+    points: int = DEFAULT_CHECK_POINTS
+    seeds: int = DEFAULT_SEEDS
+    seed_base: int = 0
+    weight_decay: float = 0.0
+    muon_lr_ratio: float = 1.0
+    step: float = SQRT2
+    threshold: float = DEFAULT_THRESHOLD_STEPS
+    loss_tolerance: float = 0.0
+    max_extensions: int = DEFAULT_MAX_EXTENSIONS
+    extension_points: int = DEFAULT_EXTENSION_POINTS
+    objective: Literal["val_loss", "train_loss"] = "val_loss"
+    model: ModelShape = DEFAULT_CHECK_SHAPE
+    train: TrainSettings = DEFAULT_CHECK_TRAIN
+    model_factory: str | None = None
+
+    @property
+    def center(self) -> float:
+        if self.lr_center is not None:
+            return self.lr_center
+        from telescope.parametrization import get_table
+
+        return get_table(self.parametrization).default_lr
+
+    @property
+    def base(self) -> int:
+        return self.base_width if self.base_width is not None else self.widths[0]
+
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(range(self.seed_base, self.seed_base + self.seeds))
+
+    def trial_settings(self) -> dict[str, Any]:
+        """What decides the trials (stored with the check; the verdict's knobs are not in it,
+        so changing --threshold reuses the stored trials)."""
+        d = dataclasses.asdict(self)
+        for key in ("threshold", "loss_tolerance", "max_extensions", "extension_points", "objective"):
+            d.pop(key)
+        d["widths"] = list(self.widths)
+        d["base_width"], d["lr_center"] = self.base, self.center
+        return d
+
+    def default_name(self) -> str:
+        """`transfer-check-TABLE-HASH`: the same settings resume the same check."""
+        digest = config_hash(self.trial_settings())[:8]
+        return f"{KIND}-{self.parametrization}-{digest}"
+
+
+def check_settings(settings: CheckSettings) -> None:
+    """TelescopeError (one line) for settings that cannot run; nothing is written before this."""
+    from telescope.parametrization import get_table
+    from telescope.proxy.model import check_shape
+    from telescope.proxy.train import check_spec
+
+    get_table(settings.parametrization)
+    ws = settings.widths
+    if len(ws) < 2 or any(b <= a for a, b in zip(ws, ws[1:])) or ws[0] <= 0:
+        raise ConfigError(f"--widths needs at least two positive, strictly increasing widths, got {list(ws)}")
+    if settings.points < 3:
+        raise ConfigError(f"--points must be >= 3 to locate an optimum, got {settings.points}")
+    if settings.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {settings.seeds}")
+    if not (settings.center > 0 and math.isfinite(settings.center)):
+        raise ConfigError(f"--lr must be a positive number, got {settings.center}")
+    if not settings.threshold > 0:
+        raise ConfigError(f"--threshold must be > 0 grid steps, got {settings.threshold}")
+    if settings.weight_decay < 0 or settings.muon_lr_ratio <= 0:
+        raise ConfigError("weight decay must be >= 0 and muon_lr_ratio > 0")
+    spec = _spec(settings, ws[0], settings.center, settings.seed_base)
+    check_spec(spec)
+    if settings.model_factory is None:
+        for w in ws:
+            check_shape(settings.model, w)
+    else:
+        check_foreign_model(settings.model_factory, settings.parametrization, ws[0], settings.base, settings.model)
+
+
+def check_foreign_model(factory: str, parametrization: str, width: int, base_width: int, shape: ModelShape) -> None:
+    """Build the user's model at `width`, classify its parameters and run one forward pass:
+    a bad factory, an unmatched parameter, no unembedding or outputs that are not logits
+    over the vocabulary are each one TelescopeError line."""
+    import torch
+
+    from telescope.foreign import classify_foreign, load_factory, make_model, parametrize
+
+    model = make_model(load_factory(factory), width, factory)
+    classify_foreign(model)
+    parametrize(model, parametrization, width, base_width)
+    idx = torch.zeros(1, shape.seq_len, dtype=torch.long)
+    try:
+        with torch.no_grad():
+            out = model(idx)
+    except Exception as e:  # noqa: BLE001 - the user's forward failed; say how, in one line
+        raise TelescopeError(f"model factory {factory!r}: forward on token ids (1, {shape.seq_len}) failed: "
+                             f"{type(e).__name__}: {e}".replace("\n", " ")) from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[:2] != idx.shape or out.shape[2] < shape.vocab_size:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TelescopeError(
+            f"model factory {factory!r} must map token ids (batch, seq) to logits (batch, seq, >= {shape.vocab_size}), got {got}"
+        )
+
+
+def _spec(settings: CheckSettings, width: int, lr: float, seed: int) -> TrialSpec:
+    return TrialSpec(
+        width=width,
+        base_width=settings.base,
+        lr=lr,
+        weight_decay=settings.weight_decay,
+        muon_lr_ratio=settings.muon_lr_ratio,
+        parametrization=settings.parametrization,
+        seed=seed,
+        model=settings.model,
+        train=settings.train,
+        model_factory=settings.model_factory,
+    )
+
+
+def trial_key(width: int, lr: float, seed: int) -> str:
+    return f"w{width}-lr={lr:.6g}-s{seed}"
+
+
+class TransferCheckFailed(Exception):
+    """`sweep --check-transfer` stops on a FAIL (not a TelescopeError: exit 1, not 2)."""
+
+    def __init__(self, check: "CheckResult"):
+        super().__init__(f"transfer check {check.name} failed: " + "; ".join(check.verdict.reasons))
+        self.check = check
+
+
+@dataclass
+class CheckResult:
+    name: str
+    settings: CheckSettings
+    verdict: Verdict
+    located: list[SeededOptimum]
+    curves: dict[int, list[tuple[float, float]]]  # width -> (lr, seed-mean loss; inf when diverged)
+    trials: int
+    ran: int
+    failed: int = 0
+    plot: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole check as one JSON-able object (`--json`, and the stored result)."""
+        return {
+            "check": self.name,
+            "parametrization": self.settings.parametrization,
+            "verdict": self.verdict.label,
+            "passed": self.passed,
+            "threshold_steps": self.verdict.threshold_steps,
+            "reasons": list(self.verdict.reasons),
+            "widths": _json_rows(self.verdict.width_rows()),
+            "doublings": _json_rows(self.verdict.doubling_rows()),
+            "curves": {str(w): [[lr, _num(loss)] for lr, loss in c] for w, c in self.curves.items()},
+            "lr_center": self.settings.center,
+            "step": self.settings.step,
+            "seeds": list(self.settings.seed_list()),
+            "trials": self.trials,
+            "ran": self.ran,
+            "failed": self.failed,
+            "plot": self.plot,
+        }
+
+    def report_section(self) -> dict[str, Any]:
+        """The `result["transfer_check"]` of a sweep: scalars, one table and the plot
+        (telescope.report.markdown renders it)."""
+        drift = {d.width_hi: d for d in self.verdict.doublings}
+        rows = []
+        for r in self.verdict.widths:
+            d = drift.get(r.width)
+            rows.append({
+                "width": r.width, "optimum_lr": r.optimum_lr, "optimum_steps": round(r.optimum_steps, 3),
+                "best_loss": _num(r.best_loss), "edge": r.edge or "", "seed_std_steps": _round(r.seed_std_steps),
+                "drift_per_doubling": _round(d.drift_per_doubling) if d else None,
+                "drift_std": _round(d.drift_std) if d else None,
+            })  # fmt: skip
+        worst = max(self.verdict.doublings, key=lambda d: abs(d.drift_per_doubling))
+        return {
+            "check": self.name,
+            "verdict": self.verdict.label,
+            "parametrization": self.settings.parametrization,
+            "widths": ", ".join(map(str, self.settings.widths)),
+            "threshold_steps": self.verdict.threshold_steps,
+            "largest_drift_per_doubling": round(worst.drift_per_doubling, 3),
+            "reasons": "; ".join(self.verdict.reasons),
+            "table": rows,
+            "plot": self.plot,
+        }
+
+
+def _num(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _round(x: float | None, digits: int = 3) -> float | None:
+    return round(x, digits) if x is not None and math.isfinite(x) else None
+
+
+def _json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: _num(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+
+
+def open_check(db: Database, settings: CheckSettings, name: str) -> None:
+    """Create the check's sweep row, or reopen it to resume (same trial settings only)."""
+    config = settings.trial_settings()
+    existing = db.get_sweep(name)
+    if existing is None:
+        db.create_sweep(
+            name,
+            config,
+            parametrization=settings.parametrization,
+            base_width=settings.base,
+            calibration_width=settings.widths[-1],
+            kind=KIND,
+        )
+        return
+    if existing.kind != KIND:
+        raise TelescopeError(f"{name!r} is a {existing.kind}, not a transfer check; choose another --name")
+    if existing.config_hash != config_hash(config):
+        raise TelescopeError(
+            f"transfer check {name!r} was run with different settings; pick another --name (or drop --name)"
+        )
+    db.reset_running(name)
+    db.update_sweep(name, status="running")
+
+
+def run_transfer_check(
+    settings: CheckSettings,
+    db: Database,
+    store: MetricsStore,
+    executor: Executor,
+    name: str | None = None,
+    on_trial: Callable[[str, Any], None] | None = None,
+    plot: str | Path | None = None,
+) -> CheckResult:
+    """Run (or resume) a transfer check, draw its plot to `plot` (a .png) if given, and
+    store its result; see the module docstring."""
+    from telescope.transfer_check.plot import check_plot_path, plot_transfer_check
+
+    check_settings(settings)
+    if plot is not None:
+        check_plot_path(plot)
+    name = name or settings.default_name()
+    open_check(db, settings, name)
+    try:
+        result = _run(settings, db, store, executor, name, on_trial)
+        if plot is not None:
+            result.plot = str(plot_transfer_check(result, plot).resolve())
+    except BaseException:
+        db.update_sweep(name, status="stopped")
+        raise
+    db.update_sweep(name, status="completed", result=result.to_dict())
+    return result
+
+
+def _run(
+    settings: CheckSettings,
+    db: Database,
+    store: MetricsStore,
+    executor: Executor,
+    name: str,
+    on_trial: Callable[[str, Any], None] | None,
+) -> CheckResult:
+    seeds = settings.seed_list()
+    n = len(settings.widths)
+    located: list[SeededOptimum] = []
+    curves: dict[int, list[tuple[float, float]]] = {}
+    total = ran = failed = 0
+    for i, width in enumerate(settings.widths):
+        lrs = list(lr_line(settings.center, settings.points, settings.step))
+        new = list(lrs)
+        extensions = 0
+        while True:
+            level = i + n * extensions
+            ran += _run_line(settings, db, store, executor, name, level, width, new, seeds, on_trial)
+            rows = {row.key: row for row in db.trials(name) if row.width == width}
+            losses, n_failed = _loss_table(settings, rows, width, lrs, seeds)
+            optimum = locate_seeds(lrs, losses, settings.step)
+            db.finish_level(name, level, best={"lr": optimum.mean.grid_lr}, best_loss=_num(optimum.mean.grid_loss))
+            new = list(
+                next_extension(
+                    lrs,
+                    optimum.mean,
+                    extensions,
+                    max_extensions=settings.max_extensions,
+                    n=settings.extension_points,
+                )
+            )
+            if not new:
+                break
+            lrs = sorted(lrs + new)
+            extensions += 1
+        located.append(optimum)
+        mean = [sum(col) / len(col) for col in zip(*losses)]
+        curves[width] = list(zip(lrs, mean))
+        total += len(lrs) * len(seeds)
+        failed += n_failed
+    verdict = verdict_from_optima(
+        settings.widths, located, settings.threshold, loss_tolerance=settings.loss_tolerance, step=settings.step
+    )
+    return CheckResult(name, settings, verdict, located, curves, total, ran, failed)
+
+
+def _run_line(
+    settings: CheckSettings,
+    db: Database,
+    store: MetricsStore,
+    executor: Executor,
+    name: str,
+    level: int,
+    width: int,
+    lrs: Sequence[float],
+    seeds: Sequence[int],
+    on_trial: Callable[[str, Any], None] | None,
+) -> int:
+    trials = [(trial_key(width, lr, s), _spec(settings, width, lr, s)) for lr in lrs for s in seeds]
+    db.plan_level(name, level, width=width, grid=[{"lr": lr} for lr in lrs])
+    db.start_level(name, level)
+    callbacks = {"on_finished": on_trial} if on_trial is not None else {}
+    return run_pending(db, store, executor, name, level, trials, **callbacks)
+
+
+def _loss_table(
+    settings: CheckSettings, rows: dict[str, TrialRow], width: int, lrs: Sequence[float], seeds: Sequence[int]
+) -> tuple[list[list[float]], int]:
+    """losses[k][j] for seed k at lrs[j] (+inf when diverged or failed), and the failed count.
+    Every trial of a width failing is an error: the check would have nothing to measure."""
+    table, failed, errors = [], 0, []
+    for s in seeds:
+        line = []
+        for lr in lrs:
+            row = rows[trial_key(width, lr, s)]
+            if row.status is Status.FAILED:
+                failed += 1
+                errors.append(row.error or "unknown error")
+            value = row.val_loss if settings.objective == "val_loss" else row.train_loss
+            line.append(value if value is not None and math.isfinite(value) else math.inf)
+        table.append(line)
+    if failed == len(lrs) * len(seeds):
+        first = (errors[0] or "").strip().splitlines()
+        raise TelescopeError(f"every trial at width {width} failed: {first[-1] if first else 'unknown error'}")
+    return table, failed
+
+
+def run_sweep_check(
+    settings: CheckSettings, db: Database, store: MetricsStore, executor: Executor, sweep: str, force: bool = False
+) -> dict[str, Any]:
+    """The check `telescope sweep --check-transfer` runs before level 0, stored as the
+    transfer check `SWEEP-transfer-check` with its plot in the metrics store's folder
+    `transfer-check-plots/`. Returns its report section; raises TransferCheckFailed on FAIL
+    unless `force`, after storing the section in the stopped sweep's result."""
+    name = f"{sweep}-{KIND}"
+    folder = store.root / f"{KIND}-plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    result = run_transfer_check(settings, db, store, executor, name, plot=folder / f"{name}.png")
+    section = result.report_section()
+    if not result.passed and not force:
+        db.update_sweep(sweep, result={"transfer_check": section})
+        raise TransferCheckFailed(result)
+    return section
+
+
+def settings_from_config(
+    config: Any,
+    widths: Sequence[int] | None = None,
+    **overrides: Any,
+) -> CheckSettings:
+    """Check settings from a sweep config: its model, train settings, parametrization and base
+    width; the LR line centred on the middle of its lr range (or its fixed lr), weight decay
+    and muon_lr_ratio at their fixed values or the middle of their ranges. Default widths:
+    the sweep's first widths, `first_widths(config)`."""
+    values = dict(config.search.fixed)
+    for axis in config.search.axes:
+        values[axis.name] = math.sqrt(axis.lo * axis.hi)
+    return CheckSettings(
+        parametrization=config.parametrization,
+        widths=tuple(widths) if widths is not None else first_widths(config),
+        base_width=config.widths.base,
+        lr_center=values.get("lr"),
+        weight_decay=values.get("weight_decay", 0.0),
+        muon_lr_ratio=values.get("muon_lr_ratio", 1.0),
+        objective=config.objective,
+        model=config.model,
+        train=config.train,
+        seed_base=config.seeds.base,
+        **overrides,
+    )
+
+
+def first_widths(config: Any) -> tuple[int, ...]:
+    """The sweep's first widths for a check: its base width and the width two doublings up
+    (one when the calibration width is only twice the base)."""
+    base, calibration = config.widths.base, config.widths.calibration
+    if calibration <= base:
+        raise ConfigError(
+            f"a transfer check needs two widths but the config's base and calibration widths are both {base}; pass --widths"
+        )
+    return (base, min(4 * base, calibration))
+
+
+def dumps(result: CheckResult) -> str:
+    return json.dumps(result.to_dict(), indent=2, default=str)
+
+
+__all__ = [
+    "CheckResult",
+    "CheckSettings",
+    "TransferCheckFailed",
+    "check_settings",
+    "first_widths",
+    "run_sweep_check",
+    "run_transfer_check",
+    "settings_from_config",
+    "trial_key",
+]
+

@@ -1,0 +1,67 @@
+"""Small LMs that are not telescope's proxy, for `--model tests.foreign_models:...` style
+factories (importable as `foreign_models:factory` with tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+VOCAB = 256
+HEAD_DIM = 16
+
+
+class EncoderLM(nn.Module):
+    """Token ids (B, T) -> logits (B, T, VOCAB): nn.TransformerEncoder with a causal mask."""
+
+    def __init__(self, width: int, depth: int = 1):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, width)
+        layer = nn.TransformerEncoderLayer(
+            width, nhead=max(1, width // HEAD_DIM), dim_feedforward=2 * width, dropout=0.0,
+            batch_first=True, norm_first=True,
+        )  # fmt: skip
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.lm_head = nn.Linear(width, VOCAB, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.size(1)
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=idx.device)
+        x = self.blocks(self.embed(idx), mask=mask, is_causal=True)
+        return self.lm_head(self.norm(x))
+
+
+class WithExpertBank(EncoderLM):
+    """A 3-D parameter no default rule covers."""
+
+    def __init__(self, width: int):
+        super().__init__(width)
+        self.experts = nn.Parameter(torch.zeros(2, width, width))
+
+
+class TiedNoHead(nn.Module):
+    """Logits from the embedding matrix itself: no module computes them, no unembedding found."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(VOCAB, width))
+        self.mix = nn.Linear(width, width, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.tokens[idx]) @ self.tokens.T
+
+
+def encoder_lm(width: int) -> nn.Module:
+    return EncoderLM(width)
+
+
+def with_expert_bank(width: int) -> nn.Module:
+    return WithExpertBank(width)
+
+
+def tied_no_head(width: int) -> nn.Module:
+    return TiedNoHead(width)
+
+
+def not_a_module(width: int) -> dict:
+    return {"width": width}

@@ -1,0 +1,127 @@
+"""Every example runs as the README says, or says in one line what it needs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from telescope.cli.main import app
+from telescope.config import parse_config
+from telescope.export import export_sweep, render
+from telescope.storage.database import Database
+from telescope.storage.metrics import MetricsStore
+from telescope.sweep import run_sweep
+from telescope.trials import make_executor
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+runner = CliRunner()
+
+MICRO = {
+    "name": "micro",
+    "model": {"depth": 1, "head_dim": 16, "seq_len": 16},
+    "widths": {"base": 16, "calibration": 32, "target": 64},
+    "train": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "eval_batches": 1, "device": "cpu"},
+    "search": {"lr": {"lo": 0.01, "hi": 0.04, "points": 3}, "weight_decay": {"lo": 0.05, "hi": 0.2, "points": 3}},
+    "narrowing": {"min_points": 1},
+    "executor": {"kind": "local"},
+}
+
+
+@pytest.fixture(scope="module")
+def micro_db(tmp_path_factory) -> str:
+    """A database holding one finished micro sweep named `micro`."""
+    tmp = tmp_path_factory.mktemp("examples")
+    url = f"sqlite:///{tmp / 't.db'}"
+    config = parse_config(MICRO)
+    executor = make_executor(config.executor)
+    with Database(url) as db:
+        run_sweep(config, db, MetricsStore(tmp / "store"), "micro", executor=executor)
+    return url
+
+
+def test_there_are_the_documented_examples() -> None:
+    names = {p.name for p in EXAMPLES}
+    assert {"tiny-cpu.toml", "single-gpu.toml", "ray-cluster-postgres.toml", "paper-3.7b.toml"} <= names
+    readme = (ROOT / "README.md").read_text()
+    for path in [*EXAMPLES, ROOT / "examples" / "train_target.py"]:
+        assert f"examples/{path.name}" in readme, f"{path.name} is not described in the README"
+
+
+@pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: p.name)
+def test_plan_runs_on_every_example(config: Path) -> None:
+    result = runner.invoke(app, ["plan", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["sweep_trials"] == sum(level["trials"] for level in plan["levels"]) > 0
+
+
+def test_readme_plan_commands_run() -> None:
+    commands = re.findall(r"^telescope plan (\S+)\s*$", (ROOT / "README.md").read_text(), re.M)
+    assert commands, "the README shows no `telescope plan` command"
+    for path in commands:
+        result = runner.invoke(app, ["plan", str(ROOT / path)])
+        assert result.exit_code == 0, f"telescope plan {path}: {result.output}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_example_says_it_needs_a_gpu(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    for extra in ([], ["--executor", "local"]):
+        result = runner.invoke(app, ["sweep", str(ROOT / "examples/single-gpu.toml"), "--db", f"sqlite:///{db}",
+                                     "--store", str(tmp_path / "store"), *extra])  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert "no CUDA GPU" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not db.exists() and not (tmp_path / "store").exists()
+
+
+def test_cluster_example_says_the_cluster_is_absent(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    result = runner.invoke(app, ["sweep", str(ROOT / "examples/ray-cluster-postgres.toml"), "--ray-address",
+                                 "127.0.0.1:1", "--db", f"sqlite:///{db}"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not db.exists()
+
+
+def test_export_table_is_readable_and_json_stays_json(micro_db: str) -> None:
+    table = runner.invoke(app, ["export", "micro", "--db", micro_db, "--format", "table"], terminal_width=120)
+    assert table.exit_code == 0, table.output
+    with Database(micro_db, create=False) as db:
+        payload = export_sweep(db, "micro")
+    for group in payload["groups"]:
+        line = next(l for l in table.stdout.splitlines() if group["params"][0] in l)
+        assert group["role"] in line and group["optimizer"] in line and f"{group['lr']:.4g}" in line
+    assert "base values" in table.stdout and "widths 16 -> 32" in table.stdout
+    as_json = runner.invoke(app, ["export", "micro", "--db", micro_db, "--format", "json"])
+    assert json.loads(as_json.stdout)["groups"] == json.loads(json.dumps(payload["groups"]))
+    piped = runner.invoke(app, ["export", "micro", "--db", micro_db])  # not a terminal: JSON
+    assert json.loads(piped.stdout)["base"] == payload["base"]
+    refused = runner.invoke(app, ["export", "micro", "--db", micro_db, "-f", "table", "-o", "x.txt"])
+    assert refused.exit_code == 2
+
+
+def test_train_target_trains_with_an_export(micro_db: str, tmp_path: Path) -> None:
+    with Database(micro_db, create=False) as db:
+        path = tmp_path / "export.yaml"
+        path.write_text(render(export_sweep(db, "micro"), "yaml"))
+    script = str(ROOT / "examples/train_target.py")
+    done = subprocess.run([sys.executable, script, str(path), "--steps", "4", "--batch-size", "2", "--log-every", "2"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "training width 64" in done.stdout and "hidden    muon" in done.stdout
+    losses = [float(x) for x in re.findall(r"train loss (\S+)", done.stdout)]
+    val = float(re.search(r"validation loss (\S+)", done.stdout).group(1))
+    assert len(losses) == 2 and all(math.isfinite(x) for x in [*losses, val])
+    if not torch.cuda.is_available():
+        no_gpu = subprocess.run([sys.executable, script, str(path), "--device", "cuda"],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert no_gpu.returncode == 2 and no_gpu.stderr.strip().count("\n") == 0, no_gpu.stderr
