@@ -27,6 +27,7 @@ from telescope.trials.base import ExecutorSettings
 # Names of the tables in telescope.parametrization.TABLES, kept here so loading a config
 # does not import torch (a test checks the two agree).
 PARAMETRIZATIONS = ("paper", "muon", "adamw", "sp")
+DEFAULT_PARAMETRIZATION = "paper"
 Objective = Literal["val_loss", "train_loss"]
 
 # Searched when the config does not mention them; the lr range is centred on the

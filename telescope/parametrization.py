@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from telescope.config import DEFAULT_PARAMETRIZATION
 from telescope.errors import ConfigError
 
 Role = Literal["embedding", "hidden", "output", "vector"]
@@ -132,7 +133,7 @@ TABLES: dict[str, Table] = {
         ),
     )
 }
-DEFAULT_TABLE = "paper"
+DEFAULT_TABLE = DEFAULT_PARAMETRIZATION
 
 
 def get_table(name: str) -> Table:

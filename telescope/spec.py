@@ -20,6 +20,9 @@ class Status(str, enum.Enum):
     FAILED = "failed"
 
 
+FINISHED = (Status.COMPLETED, Status.DIVERGED, Status.FAILED)  # a trial that will not run again
+
+
 # Hyperparameters a sweep may search over; each is a field of TrialSpec.
 SWEEPABLE = ("lr", "weight_decay", "muon_lr_ratio")
 

@@ -85,7 +85,7 @@ def test_sweep_with_local_executor_stores_every_trial_and_exports(tmp_path: Path
     config = write_config(tmp_path)
     result = runner.invoke(app, ["sweep", str(config), "--db", db_url, "--store", str(store)])
     assert result.exit_code == 0, result.output
-    assert "answer" in result.output
+    assert "base values" in result.output and "parameter groups" in result.output
     assert_complete(db_url, store, "micro", expected_trials=9 + 1 + 1)
 
     out = runner.invoke(app, ["export", "micro", "--db", db_url, "--format", "json"])

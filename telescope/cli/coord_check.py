@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 
 from telescope.cli.common import console, print_rows
+from telescope.config import DEFAULT_PARAMETRIZATION
 from telescope.errors import ConfigError
-from telescope.parametrization import DEFAULT_TABLE
-from telescope.proxy.coord_check import DEFAULT_LR, CoordCheckSettings, coord_check as run_coord_check, plot_coord_check
 from telescope.spec import ModelShape
 
 
@@ -27,10 +26,10 @@ def parse_widths(text: str) -> tuple[int, ...]:
 def coord_check(
     parametrization: Annotated[
         str, typer.Option("--parametrization", "-p", help="paper, muon, adamw or sp.")
-    ] = DEFAULT_TABLE,
+    ] = DEFAULT_PARAMETRIZATION,
     widths: Annotated[str, typer.Option(help="Comma-separated widths; the first is the base width.")] = "64,128,256,512",
     steps: Annotated[int, typer.Option(help="Training steps per width.")] = 10,
-    lr: Annotated[float, typer.Option(help="Base learning rate eta0 (constant, no warmup).")] = DEFAULT_LR,
+    lr: Annotated[float, typer.Option(help="Base learning rate eta0 (constant, no warmup).")] = 0.01,
     threshold: Annotated[float, typer.Option(help="Largest |log-log slope| that passes.")] = 0.25,
     head_dim: Annotated[int, typer.Option(help="Attention head dimension.")] = 32,
     depth: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
@@ -44,6 +43,8 @@ def coord_check(
 ) -> None:
     """Train each width a few steps and check that every layer's activation size is
     width-independent. Exit 0 if every layer passes, 1 otherwise."""
+    from telescope.proxy.coord_check import CoordCheckSettings, coord_check as run_coord_check, plot_coord_check
+
     settings = CoordCheckSettings(
         parametrization=parametrization,
         widths=parse_widths(widths),

@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 
 from telescope.cli.common import DbOption, FormatOption, OutputFormat, StoreOption, err_console, print_rows
-from telescope.storage.query import DEFAULT_LIMIT, DEFAULT_TIMEOUT_S, run_query
+
+# The library's defaults (telescope.storage.query), repeated so `--help` needs no database driver.
+DEFAULT_LIMIT = 1000
+DEFAULT_TIMEOUT_S = 30.0
 
 def query(
     sql: Annotated[str, typer.Argument(help="One SQL statement, or - to read it from stdin.")],
@@ -33,6 +36,8 @@ def query(
     (sweep, level, trial_key, step, tokens, train_loss, lr, grad_norm, elapsed).
     A statement that would write is refused and the database is left unchanged.
     """
+    from telescope.storage.query import run_query
+
     text = sys.stdin.read() if sql == "-" else sql
     result = run_query(text, db, store, limit=limit, timeout=timeout, metrics=metrics)
     print_rows(result.records(), fmt, columns=result.columns)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from telescope.cli.common import DbOption, FormatOption, OutputFormat, print_rows
-from telescope.storage.database import FINISHED, Database, LevelRow, SweepSummary, TrialRow
+from telescope.spec import FINISHED
+
+if TYPE_CHECKING:
+    from telescope.storage.database import LevelRow, SweepSummary, TrialRow
 
 
 def status(
@@ -25,6 +28,8 @@ def status(
     The table format prints the levels then the trials; csv and json print one
     table so the output parses: the trials, or the levels with --levels.
     """
+    from telescope.storage.database import Database
+
     with Database(db, create=False) as database:
         if sweep is None:
             print_rows([_summary(s) for s in database.sweep_summaries()], fmt, columns=SWEEP_COLUMNS, title="sweeps")

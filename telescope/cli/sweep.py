@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.table import Table
-
-from telescope.cli.common import DbOption, StoreOption, console, err_console
+from telescope.cli.common import DbOption, StoreOption, err_console
+from telescope.cli.export import print_export
 
 
 class ExecutorKind(str, enum.Enum):
@@ -69,33 +68,4 @@ def sweep(
         raise typer.Exit(1) from None
     finally:
         runner.close()
-    print_answer(payload)
-
-
-def print_answer(payload: dict[str, Any]) -> None:
-    """The chosen values, their extrapolation, the warnings and the per-group values."""
-    prov = payload["provenance"]
-    table = Table(title=f"sweep {payload['sweep']}: answer (from width {prov['calibration_width']})")
-    for column in ("hyperparameter", "chosen", f"extrapolated to {payload['target_width']}"):
-        table.add_column(column)
-    for key, value in payload["base"].items():
-        extrapolated = payload["extrapolated"].get(key)
-        table.add_row(key, f"{value:.4g}", f"{extrapolated:.4g}" if extrapolated else "-")
-    console.print(table)
-    levels = prov["levels"]
-    console.print(
-        f"best {prov['objective']} {prov['best_loss']:.4f} | "
-        f"{sum(lv['trials'] for lv in levels)} trials over {len(levels)} levels, "
-        f"{sum(lv['diverged'] for lv in levels)} diverged, {sum(lv['failed'] for lv in levels)} failed"
-    )
-    for warning in prov["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    groups = Table(title=f"parameter groups at width {payload['target_width']} ({payload['parametrization']})")
-    for column in ("role", "params", "optimizer", "lr", "weight_decay", "init_std", "multiplier"):
-        groups.add_column(column)
-    for g in payload["groups"]:
-        groups.add_row(
-            g["role"], ", ".join(g["params"]), g["optimizer"], f"{g['lr']:.4g}", f"{g['weight_decay']:.4g}",
-            f"{g['init_std']:.4g}", f"{g['multiplier']:.4g}",
-        )  # fmt: skip
-    console.print(groups)
+    print_export(payload)

@@ -8,9 +8,7 @@ from typing import Annotated
 import typer
 
 from telescope.cli.common import print_rows
-from telescope.parametrization import DEFAULT_TABLE, get_table
-from telescope.proxy.data import load_data
-from telescope.proxy.train import run_trial
+from telescope.config import DEFAULT_PARAMETRIZATION
 from telescope.spec import ModelShape, TrainSettings, TrialSpec
 
 RESULT_COLUMNS = ["status", "train_loss", "val_loss", "steps", "tokens", "flops", "wall_time", "device"]
@@ -25,7 +23,7 @@ def trial(
     steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
     parametrization: Annotated[
         str, typer.Option("--parametrization", "-p", help="paper, muon, adamw or sp.")
-    ] = DEFAULT_TABLE,
+    ] = DEFAULT_PARAMETRIZATION,
     base_width: Annotated[int, typer.Option(help="muP base width (m = width / base width).")] = 64,
     depth: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
     head_dim: Annotated[int, typer.Option(help="Attention head dimension.")] = 32,
@@ -38,6 +36,10 @@ def trial(
     json_out: Annotated[bool, typer.Option("--json", help="Print spec and result as one JSON object.")] = False,
 ) -> None:
     """Train one proxy model and print its losses, tokens, FLOPs and wall time."""
+    from telescope.parametrization import get_table
+    from telescope.proxy.data import load_data
+    from telescope.proxy.train import run_trial
+
     spec = TrialSpec(
         width=width,
         base_width=base_width,

@@ -33,7 +33,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from sqlalchemy.orm import Session
 
 from telescope.errors import StorageError
-from telescope.spec import SWEEPABLE, Status, TrialResult, TrialSpec
+from telescope.spec import FINISHED, SWEEPABLE, Status, TrialResult, TrialSpec
 from telescope.storage.metrics import check_sweep_name, check_trial_key
 from telescope.storage.schema import (
     DATA_TABLES,
@@ -51,7 +51,6 @@ from telescope.storage.schema import (
 
 DEFAULT_DB = "telescope.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
-FINISHED = (Status.COMPLETED, Status.DIVERGED, Status.FAILED)
 
 
 # ---------------------------------------------------------------------------
