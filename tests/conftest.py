@@ -67,3 +67,15 @@ def ray_cluster(tmp_path_factory):
                 pass
 
 
+
+
+@pytest.fixture(scope="session")
+def smallest_sweep_db(tmp_path_factory) -> str:
+    """The URL of a SQLite database holding one finished sweep named `micro` (micro.SMALLEST:
+    widths 16 -> 32, target 64, table `paper`)."""
+    from micro import SMALLEST, run_micro_sweep
+
+    root = tmp_path_factory.mktemp("smallest-sweep")
+    url = f"sqlite:///{root / 'sweep.db'}"
+    run_micro_sweep(url, root / "store", **SMALLEST)
+    return url

@@ -14,39 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
-from telescope.config import parse_config
 from telescope.export import export_sweep, render
 from telescope.storage.database import Database
-from telescope.storage.metrics import MetricsStore
-from telescope.sweep import run_sweep
-from telescope.trials import make_executor
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 runner = CliRunner()
-
-MICRO = {
-    "name": "micro",
-    "model": {"depth": 1, "head_dim": 16, "seq_len": 16},
-    "widths": {"base": 16, "calibration": 32, "target": 64},
-    "train": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "eval_batches": 1, "device": "cpu"},
-    "search": {"lr": {"lo": 0.01, "hi": 0.04, "points": 3}, "weight_decay": {"lo": 0.05, "hi": 0.2, "points": 3}},
-    "narrowing": {"min_points": 1},
-    "executor": {"kind": "local"},
-}
-
-
-@pytest.fixture(scope="module")
-def micro_db(tmp_path_factory) -> str:
-    """A database holding one finished micro sweep named `micro`."""
-    tmp = tmp_path_factory.mktemp("examples")
-    url = f"sqlite:///{tmp / 't.db'}"
-    config = parse_config(MICRO)
-    executor = make_executor(config.executor)
-    with Database(url) as db:
-        run_sweep(config, db, MetricsStore(tmp / "store"), "micro", executor=executor)
-    return url
-
 
 def test_there_are_the_documented_examples() -> None:
     names = {p.name for p in EXAMPLES}
@@ -92,25 +65,25 @@ def test_cluster_example_says_the_cluster_is_absent(tmp_path: Path) -> None:
     assert len(result.output.strip().splitlines()) == 1 and not db.exists()
 
 
-def test_export_table_is_readable_and_json_stays_json(micro_db: str) -> None:
-    table = runner.invoke(app, ["export", "micro", "--db", micro_db, "--format", "table"], terminal_width=120)
+def test_export_table_is_readable_and_json_stays_json(smallest_sweep_db: str) -> None:
+    table = runner.invoke(app, ["export", "micro", "--db", smallest_sweep_db, "--format", "table"], terminal_width=120)
     assert table.exit_code == 0, table.output
-    with Database(micro_db, create=False) as db:
+    with Database(smallest_sweep_db, create=False) as db:
         payload = export_sweep(db, "micro")
     for group in payload["groups"]:
         line = next(l for l in table.stdout.splitlines() if group["params"][0] in l)
         assert group["role"] in line and group["optimizer"] in line and f"{group['lr']:.4g}" in line
     assert "base values" in table.stdout and "widths 16 -> 32" in table.stdout
-    as_json = runner.invoke(app, ["export", "micro", "--db", micro_db, "--format", "json"])
+    as_json = runner.invoke(app, ["export", "micro", "--db", smallest_sweep_db, "--format", "json"])
     assert json.loads(as_json.stdout)["groups"] == json.loads(json.dumps(payload["groups"]))
-    piped = runner.invoke(app, ["export", "micro", "--db", micro_db])  # not a terminal: JSON
+    piped = runner.invoke(app, ["export", "micro", "--db", smallest_sweep_db])  # not a terminal: JSON
     assert json.loads(piped.stdout)["base"] == payload["base"]
-    refused = runner.invoke(app, ["export", "micro", "--db", micro_db, "-f", "table", "-o", "x.txt"])
+    refused = runner.invoke(app, ["export", "micro", "--db", smallest_sweep_db, "-f", "table", "-o", "x.txt"])
     assert refused.exit_code == 2
 
 
-def test_train_target_trains_with_an_export(micro_db: str, tmp_path: Path) -> None:
-    with Database(micro_db, create=False) as db:
+def test_train_target_trains_with_an_export(smallest_sweep_db: str, tmp_path: Path) -> None:
+    with Database(smallest_sweep_db, create=False) as db:
         path = tmp_path / "export.yaml"
         path.write_text(render(export_sweep(db, "micro"), "yaml"))
     script = str(ROOT / "examples/train_target.py")

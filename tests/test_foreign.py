@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from telescope.config import parse_config
 from telescope.errors import ConfigError, TelescopeError
 from telescope.export import export_sweep, render
 from telescope.foreign import (
@@ -28,29 +27,11 @@ from telescope.foreign import (
 from telescope.proxy.model import build_model
 from telescope.spec import ModelShape
 from telescope.storage.database import Database
-from telescope.storage.metrics import MetricsStore
-from telescope.sweep import run_sweep
-from telescope.trials import make_executor
-
-MICRO = {
-    "name": "micro",
-    "model": {"depth": 1, "head_dim": 16, "seq_len": 16},
-    "widths": {"base": 16, "calibration": 32, "target": 64},
-    "train": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "eval_batches": 1, "device": "cpu"},
-    "search": {"lr": {"lo": 0.01, "hi": 0.04, "points": 3}, "weight_decay": {"lo": 0.05, "hi": 0.2, "points": 3}},
-    "narrowing": {"min_points": 1},
-    "executor": {"kind": "local"},
-}
-
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory) -> dict:
+def export(smallest_sweep_db: str) -> dict:
     """The export of a real (micro) sweep: target width 64, base width 16, table `paper`."""
-    tmp = tmp_path_factory.mktemp("foreign")
-    config = parse_config(MICRO)
-    executor = make_executor(config.executor)
-    with Database(f"sqlite:///{tmp / 't.db'}") as db:
-        run_sweep(config, db, MetricsStore(tmp / "store"), "micro", executor=executor)
+    with Database(smallest_sweep_db, create=False) as db:
         return export_sweep(db, "micro")
 
 

@@ -28,18 +28,14 @@ from telescope.storage.metrics import MetricsStore
 from telescope.storage.query import run_query
 from telescope.sweep import run_sweep
 from telescope.trials import make_executor
+from micro import micro_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-MICRO = {
-    "name": "micro",
-    "model": {"depth": 1, "head_dim": 16, "seq_len": 32},
-    "widths": {"base": 16, "calibration": 64, "target": 256},
-    "train": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1, "device": "cpu"},
-    "search": {"lr": {"lo": 0.004, "hi": 0.256, "points": 3}, "weight_decay": {"lo": 0.01, "hi": 0.1, "points": 2}},
-    "narrowing": {"min_points": 1},
-    "executor": {"kind": "local", "cpus_per_trial": 1, "max_concurrent": 1},
-}
+MICRO = micro_config(
+    train={"steps": 6, "warmup_steps": 1, "eval_batches": 1},
+    search={"weight_decay": {"lo": 0.01, "hi": 0.1, "points": 2}},
+)
 
 runner = CliRunner()
 

@@ -4,66 +4,30 @@ an external Ray cluster, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 import tomllib
 import yaml
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
-from telescope.config import load_config
 from telescope.spec import Status
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 from telescope.storage.testing import db_url, pg_database  # noqa: F401  (fixtures)
-from telescope.sweep import run_sweep
-from telescope.trials import make_executor
-
-MICRO = """
-name = "micro"
-[model]
-depth = 1
-head_dim = 16
-seq_len = 32
-[widths]
-base = 16
-calibration = 64
-target = 256
-[train]
-steps = {steps}
-batch_size = 4
-warmup_steps = 2
-eval_batches = 2
-device = "cpu"
-[search.lr]
-lo = 0.004
-hi = 0.256
-points = 3
-[search.weight_decay]
-lo = 0.01
-hi = 0.1
-points = 3
-[narrowing]
-min_points = {min_points}
-[executor]
-kind = "{executor}"
-cpus_per_trial = 1
-max_concurrent = 2
-"""
+from micro import run_micro_sweep, write_micro_config
 
 runner = CliRunner()
 
 
 def write_config(tmp_path: Path, steps: int = 12, min_points: int = 1, executor: str = "local") -> Path:
-    path = tmp_path / "micro.toml"
-    path.write_text(MICRO.format(steps=steps, min_points=min_points, executor=executor))
-    return path
+    return write_micro_config(
+        tmp_path / "micro.toml", train={"steps": steps}, narrowing={"min_points": min_points}, executor={"kind": executor}
+    )
 
 
 def assert_complete(url: str, store: Path, sweep: str, expected_trials: int) -> None:
@@ -117,11 +81,7 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
 def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_url: str) -> None:
     config = write_config(tmp_path, steps=30, min_points=3)  # 3 levels of 3x3: 27 trials
     store = tmp_path / "store"
-    cfg = load_config(config)
-    with Database(db_url) as db:
-        executor = make_executor(cfg.executor)
-        reference = run_sweep(cfg, db, MetricsStore(store), "uninterrupted", executor=executor)
-        executor.close()
+    reference = run_micro_sweep(db_url, store, "uninterrupted", train={"steps": 30}, narrowing={"min_points": 3})
 
     def level_one_half_done() -> bool:
         with Database(db_url, create=False) as db:

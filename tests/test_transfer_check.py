@@ -12,46 +12,15 @@ from typer.testing import CliRunner
 
 from telescope.cli.main import app
 from telescope.storage.database import Database
+from micro import write_micro_config
 
 TESTS = Path(__file__).parent
-MICRO = """
-name = "micro"
-[model]
-depth = 1
-head_dim = 16
-seq_len = 32
-[widths]
-base = 16
-calibration = 64
-target = 256
-[train]
-steps = 10
-batch_size = 4
-warmup_steps = 2
-eval_batches = 2
-device = "cpu"
-[search.lr]
-lo = 0.004
-hi = 0.256
-points = 3
-[search.weight_decay]
-lo = 0.01
-hi = 0.1
-points = 3
-[narrowing]
-min_points = 1
-[executor]
-kind = "local"
-"""
-
 runner = CliRunner()
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "micro.toml"
-    path.write_text(MICRO)
-    return path
+    return write_micro_config(tmp_path / "micro.toml")
 
 
 @pytest.fixture

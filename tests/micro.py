@@ -1,0 +1,63 @@
+"""The micro sweep the tests share: 3 levels of tiny proxies (widths 16 -> 64) on the default
+corpus, a few seconds with the local executor. Override any field per test."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from telescope.config import parse_config
+from telescope.storage.database import Database
+from telescope.storage.metrics import MetricsStore
+from telescope.sweep import run_sweep
+from telescope.trials import make_executor
+
+MICRO: dict[str, Any] = {
+    "name": "micro",
+    "model": {"depth": 1, "head_dim": 16, "seq_len": 32},
+    "widths": {"base": 16, "calibration": 64, "target": 256},
+    "train": {"steps": 10, "batch_size": 4, "warmup_steps": 2, "eval_batches": 2, "device": "cpu"},
+    "search": {"lr": {"lo": 0.004, "hi": 0.256, "points": 3}, "weight_decay": {"lo": 0.01, "hi": 0.1, "points": 3}},
+    "narrowing": {"min_points": 1},
+    "executor": {"kind": "local", "cpus_per_trial": 1, "max_concurrent": 2},
+}
+
+
+def micro_config(**sections: dict[str, Any]) -> dict[str, Any]:
+    """MICRO with some fields replaced, e.g. micro_config(train={"steps": 4})."""
+    config = copy.deepcopy(MICRO)
+    for section, fields in sections.items():
+        if isinstance(fields, dict):
+            config.setdefault(section, {}).update(fields)
+        else:
+            config[section] = fields
+    return config
+
+
+def write_micro_config(path: Path, **sections: dict[str, Any]) -> Path:
+    path.write_bytes(tomli_w.dumps(micro_config(**sections)).encode())
+    return path
+
+
+def run_micro_sweep(url: str, store: Path, name: str = "micro", **sections: dict[str, Any]) -> dict[str, Any]:
+    """Run a micro sweep to the end in-process; returns its result."""
+    config = parse_config(micro_config(**sections))
+    executor = make_executor(config.executor)
+    try:
+        with Database(url) as db:
+            return run_sweep(config, db, MetricsStore(store), name, executor=executor)
+    finally:
+        executor.close()
+
+
+# The smallest sweep that still has every part (3x3 -> 1 -> done, widths 16 -> 32): for tests
+# that need a finished sweep and do not look at its numbers.
+SMALLEST: dict[str, dict[str, Any]] = {
+    "model": {"seq_len": 16},
+    "widths": {"base": 16, "calibration": 32, "target": 64},
+    "train": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "eval_batches": 1},
+    "search": {"lr": {"lo": 0.01, "hi": 0.04, "points": 3}, "weight_decay": {"lo": 0.05, "hi": 0.2, "points": 3}},
+}
