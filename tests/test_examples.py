@@ -71,7 +71,8 @@ def test_export_table_is_readable_and_json_stays_json(smallest_sweep_db: str) ->
     with Database(smallest_sweep_db, create=False) as db:
         payload = export_sweep(db, "micro")
     for group in payload["groups"]:
-        line = next(l for l in table.stdout.splitlines() if group["params"][0] in l)
+        short = group["params"][0].removeprefix("blocks.*.").removesuffix(".weight")  # as the table names it
+        line = next(l for l in table.stdout.splitlines() if l.split()[:1] == [group["role"]] and short in l)
         assert group["role"] in line and group["optimizer"] in line and f"{group['lr']:.4g}" in line
     assert "base values" in table.stdout and "widths 16 -> 32" in table.stdout
     as_json = runner.invoke(app, ["export", "micro", "--db", smallest_sweep_db, "--format", "json"])

@@ -65,6 +65,11 @@ def _default_format(output: Path | None) -> ExportFormat:
     return ExportFormat.table if sys.stdout.isatty() else ExportFormat.json
 
 
+def _short(param: str) -> str:
+    """`blocks.*.attn.q.weight` -> `attn.q`: the name a reader scans for, in a narrow column."""
+    return param.removeprefix("blocks.*.").removesuffix(".weight")
+
+
 def print_export(payload: dict[str, Any]) -> None:
     """The base values, the per-group table a person reads, and where the numbers come from."""
     from rich import box
@@ -87,7 +92,7 @@ def print_export(payload: dict[str, Any]) -> None:
         caption="opt: optimizer; wd: weight decay (coupled); mult: forward multiplier on the layer's output",
     )
     rows = [
-        (g["role"], "\n".join(g["params"]), g["optimizer"], f"{g['lr']:.4g}", f"{g['weight_decay']:.4g}",
+        (g["role"], ", ".join(_short(p) for p in g["params"]), g["optimizer"], f"{g['lr']:.4g}", f"{g['weight_decay']:.4g}",
          f"{g['init_std']:.4g}" if g["init"] == "normal" else g["init"], f"{g['multiplier']:.4g}")
         for g in payload["groups"]
     ]  # fmt: skip
