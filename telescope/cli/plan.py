@@ -22,6 +22,10 @@ def plan(
     if json_out:
         typer.echo(json.dumps(p.to_dict(), indent=2))
         return
+    print_plan(p)
+
+
+def print_plan(p: Plan) -> None:
     print_rows(_level_rows(p), title=f"sweep plan{f': {p.name}' if p.name else ''} ({p.tokens_per_trial:,} tokens per trial)")
     print_rows(_total_rows(p), title="totals")
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from telescope.cli.common import DbOption, StoreOption, err_console
 from telescope.cli.export import print_export
+from telescope.cli.plan import print_plan
 
 
 class ExecutorKind(str, enum.Enum):
@@ -31,6 +32,7 @@ def sweep(
 ) -> None:
     """Run the telescoping search; running it again resumes where it stopped."""
     from telescope.config import load_config
+    from telescope.cost import plan as make_plan
     from telescope.export import export_sweep
     from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
@@ -56,6 +58,7 @@ def sweep(
     runner = make_executor(settings)  # connects to Ray now: a bad address fails before anything is written
     try:
         with Database(db) as database:
+            print_plan(make_plan(cfg))
             result = run_sweep(
                 cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console, check=check, force=force
             )
