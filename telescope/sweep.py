@@ -83,8 +83,9 @@ def open_sweep(db: Database, config: SweepConfig, name: str, new: bool = False) 
             f"sweep {name!r} was started with a different configuration; "
             "rerun with --new to start a new sweep, or --name to pick another name"
         )
-    db.reset_running(name)  # trials cut off by a killed driver run again from scratch
-    db.update_sweep(name, status="running")
+    if existing.status != "completed":
+        db.reset_running(name)  # trials cut off by a killed driver run again from scratch
+        db.update_sweep(name, status="running")
     return name
 
 

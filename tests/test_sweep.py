@@ -52,6 +52,14 @@ def test_sweep_with_local_executor_stores_every_trial_and_exports(tmp_path: Path
     assert "base values" in result.output and "parameter groups" in result.output
     assert_complete(db_url, store, "micro", expected_trials=9 + 1 + 1)
 
+    with Database(db_url, create=False) as db:
+        finished_at = db.get_sweep("micro").updated_at
+    again = runner.invoke(app, ["sweep", str(config), "--db", db_url, "--store", str(store)])
+    assert again.exit_code == 0, again.output
+    with Database(db_url, create=False) as db:  # a finished sweep answers again, untouched
+        assert {t.attempts for t in db.trials("micro")} == {1}
+        assert db.get_sweep("micro").updated_at == finished_at
+
     out = runner.invoke(app, ["export", "micro", "--db", db_url, "--format", "json"])
     payload = json.loads(out.stdout)
     assert {g["role"] for g in payload["groups"]} == {"embedding", "hidden", "output", "vector"}
