@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from telescope.cli.common import DbOption, FormatOption, OutputFormat, print_rows
+from telescope.cli.common import DbOption, FormatOption, OutputFormat, console, print_rows
 from telescope.spec import FINISHED
 
 if TYPE_CHECKING:
@@ -41,6 +41,10 @@ def status(
         counts = _per_level_counts(detail.trials)
         rows = [_level(level, counts) for level in detail.levels]
         print_rows(rows, fmt, columns=_columns(rows, LEVEL_COLUMNS, fmt), title=f"{sweep}: levels")
+        if fmt is OutputFormat.table:  # under the table, where a sentence has room
+            for level in detail.levels:
+                for warning in level.warnings:
+                    console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if show_trials:
         rows = [_trial(t) for t in detail.trials]
         print_rows(rows, fmt, columns=_columns(rows, TRIAL_COLUMNS, fmt), title=f"{sweep}: trials")
@@ -58,7 +62,7 @@ TRIAL_COLUMNS = [
 
 
 # Left out of terminal tables (csv and json keep every column) to fit a terminal.
-_WIDE_ONLY = {"train_loss", "steps"}
+_WIDE_ONLY = {"train_loss", "steps", "warnings"}
 
 
 def _columns(rows: list[dict[str, Any]], columns: list[str], fmt: OutputFormat) -> list[str]:
