@@ -158,15 +158,18 @@ def draw_level_maps(maps: list[LevelMap], objective: str, sweep: str = "", range
     from matplotlib import colormaps
 
     cmap = colormaps["viridis_r"]
+    (x0, y0), (x1, y1) = _extent(maps[0]) if maps and maps[0].cells else ((1.0, 1.0), (math.e, math.e))
     previous = None
     for ax, m in zip(axes, maps):
+        # A number fits a cell at least ~1/12 of the (shared) axes wide; narrower cells only get colour.
+        labelled = m.x_spacing >= math.log(x1 / x0) / 12 and m.y_spacing >= math.log(y1 / y0) / 12
         for c in m.cells:
             box = dict(zip(("xy", "width", "height"), _cell_box(m, c.values)), linewidth=0.8, edgecolor="white")
             x, y = c.values[m.x], c.values[m.y]
             is_best = bool(m.best) and all(math.isclose(c.values[n], m.best[n], rel_tol=1e-9) for n in (m.x, m.y))
             if c.status is Status.COMPLETED:
                 ax.add_patch(Rectangle(facecolor=cmap(norm(c.loss)), **box))
-                if not is_best:  # the best cell's loss is in the title; its star would hide the text
+                if labelled and not is_best:  # the best cell's loss is in the title; its star would hide the text
                     ax.text(x, y, f"{c.loss:.3f}", ha="center", va="center", fontsize=7, color="white" if norm(c.loss) > 0.5 else "black")
             elif c.status is Status.DIVERGED:
                 ax.add_patch(Rectangle(facecolor="mistyrose", hatch="xx", **dict(box, edgecolor="tab:red")))
