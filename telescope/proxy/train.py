@@ -164,7 +164,7 @@ def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> Tri
             loss = loss_fn(model, inputs, targets)
         loss.backward()
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        loss_value = loss.item()
+        loss_value, grad_norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()  # one host sync
         losses.append(loss_value)
         if on_metrics is not None:
             on_metrics(
@@ -173,7 +173,7 @@ def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> Tri
                     tokens=(step + 1) * B * T,
                     train_loss=loss_value,
                     lr=spec.lr * multiplier,
-                    grad_norm=grad_norm.item(),
+                    grad_norm=grad_norm_value,
                     elapsed=time.perf_counter() - started,
                 )
             )

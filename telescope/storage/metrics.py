@@ -50,24 +50,23 @@ _SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 _TRIAL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]{0,199}")
 
 
-def check_sweep_name(name: str) -> str:
-    """Return `name` if it can name a sweep, else raise StorageError saying why."""
-    if not isinstance(name, str) or not _SWEEP_NAME.fullmatch(name):
+def _check_name(what: str, value: str, pattern: re.Pattern[str], allowed: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise StorageError(
-            f"invalid sweep name {name!r}: use letters, digits and . _ + - "
+            f"invalid {what} {value!r}: use letters, digits and {allowed} "
             "(starting with a letter or digit, at most 200 characters)"
         )
-    return name
+    return value
+
+
+def check_sweep_name(name: str) -> str:
+    """Return `name` if it can name a sweep, else raise StorageError saying why."""
+    return _check_name("sweep name", name, _SWEEP_NAME, ". _ + -")
 
 
 def check_trial_key(key: str) -> str:
     """Return `key` if it can name a trial (and its Parquet file), else raise StorageError."""
-    if not isinstance(key, str) or not _TRIAL_KEY.fullmatch(key):
-        raise StorageError(
-            f"invalid trial key {key!r}: use letters, digits and . _ + = , - "
-            "(starting with a letter or digit, at most 200 characters)"
-        )
-    return key
+    return _check_name("trial key", key, _TRIAL_KEY, ". _ + = , -")
 
 
 def _check_level(level: int) -> int:
