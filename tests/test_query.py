@@ -158,7 +158,7 @@ def test_sql_errors_are_one_line(sweep_db):
 
 def test_time_limit_stops_a_long_query(sweep_db):
     url, _ = sweep_db
-    slow = ("SELECT pg_sleep(5)" if resolve_url(url).get_backend_name() == "postgresql" else
+    slow = ("SELECT count(*) FROM generate_series(1, 1000000000)" if resolve_url(url).get_backend_name() == "postgresql" else
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n")  # fmt: skip
     with pytest.raises(StorageError, match="time limit of 0.3 s"):
         run_query(slow, url, timeout=0.3)
@@ -265,3 +265,71 @@ def test_dollar_quotes_nested_comments_and_empty_statements_on_postgres(sweep_db
     result = run_query("SELECT $$;$$ AS a, $tag$ ; $$ ; DELETE FROM trials; $tag$ AS b /* ; /* nested ; */ ; */ ; ;", url)
     assert result.rows == [(";", " ; $$ ; DELETE FROM trials; ")]
     assert snapshot(url) == before
+
+
+# -- side effects a read-only transaction lets through (PostgreSQL, as a superuser) --
+
+SIDE_EFFECTS = {
+    "program": "COPY (SELECT 1) TO PROGRAM 'touch {marker}'",
+    "server file": "COPY trials TO '{marker}'",
+    "read a server file": "SELECT pg_read_file('/etc/hostname')",
+    "set a setting": "SELECT set_config('statement_timeout', '0', false)",
+    "switch role then run SQL": "SELECT set_config('role', 'postgres', true), query_to_xml('SELECT 1', true, false, '')",
+    "advisory lock": "SELECT pg_advisory_lock(42)",
+    "lock a table": "LOCK TABLE trials IN ACCESS SHARE MODE",
+    "notify": "NOTIFY telescope",
+    "notify through a function": "SELECT pg_notify('telescope', 'x')",
+    "kill a backend": "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+    "hidden in a subquery": "SELECT lr FROM trials WHERE lr > (SELECT count(*) FROM pg_ls_dir('/'))",
+    "data-modifying WITH": "WITH gone AS (DELETE FROM trials RETURNING 1) SELECT count(*) FROM gone",
+    "sequence": "SELECT nextval('trials_id_seq')",
+}
+
+
+@pytest.mark.parametrize("name", SIDE_EFFECTS)
+def test_statements_with_side_effects_are_refused_before_they_run(sweep_db, tmp_path, name):
+    url, _ = sweep_db
+    if resolve_url(url).get_backend_name() != "postgresql":
+        pytest.skip("PostgreSQL statements")
+    marker = tmp_path / "ran"
+    before = snapshot(url)
+    out = cli(SIDE_EFFECTS[name].format(marker=marker), "--db", url)
+    assert out.exit_code == 2 and out.stderr.startswith("error: refused: telescope query is read-only"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+    assert snapshot(url) == before
+
+
+def test_harmless_queries_still_run_on_postgres(sweep_db):
+    url, _ = sweep_db
+    if resolve_url(url).get_backend_name() != "postgresql":
+        pytest.skip("PostgreSQL statements")
+    result = run_query("SELECT t.trial_key, l.level, t.level, random() < 2 AS r, now() IS NOT NULL AS n "
+                       "FROM trials t JOIN levels l ON l.level = t.level WHERE t.trial_key = 'L1-b';", url)  # fmt: skip
+    assert result.columns == ["trial_key", "level", "level_2", "r", "n"]
+    assert result.rows == [("L1-b", 1, 1, True, True)]
+    assert run_query("VALUES (1, 'a')", url).rows == [(1, "a")]
+    assert run_query("TABLE levels", url).columns[:2] == ["id", "sweep"]
+
+
+def test_metrics_queries_read_no_other_file_and_install_nothing(sweep_db):
+    url, store = sweep_db
+    for sql in ("SELECT * FROM read_text('/etc/hostname') , metrics LIMIT 1",
+                "SELECT * FROM read_csv('/etc/passwd') , metrics LIMIT 1",
+                "SELECT * FROM 'https://example.org/x.parquet', metrics LIMIT 1",
+                "SELECT current_setting('enable_external_access'), * FROM metrics, (FROM read_blob('/etc/hostname'))"):  # fmt: skip
+        with pytest.raises(StorageError, match="disabled by configuration"):
+            run_query(sql, url, store)
+    with pytest.raises(StorageError, match="refused"):
+        run_query("INSTALL httpfs", url, store, metrics=True)
+    assert run_query("SELECT count(*) FROM metrics", url, store).rows == [(20,)]
+
+
+def test_unreadable_metrics_files_are_left_out_and_named(sweep_db):
+    url, store = sweep_db
+    broken = store / "sweep=demo" / "level=1" / "L1-a.parquet"
+    broken.write_bytes(broken.read_bytes()[:40])  # a disk that filled up mid-write
+    result = run_query("SELECT count(DISTINCT trial_key) AS n FROM metrics", url, store)
+    assert result.rows == [(4,)] and result.skipped_files == (str(broken),)
+    out = cli("SELECT count(*) AS n FROM metrics", "--db", url, "--store", str(store))
+    assert out.exit_code == 0 and "left out 1 unreadable metrics file" in out.stderr and str(broken) in out.stderr

@@ -41,5 +41,7 @@ def query(
     text = sys.stdin.read() if sql == "-" else sql
     result = run_query(text, db, store, limit=limit, timeout=timeout, metrics=metrics)
     print_rows(result.records(), fmt, columns=result.columns)
+    for path in result.skipped_files:
+        err_console.print(f"left out 1 unreadable metrics file (truncated or not Parquet): {path}", markup=False, highlight=False, soft_wrap=True)
     if result.truncated:
         err_console.print(f"(showing the first {limit} rows; raise --limit to see more)")

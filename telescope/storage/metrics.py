@@ -75,6 +75,22 @@ def _check_level(level: int) -> int:
     return level
 
 
+def is_readable(path: Path) -> bool:
+    """Whether `path` is a whole Parquet file of step metrics (a truncated file has no footer)."""
+    try:
+        names = set(pq.read_schema(path).names)
+    except (OSError, pa.ArrowException):
+        return False
+    return set(STEP_SCHEMA.names) <= names
+
+
+def readable_metrics_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """The store's trial files, split into those that read and those that do not."""
+    files = sorted(p for p in root.glob("sweep=*/level=*/*.parquet") if p.is_file()) if root.is_dir() else []
+    good = [f for f in files if is_readable(f)]
+    return good, [f for f in files if f not in set(good)]
+
+
 class MetricsStore:
     """The Parquet step-metrics store rooted at one folder."""
 
@@ -93,7 +109,8 @@ class MetricsStore:
         )
 
     def exists(self, sweep: str, level: int, trial_key: str) -> bool:
-        return self.path(sweep, level, trial_key).is_file()
+        """Whether the trial's file is there and reads (not truncated, not deleted)."""
+        return is_readable(self.path(sweep, level, trial_key))
 
     def write(self, sweep: str, level: int, trial_key: str, rows: Sequence[StepMetrics]) -> Path:
         """Write (or replace) one trial's step metrics atomically; an empty `rows` writes
@@ -133,7 +150,8 @@ class MetricsStore:
         sweep_dir = self.root / f"sweep={check_sweep_name(sweep)}"
         level_glob = f"level={_check_level(level)}" if level is not None else "level=*"
         file_glob = f"{check_trial_key(trial_key)}.parquet" if trial_key is not None else "*.parquet"
-        files = sorted(str(p) for p in sweep_dir.glob(f"{level_glob}/{file_glob}") if p.is_file())
+        # An unreadable file (truncated by a full disk, say) is left out; the sweep reruns its trial.
+        files = sorted(str(p) for p in sweep_dir.glob(f"{level_glob}/{file_glob}") if p.is_file() and is_readable(p))
         columns = [f.name for f in PARTITION_SCHEMA] + [f.name for f in STEP_SCHEMA]
         if not files:
             return pa.schema(list(PARTITION_SCHEMA) + list(STEP_SCHEMA)).empty_table().to_pandas()

@@ -5,20 +5,30 @@ Read-only is a property of the connection, not of the query text:
 - SQLite is opened with a `file:...?mode=ro` URI, `PRAGMA query_only`, and an
   authorizer that allows reading and nothing else (so ATTACH and PRAGMA writes
   are refused too);
-- PostgreSQL runs the statement in a READ ONLY transaction
-  (`default_transaction_read_only`, with a snapshot taken first so the user
-  cannot switch it back) under a `statement_timeout`, and sends it as a
-  prepared statement (extended query protocol), so the server itself refuses
-  text holding more than one statement;
+- PostgreSQL: a read-only transaction alone lets through `COPY ... TO PROGRAM`,
+  `LOCK`, `NOTIFY` and functions with side effects (`pg_read_file`,
+  `set_config`, `pg_terminate_backend`, advisory locks). So the server itself
+  vets the statement first: it parses it as one prepared statement (more than
+  one is refused), then must accept it as the body of a temporary view (only a
+  query can be one: no COPY, LOCK, NOTIFY, SET or data-modifying WITH), and the
+  view's stored query tree names every function and operator the statement
+  calls; any volatile one outside a short list of harmless ones (random() and
+  the clocks) is refused. That check runs in a transaction that is rolled back.
+  The statement then runs through a cursor (DECLARE takes only queries) in a
+  READ ONLY transaction (`default_transaction_read_only`, with a snapshot taken
+  first so it cannot be switched back) under a `statement_timeout`;
 - with step metrics the statement runs in an in-memory DuckDB holding a
   `metrics` view over the Parquet store and copies of the sweeps, levels and
-  trials tables, and DuckDB's own parser must classify it as a SELECT.
+  trials tables; DuckDB's own parser must classify it as a SELECT, it can read
+  no file outside the store, install or load no extension, and cannot change
+  those settings back. Parquet files that do not read are left out (and named).
 
 Every path caps the rows returned and the time spent.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -37,7 +47,7 @@ from sqlalchemy.engine import URL
 
 from telescope.errors import StorageError
 from telescope.storage.database import SQLITE_BUSY_TIMEOUT_S, error_line, resolve_url, safe_url
-from telescope.storage.metrics import DEFAULT_STORE, PARTITION_SCHEMA, STEP_SCHEMA
+from telescope.storage.metrics import DEFAULT_STORE, PARTITION_SCHEMA, STEP_SCHEMA, readable_metrics_files
 from telescope.storage.schema import DATA_TABLES, Base, UTCDateTime
 
 DEFAULT_LIMIT = 1000
@@ -53,6 +63,7 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
     truncated: bool  # more rows existed than the limit allowed
     engine: str  # "sqlite", "postgresql" or "duckdb": who ran the statement
+    skipped_files: tuple[str, ...] = ()  # unreadable Parquet files left out of `metrics`
 
     def records(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, row)) for row in self.rows]
@@ -220,15 +231,11 @@ def _open_postgres(url: URL, timeout: float) -> _Connection:
 
 
 def _run_in_database(sql: str, connection: _Connection, limit: int) -> QueryResult:
+    if connection.backend == "postgresql":
+        return _run_in_postgres(sql, connection, limit)
     cursor = connection.dbapi.cursor()
     try:
-        if connection.backend == "postgresql":
-            # Never the simple query protocol, which runs every statement of the text (one
-            # could COMMIT and end the read-only transaction): as a prepared statement the
-            # server parses the text first and refuses more than one statement.
-            cursor.execute(sql, prepare=True)
-        else:
-            cursor.execute(sql)  # sqlite3 itself refuses more than one statement
+        cursor.execute(sql)  # sqlite3 itself refuses more than one statement
         if cursor.description is None:
             return QueryResult([], [], False, connection.backend)
         columns = _unique([d[0] for d in cursor.description])
@@ -238,6 +245,76 @@ def _run_in_database(sql: str, connection: _Connection, limit: int) -> QueryResu
     finally:
         cursor.close()
     return QueryResult(columns, rows[:limit], len(rows) > limit, connection.backend)
+
+
+# Volatile functions that read nothing and change nothing; every other volatile one is refused.
+_HARMLESS_VOLATILE = {"random", "random_normal", "clock_timestamp", "timeofday", "gen_random_uuid"}
+_CHECK_VIEW = "pg_temp.telescope_query_check"
+# Fields of a stored query tree (pg_node_tree) that hold function and operator OIDs. User
+# text never reaches them: constants are stored as bytes and names with escaped blanks.
+_FUNCTION_FIELDS = re.compile(r":(?:funcid|aggfnoid|winfnoid|opfuncid) (\d+)")
+_OPERATOR_FIELDS = re.compile(r":opno (\d+)")
+
+
+def _run_in_postgres(sql: str, connection: _Connection, limit: int) -> QueryResult:
+    import psycopg
+
+    dbapi = connection.dbapi
+    try:
+        dbapi.rollback()  # end the connection's first (read-only) transaction
+        try:
+            _vet_postgres_statement(sql, connection)
+        finally:
+            dbapi.rollback()  # the check's temporary view goes
+        dbapi.execute("SELECT 1")  # a snapshot: this read-only transaction cannot be made read-write
+        # A named cursor is DECLARE ... CURSOR FOR, which takes nothing but a query.
+        with dbapi.cursor(name="telescope_query") as cursor:
+            cursor.execute(sql)
+            columns = _unique([d.name for d in cursor.description or []])
+            rows = [tuple(r) for r in cursor.fetchmany(limit + 1)] if columns else []
+    except psycopg.Error as e:
+        raise _query_error(e, connection) from None
+    return QueryResult(columns, rows[:limit], len(rows) > limit, connection.backend)
+
+
+def _vet_postgres_statement(sql: str, connection: _Connection) -> None:
+    """Let the server parse `sql` and refuse, before it runs, anything but one query that
+    calls no volatile function (see the module's docstring). Rolled back by the caller."""
+    import psycopg
+    from psycopg import pq
+
+    dbapi = connection.dbapi
+    parsed = dbapi.pgconn.prepare(b"", sql.encode())  # parse and analyse only: nothing runs
+    if parsed.status != pq.ExecStatus.COMMAND_OK:
+        if parsed.error_field(pq.DiagnosticField.SOURCE_FUNCTION) == b"exec_parse_message":
+            raise StorageError(ONE_STATEMENT)
+        message = (parsed.error_message.decode(errors="replace").strip().splitlines() or ["error"])[0]
+        raise StorageError(f"query failed: {message.removeprefix('ERROR:').strip()}")
+    columns = dbapi.pgconn.describe_prepared(b"").nfields
+    if columns == 0:
+        raise StorageError(f"{READ_ONLY_REFUSAL} (not a query: only SELECT, VALUES, TABLE and WITH ... SELECT run)")
+    names = ", ".join(f"c{i}" for i in range(columns))  # the statement's own names may repeat
+    with dbapi.cursor() as cursor:
+        cursor.execute("SET TRANSACTION READ WRITE")  # for the temporary view only; rolled back
+        try:
+            cursor.execute(f"CREATE TEMPORARY VIEW {_CHECK_VIEW} ({names}) AS\n{sql}", prepare=True)
+        except psycopg.Error as e:
+            reason = error_line(e, connection.url)
+            if "pseudo-type void" in reason:
+                reason = "a column is void: the statement calls a function for its side effects"
+            raise StorageError(f"{READ_ONLY_REFUSAL} ({reason})") from None
+        cursor.execute(f"SELECT ev_action::text FROM pg_rewrite WHERE ev_class = '{_CHECK_VIEW}'::regclass")
+        tree = cursor.fetchone()[0]
+        functions = [int(oid) for oid in _FUNCTION_FIELDS.findall(tree)]
+        operators = [int(oid) for oid in _OPERATOR_FIELDS.findall(tree)]
+        cursor.execute(
+            "SELECT DISTINCT p.proname, p.oid::regprocedure::text FROM pg_proc p WHERE p.provolatile = 'v' "
+            "AND (p.oid = ANY(%s) OR p.oid IN (SELECT oprcode FROM pg_operator WHERE oid = ANY(%s)))",
+            [functions, operators],
+        )
+        refused = sorted(signature for name, signature in cursor.fetchall() if name not in _HARMLESS_VOLATILE)
+    if refused:
+        raise StorageError(f"{READ_ONLY_REFUSAL} (calls {', '.join(refused)}, which may have side effects)")
 
 
 def _query_error(error: Exception, connection: _Connection) -> StorageError:
@@ -294,12 +371,16 @@ def _run_in_duckdb(sql: str, connection: _Connection, store: Path, limit: int, d
     if statement.type != duckdb.StatementType.SELECT:
         kind = statement.type.name.replace("_", " ")
         raise StorageError(f"{READ_ONLY_REFUSAL} ({kind} statement; with metrics only SELECT runs)")
-    duck = duckdb.connect(":memory:")
+    duck = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     timer = threading.Timer(max(0.0, deadline - time.monotonic()), duck.interrupt)
     try:
         for table in DATA_TABLES:
             duck.register(table, _load_table(connection, table))
-        _create_metrics_view(duck, store)
+        skipped = _create_metrics_view(duck, store)
+        # From here on the statement can read the store and nothing else, and cannot undo that.
+        duck.execute(f"SET allowed_directories = [{_duck_string(str(store.absolute()) + os.sep)}]")
+        duck.execute("SET enable_external_access = false")
+        duck.execute("SET lock_configuration = true")
         timer.start()
         cursor = duck.execute(statement.query)
         columns = _unique([d[0] for d in cursor.description or []])
@@ -311,7 +392,7 @@ def _run_in_duckdb(sql: str, connection: _Connection, store: Path, limit: int, d
     finally:
         timer.cancel()
         duck.close()
-    return QueryResult(columns, rows[:limit], len(rows) > limit, "duckdb")
+    return QueryResult(columns, rows[:limit], len(rows) > limit, "duckdb", skipped)
 
 
 def _first_line(error: BaseException) -> str:
@@ -361,16 +442,24 @@ def _utc(value: Any) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
-def _create_metrics_view(duck: duckdb.DuckDBPyConnection, store: Path) -> None:
-    if store.is_dir() and any(store.glob("sweep=*/level=*/*.parquet")):
-        pattern = str(store.absolute() / "**" / "*.parquet").replace("'", "''")
+def _create_metrics_view(duck: duckdb.DuckDBPyConnection, store: Path) -> tuple[str, ...]:
+    """Create the `metrics` view over the store's readable Parquet files; returns the
+    files left out because they do not read (truncated, or not Parquet)."""
+    files, skipped = readable_metrics_files(store)
+    if files:
         duck.execute(
             "CREATE VIEW metrics AS SELECT CAST(sweep AS VARCHAR) AS sweep, CAST(level AS BIGINT) AS level, "
             + ", ".join(f.name for f in STEP_SCHEMA)
-            + f" FROM read_parquet('{pattern}', hive_partitioning = true, hive_types_autocast = false)"
+            + f" FROM read_parquet([{', '.join(_duck_string(str(f.absolute())) for f in files)}], "
+            "hive_partitioning = true, hive_types_autocast = false)"
         )
     else:  # no trial has finished yet: an empty table with the same columns
         duck.register("metrics", pa.schema(list(PARTITION_SCHEMA) + list(STEP_SCHEMA)).empty_table())
+    return tuple(str(f) for f in skipped)
+
+
+def _duck_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _unique(names: list[str]) -> list[str]:

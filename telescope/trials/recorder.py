@@ -57,7 +57,9 @@ def run_pending(
     many ran. A trial cut off mid-run by a killed driver is `running` in the database:
     the caller resets those to pending once, when it resumes a sweep."""
     db.add_trials(sweep, level, trials)
-    finished = {row.key for row in db.trials(sweep, level) if row.finished}
+    # A finished trial whose metrics file was deleted or truncated runs again, so that every
+    # finished row keeps its readable file.
+    finished = {row.key for row in db.trials(sweep, level) if row.finished and store.exists(sweep, level, row.key)}
     todo = [(key, spec) for key, spec in trials if key not in finished]
     if todo:
         executor.run(todo, TrialRecorder(db, store, sweep, level, **callbacks))
