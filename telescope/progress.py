@@ -118,7 +118,7 @@ class SweepProgress:
 
     def end_level(self) -> None:
         if self._live is None:  # not a terminal: one line per level instead of a live view
-            self.console.print(self._line(), highlight=False)
+            self.console.print(self._line(), markup=False, highlight=False)
 
     def eta(self) -> float | None:
         if not self._observed:
@@ -144,8 +144,12 @@ class SweepProgress:
         table.add_row("level", f"{self.level + 1} of {self.n_levels}  (width {self.width})")
         table.add_row(
             "trials",
-            f"{c.done}/{c.total} done  {c.running} running  "
-            f"[yellow]{c.diverged} diverged[/]  [red]{c.failed} failed[/]",
+            Text.assemble(
+                f"{c.done}/{c.total} done  {c.running} running  ",
+                (f"{c.diverged} diverged", "yellow"),
+                "  ",
+                (f"{c.failed} failed", "red"),
+            ),
         )
         table.add_row("time", f"{_clock(time.monotonic() - self._started)} elapsed, ~{_clock(self.eta())} remaining")
         table.add_row("best", self.best)

@@ -118,7 +118,7 @@ def run_sweep(
         section = None
         if check is not None:
             section = run_sweep_check(check, db, store, executor, name, force)
-        result = _run_levels(config, db, store, name, executor, console or Console(stderr=True))
+        result = _run_levels(config, db, store, name, executor, console or Console(stderr=True, markup=False))
         if section is not None:
             result["transfer_check"] = section
     except BaseException:

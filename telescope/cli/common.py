@@ -12,12 +12,20 @@ from typing import Annotated, Any, Iterable
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from telescope.errors import TelescopeError
 
-console = Console()
-err_console = Console(stderr=True)
+# No markup: sweep names, stored errors, SQL results and paths are printed as they are
+# (`[/x]` or `[link=...]` in them is text, not a style). Styles are Text objects.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
+
+
+def styled(label: str, style: str, rest: str = "") -> Text:
+    """`label` in `style`, then `rest` as plain text: the one way commands colour a line."""
+    return Text.assemble((label, style), rest)
 
 
 class OutputFormat(str, enum.Enum):
@@ -54,7 +62,7 @@ class TelescopeGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except TelescopeError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(styled("error:", "bold red", f" {e}"), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
 

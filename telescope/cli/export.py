@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from telescope.cli.common import DbOption, console
+from telescope.cli.common import DbOption, console, styled
 from telescope.errors import TelescopeError
 
 
@@ -120,4 +120,4 @@ def print_export(payload: dict[str, Any]) -> None:
         highlight=False,
     )
     for warning in prov["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from telescope.cli.common import DbOption, FormatOption, OutputFormat, console, print_rows
+from telescope.cli.common import DbOption, FormatOption, OutputFormat, console, print_rows, styled
 from telescope.spec import FINISHED
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def status(
         if fmt is OutputFormat.table:  # under the table, where a sentence has room
             for level in detail.levels:
                 for warning in level.warnings:
-                    console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+                    console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)
     if show_trials:
         rows = [_trial(t) for t in detail.trials]
         print_rows(rows, fmt, columns=_columns(rows, TRIAL_COLUMNS, fmt), title=f"{sweep}: trials")

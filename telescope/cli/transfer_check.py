@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from telescope.cli.common import DbOption, StoreOption, console, err_console, print_rows
+from telescope.cli.common import DbOption, StoreOption, console, err_console, print_rows, styled
 
 
 class ExecutorKind(str, enum.Enum):
@@ -159,7 +159,7 @@ def print_result(result) -> None:
     ]
     print_rows(doublings, title=f"drift in grid steps (threshold {v.threshold_steps:g} per doubling)")
     color = "green" if v.passed else "red"
-    console.print(f"[bold {color}]{v.label}[/]", highlight=False)
+    console.print(styled(v.label, f"bold {color}"), highlight=False)
     for reason in v.reasons:
         console.print(f"  - {reason}", highlight=False)
     if result.plot:
