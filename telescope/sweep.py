@@ -41,19 +41,29 @@ def level_trials(config: SweepConfig, grid: Grid) -> list[tuple[str, dict[str, f
     ]
 
 
-def check_device_here(device: str, executor: ExecutorSettings) -> None:
-    """Trials that run on this machine (the local executor, or a Ray started here) need the
-    device they ask for: refuse a CUDA config on a machine without CUDA before anything
-    starts, rather than fail every trial. A cluster (`ray_address`) is not checked here:
-    its workers may have the GPUs its driver lacks (the executor checks its resources)."""
-    if executor.ray_address is not None or not device.startswith("cuda"):
-        return
-    import torch
+def check_trial_inputs(config: SweepConfig, executor: ExecutorSettings) -> None:
+    """Check what every trial needs before anything is written, so bad input is one line
+    instead of a sweep of failed trials: the device, and the data (it loads, holds a
+    sequence in both splits, and its tokens fit the model's vocabulary).
 
-    if not torch.cuda.is_available():
+    On a cluster (`ray_address`) the workers may have the GPUs and the data path the driver
+    lacks: there only the device's name is checked, and the data only if the path is here."""
+    from telescope.proxy.data import load_data, source_path
+    from telescope.proxy.train import check_device_name, resolve_device
+
+    on_cluster = executor.ray_address is not None
+    if on_cluster:
+        check_device_name(config.train.device, where="train.device")
+        if not source_path(config.train.data).exists():
+            return
+    else:
+        resolve_device(config.train.device, where="train.device")
+    data = load_data(config.train.data)
+    data.check_seq_len(config.model.seq_len)
+    if data.vocab_size > config.model.vocab_size:
         raise ConfigError(
-            f"train.device is {device!r} but this machine has no CUDA GPU: run it on a GPU machine, "
-            "pass --ray-address of a cluster with GPUs, or set train.device = \"cpu\""
+            f"model.vocab_size is {config.model.vocab_size} but the data {config.train.data!r} has tokens up to "
+            f"{data.vocab_size - 1}: set model.vocab_size = {data.vocab_size}"
         )
 
 
@@ -106,8 +116,7 @@ def run_sweep(
     With `check` (e.g. `settings_from_config(config)`: the sweep's first widths), a transfer
     check runs before level 0; on FAIL the sweep stops with TransferCheckFailed unless `force`.
     Its table and plot go into the result under "transfer_check"."""
-    if executor is None:
-        check_device_here(config.train.device, config.executor)
+    check_trial_inputs(config, getattr(executor, "settings", config.executor))
     name = open_sweep(db, config, name, new)
     stored = db.get_sweep(name)
     if stored is not None and stored.status == "completed" and stored.result:

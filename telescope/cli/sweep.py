@@ -36,7 +36,7 @@ def sweep(
     from telescope.export import export_sweep
     from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
-    from telescope.sweep import check_device_here, run_sweep
+    from telescope.sweep import check_trial_inputs, run_sweep
     from telescope.transfer_check.run import TransferCheckFailed
     from telescope.trials import make_executor
 
@@ -47,7 +47,7 @@ def sweep(
     if ray_address is not None:
         settings = dataclasses.replace(settings, kind="ray", ray_address=ray_address)
     sweep_name = check_sweep_name(name or cfg.name or config.stem)
-    check_device_here(cfg.train.device, settings)
+    check_trial_inputs(cfg, settings)
     metrics = MetricsStore(store)
     check = None
     if check_transfer:

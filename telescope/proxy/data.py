@@ -155,14 +155,23 @@ def _as_pair(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 # --- resolving a source ----------------------------------------------------------------
 
 
+def source_path(source: str) -> Path:
+    """The file or folder a data source reads (`PATH[:COLUMN]` without its column)."""
+    if source == "stdlib":
+        return Path(sysconfig.get_paths()["stdlib"])
+    path = Path(source).expanduser()
+    if not path.exists() and ":" in source:
+        return Path(source.rpartition(":")[0]).expanduser()
+    return path
+
+
 def _resolve(source: str) -> tuple[str, str, str | None]:
     """(kind, absolute path, parquet column) for a source string."""
     if source == "stdlib":
-        return "stdlib", str(Path(sysconfig.get_paths()["stdlib"]).resolve()), None
-    path, column = Path(source).expanduser(), None
-    if not path.exists() and ":" in source:
-        head, _, column = source.rpartition(":")
-        path = Path(head).expanduser()
+        return "stdlib", str(source_path(source).resolve()), None
+    path, column = source_path(source), None
+    if str(path) != str(Path(source).expanduser()):
+        column = source.rpartition(":")[2]
         if not column:
             raise DataError(f"{source}: empty column name after ':'")
     if not path.exists():

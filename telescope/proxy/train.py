@@ -42,16 +42,37 @@ def lr_multiplier(step: int, train: TrainSettings) -> float:
     return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" picks CUDA when present; an unavailable CUDA device is a ConfigError."""
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def check_device_name(name: str, where: str = "device") -> None:
+    """A ConfigError unless `name` is auto, cpu, cuda, cuda:N (or mps, xpu)."""
+    if name == "auto":
+        return
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in _DEVICE_TYPES:
+        raise ConfigError(f"{where}: unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(name: str, where: str = "device") -> torch.device:
+    """"auto" picks CUDA when present; a device this machine lacks is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    check_device_name(name, where)
+    device = torch.device(name)
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type)
+    if not backend.is_available():
+        raise ConfigError(
+            f"{where} is {name!r} but this machine has no {device.type.upper()} GPU: run it on a GPU machine, "
+            "pass --ray-address of a cluster with GPUs, or use cpu"
+        )
+    if device.index is not None and device.index >= backend.device_count():
+        raise ConfigError(f"{where} is {name!r} but this machine has {backend.device_count()} {device.type} device(s)")
     return device
 
 

@@ -27,7 +27,7 @@ class _DriverFailed(BaseException):
 
 class LocalExecutor:
     def __init__(self, settings: ExecutorSettings, trial_fn: TrialFn):
-        self._settings = settings
+        self.settings = settings
         self._trial_fn = trial_fn
 
     def run(self, trials: Sequence[tuple[str, TrialSpec]], events: TrialEvents) -> None:
@@ -49,9 +49,9 @@ class LocalExecutor:
 
         events.started(key)
         try:
-            with torch_threads(threads_for(self._settings.cpus_per_trial)):
+            with torch_threads(threads_for(self.settings.cpus_per_trial)):
                 result = run_with_retries(
-                    self._trial_fn, spec, on_metrics, self._settings.max_retries, on_retry
+                    self._trial_fn, spec, on_metrics, self.settings.max_retries, on_retry
                 )
         except _DriverFailed as failure:
             raise failure.cause from None

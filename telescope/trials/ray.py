@@ -58,7 +58,7 @@ class RayExecutor:
         trial_fn: TrialFn,
         report_interval_s: float = REPORT_INTERVAL_S,
     ):
-        self._settings = settings
+        self.settings = settings
         self._trial_fn = trial_fn
         self._report_interval_s = report_interval_s
         self._owns_connection = _connect(settings.ray_address)
@@ -74,7 +74,7 @@ class RayExecutor:
         keys = [key for key, _ in trials]
         if len(set(keys)) != len(keys):
             raise ValueError("trial keys must be unique within one run")
-        settings = self._settings
+        settings = self.settings
         trainable = _make_trainable(
             self._trial_fn,
             dict(trials),
