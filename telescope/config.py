@@ -37,6 +37,8 @@ DEFAULT_AXES = {
     "weight_decay": Axis("weight_decay", 0.00625, 0.4, 7),
 }
 DEFAULT_FIXED = {"muon_lr_ratio": 1.0}
+MAX_POINTS = 100  # per hyperparameter at level 0 (the paper used 8)
+MAX_LEVEL_TRIALS = 10_000
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,14 @@ def load_config(path: str | Path) -> SweepConfig:
     return parse_config(data)
 
 
+def check_token_count(train: TrainSettings, seq_len: int) -> None:
+    """A ConfigError when a trial's token count would not fit the 64-bit counters it is kept in."""
+    if train.steps * train.batch_size * seq_len >= 2**63:
+        raise ConfigError(
+            f"train.steps: {train.steps} steps of {train.batch_size} x {seq_len} tokens overflow a 64-bit count"
+        )
+
+
 def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     """Validate an already-parsed TOML document (a dict) into a SweepConfig."""
     _check_keys(data, [f.name for f in dataclasses.fields(SweepConfig)], "")
@@ -141,6 +151,7 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     train = _build(TrainSettings, _table(data, "train"), "train", _TRAIN_RULES)
     if train.warmup_steps > train.steps:
         raise ConfigError(f"train.warmup_steps: must be <= train.steps ({train.steps}), got {train.warmup_steps}")
+    check_token_count(train, model.seq_len)
     search = _parse_search(_table(data, "search"))
     narrowing = _build(Narrowing, _table(data, "narrowing"), "narrowing", _NARROWING_RULES)
     _check_narrowing(narrowing, search)
@@ -290,11 +301,14 @@ def _parse_search(table: Mapping[str, Any]) -> SearchSpace:
             raise ConfigError(f"{where}.lo: must be > 0 (the range is searched in log space), got {lo:g}")
         if hi <= lo:
             raise ConfigError(f"{where}.hi: must be > {where}.lo ({lo:g}), got {hi:g}; the range is empty")
-        if points < 2:
-            raise ConfigError(f"{where}.points: must be >= 2, got {points}")
+        if not 2 <= points <= MAX_POINTS:
+            raise ConfigError(f"{where}.points: must be in [2, {MAX_POINTS}], got {points}")
         axes[name] = Axis(name, lo, hi, points)
     if not axes:
         raise ConfigError("search: nothing to sweep; give at least one hyperparameter lo, hi and points")
+    if math.prod(a.points for a in axes.values()) > MAX_LEVEL_TRIALS:
+        grid = " x ".join(str(a.points) for a in axes.values())
+        raise ConfigError(f"search: a {grid} grid at level 0 is more than {MAX_LEVEL_TRIALS} trials; use fewer points")
     order = SWEEPABLE.index
     return SearchSpace(
         axes=tuple(sorted(axes.values(), key=lambda a: order(a.name))),
@@ -358,6 +372,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:  # TOML's own limit; tomllib reads any size
+                raise ConfigError(f"{where}: must fit in 64 bits, got {value}")
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

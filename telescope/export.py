@@ -26,6 +26,13 @@ def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> d
     width = target_width or result["target_width"]
     if width % config.model.head_dim:
         raise TelescopeError(f"--target-width {width} is not a multiple of head_dim {config.model.head_dim}")
+    if width < result["calibration_width"]:
+        # The drift fit x* - alpha/n blows up below the widths it was fitted on, and a
+        # narrower model is tuned directly by the sweep's own levels.
+        raise TelescopeError(
+            f"--target-width {width} is below the calibration width {result['calibration_width']}: telescope "
+            "transfers to wider models; for a narrower one read its level's best point with `telescope status`"
+        )
     base = {**result["best"], **result["fixed"]}
     groups = transfer(
         config.parametrization,

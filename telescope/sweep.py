@@ -117,26 +117,28 @@ def run_sweep(
     check runs before level 0; on FAIL the sweep stops with TransferCheckFailed unless `force`.
     Its table and plot go into the result under "transfer_check"."""
     check_trial_inputs(config, getattr(executor, "settings", config.executor))
-    name = open_sweep(db, config, name, new)
-    stored = db.get_sweep(name)
-    if stored is not None and stored.status == "completed" and stored.result:
-        return stored.result
-    own_executor = executor is None
-    executor = executor or make_executor(config.executor)
-    try:
-        section = None
-        if check is not None:
-            section = run_sweep_check(check, db, store, executor, name, force)
-        result = _run_levels(config, db, store, name, executor, console or Console(stderr=True, markup=False))
-        if section is not None:
-            result["transfer_check"] = section
-    except BaseException:
-        db.update_sweep(name, status="stopped")
-        raise
-    finally:
-        if own_executor:
-            executor.close()
-    db.update_sweep(name, status="completed", result=result)
+    store.check_writable()
+    with db.lease(name):  # before open_sweep, which resets trials left running
+        name = open_sweep(db, config, name, new)
+        stored = db.get_sweep(name)
+        if stored is not None and stored.status == "completed" and stored.result:
+            return stored.result
+        own_executor = executor is None
+        executor = executor or make_executor(config.executor)
+        try:
+            section = None
+            if check is not None:
+                section = run_sweep_check(check, db, store, executor, name, force)
+            result = _run_levels(config, db, store, name, executor, console or Console(stderr=True, markup=False))
+            if section is not None:
+                result["transfer_check"] = section
+        except BaseException:
+            db.update_sweep(name, status="stopped")
+            raise
+        finally:
+            if own_executor:
+                executor.close()
+        db.update_sweep(name, status="completed", result=result)
     return result
 
 

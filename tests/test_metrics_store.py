@@ -10,6 +10,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from telescope.errors import TelescopeError
+
 from telescope.errors import StorageError
 from telescope.spec import StepMetrics
 from telescope.storage.metrics import MetricsStore
@@ -76,7 +78,7 @@ def test_rewrite_replaces_atomically_and_leaves_no_temp_files(store, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(pq, "write_table", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(TelescopeError, match=r"cannot write .*L0-a.parquet: disk full"):
         store.write("demo", 0, "L0-a", curve(2))
     assert len(store.read("demo", 0, "L0-a")) == 6  # the previous file survived the failed write
     assert sorted(p.name for p in store.path("demo", 0, "L0-a").parent.iterdir()) == ["L0-a.parquet", "L0-b.parquet"]

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from telescope.cli import status as status_cli
+from telescope.cli.main import app
 from telescope.cli.common import TelescopeGroup
 from telescope.errors import StorageError
 from telescope.spec import Status, TrialResult, TrialSpec
@@ -276,9 +277,27 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path):
     path = tmp_path / "notes.db"
     path.write_text("just some notes, not SQLite\n" * 100)
     before = path.read_bytes()
-    with pytest.raises(StorageError, match="cannot open database"):
+    with pytest.raises(StorageError, match="is damaged or not a SQLite file"):
         Database(str(path))
     assert path.read_bytes() == before
+
+
+def test_a_damaged_database_is_refused_read_only_and_left_as_it_was(tmp_path):
+    path = tmp_path / "damaged.db"
+    with Database(str(path)) as db:
+        db.create_sweep("s", {"x": 1}, parametrization="paper", base_width=16, calibration_width=32)
+    content = bytearray(path.read_bytes())
+    page = 4096
+    for i in range(page, len(content), page):  # every page but the first: its b-tree headers
+        content[i : i + 16] = bytes(range(200, 216))
+    path.write_bytes(bytes(content))
+    wal = path.with_name("damaged.db-wal")
+    before = path.read_bytes(), wal.read_bytes() if wal.exists() else None
+    for args in (["status"], ["status", "s"], ["export", "s"]):
+        out = CliRunner().invoke(app, [*args, "--db", str(path)])
+        assert out.exit_code == 2 and out.stderr.startswith("error: database ") and "is damaged" in out.stderr, out.output
+        assert len(out.stderr.strip().splitlines()) == 1
+    assert (path.read_bytes(), wal.read_bytes() if wal.exists() else None) == before
 
 
 # -- telescope status -------------------------------------------------------

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import enum
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +11,7 @@ import typer
 
 from telescope.cli.common import DbOption, console, styled
 from telescope.errors import TelescopeError
+from telescope.files import atomic_write
 
 
 class ExportFormat(str, enum.Enum):
@@ -52,10 +51,8 @@ def export(
     if output is None:
         typer.echo(text, nl=False)
         return
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, output)
+    with atomic_write(output) as f:
+        f.write(text.encode())
     console.print(f"wrote {output}", highlight=False)
 
 

@@ -49,6 +49,7 @@ def sweep(
     sweep_name = check_sweep_name(name or cfg.name or config.stem)
     check_trial_inputs(cfg, settings)
     metrics = MetricsStore(store)
+    metrics.check_writable()
     check = None
     if check_transfer:
         from telescope.transfer_check.run import check_settings, settings_from_config

@@ -11,11 +11,13 @@ verdict (under `paper`'s 1/m hidden LR it is negative by design).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from telescope.errors import ConfigError
+from telescope.files import atomic_write
 from telescope.parametrization import get_table
 from telescope.proxy.data import load_data
 from telescope.proxy.model import Transformer, build_model
@@ -245,5 +247,6 @@ def plot_coord_check(result: CoordCheckResult, path: str) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
     plt.close(fig)

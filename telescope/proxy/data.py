@@ -36,7 +36,6 @@ import os
 import platform
 import re
 import sysconfig
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -44,7 +43,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from telescope.errors import DataError
+from telescope.errors import DataError, TelescopeError
+from telescope.files import atomic_write
 
 GPT2_VOCAB = 50257
 BYTE_VOCAB = 256
@@ -272,23 +272,11 @@ def _load_stdlib(root: Path) -> TokenData:
     train, val = _split_documents(f"{root} (*.py)", _stdlib_documents(root))
     try:
         for split, tokens in (("val", val), ("train", train)):
-            _write_atomically(paths[split], tokens.tobytes())
-    except OSError:
+            with atomic_write(paths[split], make_parents=True) as f:
+                f.write(tokens.tobytes())
+    except TelescopeError:
         pass  # a read-only cache only costs the next process a reload
     return _byte_data(name, train, val)
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- text files and folders ------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from telescope.config import check_token_count
 from telescope.errors import ConfigError
 from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.data import load_data
@@ -84,9 +85,18 @@ def describe_device(device: torch.device) -> str:
 
 
 def check_spec(spec: TrialSpec) -> None:
+    """A ConfigError naming the first field of `spec` no trial can run with."""
+    for name, value, lowest in (("lr", spec.lr, 0.0), ("muon_lr_ratio", spec.muon_lr_ratio, 0.0)):
+        if not (math.isfinite(value) and value > lowest):
+            raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+    if not (math.isfinite(spec.weight_decay) and spec.weight_decay >= 0):
+        raise ConfigError(f"weight_decay must be a finite number >= 0, got {spec.weight_decay}")
+    if spec.width < 1 or spec.base_width < 1:
+        raise ConfigError(f"width and base_width must be >= 1, got {spec.width} and {spec.base_width}")
     t = spec.train
     if t.steps < 1 or t.batch_size < 1 or t.eval_batches < 1:
         raise ConfigError("train.steps, train.batch_size and train.eval_batches must be >= 1")
+    check_token_count(t, spec.model.seq_len)
     if t.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
     if t.schedule not in ("cosine", "wsd"):

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from telescope.cost import Plan, plan
 from telescope.errors import TelescopeError
+from telescope.files import atomic_write
 from telescope.export import export_sweep
 from telescope.report.data import SweepData, grid_shape, load_sweep
 from telescope.report.plots import FIGURES, check_output_dir, draw_figures, save_figures
@@ -316,12 +316,6 @@ def write_report(db: Database, sweep: str, output: Path | None = None, svg: bool
     written = save_figures(draw_figures(report.sweep), folder, svg)
     relative = {name: Path(os.path.relpath(paths[0], output.parent)).as_posix() for name, paths in written.items()}
     text = render_markdown(report, relative, output.parent)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(output) as f:
+        f.write(text.encode("utf-8"))
     return output

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from telescope.errors import TelescopeError
+from telescope.files import atomic_write, cannot_write
 from telescope.report.data import Curve, DriftSeries, FigureData, LevelMap, PowerLaw, SweepData, figure_data
 from telescope.spec import Status
 
@@ -349,7 +349,10 @@ def check_output_dir(path: Path) -> Path:
 
 def save_figures(figures: dict[str, Figure], out_dir: Path, svg: bool = False) -> dict[str, list[Path]]:
     """Save each figure as PNG (and SVG) under `out_dir`, each file written atomically."""
-    out_dir.mkdir(exist_ok=True)
+    try:
+        out_dir.mkdir(exist_ok=True)
+    except OSError as e:
+        raise cannot_write(out_dir, e) from None
     written: dict[str, list[Path]] = {}
     for name, fig in figures.items():
         written[name] = [_save(fig, out_dir / f"{name}.{ext}", ext) for ext in (("png", "svg") if svg else ("png",))]
@@ -357,14 +360,8 @@ def save_figures(figures: dict[str, Figure], out_dir: Path, svg: bool = False) -
 
 
 def _save(fig: Figure, path: Path, fmt: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        fig.savefig(f, format=fmt, dpi=110)
     return path
 
 

@@ -17,17 +17,21 @@ server.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
 import math
+import sqlite3
+import urllib.parse
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
-from sqlalchemy import Engine, bindparam, case, create_engine, delete, event, func, inspect, select, update
+from sqlalchemy import Engine, bindparam, case, create_engine, delete, event, func, inspect, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -50,7 +54,9 @@ from telescope.storage.schema import (
 )
 
 DEFAULT_DB = "telescope.db"
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SQLITE_BUSY_TIMEOUT_S = 30.0
+_CREATE_LOCK_KEY = 0x7E1E5C0BE  # pg_advisory_xact_lock key taken while creating the tables
 
 
 # ---------------------------------------------------------------------------
@@ -203,10 +209,16 @@ def resolve_url(url: str | None) -> URL:
     if url is None or url == "":
         return URL.create("sqlite", database=str(Path(DEFAULT_DB).absolute()))
     if "://" not in url:
-        return URL.create("sqlite", database=str(Path(url).expanduser().absolute()))
+        path = Path(url).expanduser().absolute()
+        if path.suffix.lower() not in SQLITE_SUFFIXES and not path.is_file():
+            raise StorageError(
+                f"--db {url!r} is neither a database URL nor a SQLite file ({', '.join(SQLITE_SUFFIXES)}): "
+                f"write sqlite:///{url} to create a SQLite file of that name, or postgresql://..."
+            )
+        return URL.create("sqlite", database=str(path))
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StorageError(f"invalid database URL {_redact_text(url)!r}: expected sqlite:///FILE or postgresql://...") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StorageError(
@@ -231,8 +243,17 @@ def _postgres_driver(url: URL) -> URL:
     return url
 
 
+def _secrets(url: URL) -> list[str]:
+    """The URL's password, whether after the user name or as a `?password=` parameter."""
+    values = [url.password, url.query.get("password")]
+    flat = [v for value in values for v in (value if isinstance(value, tuple) else (value,))]
+    return [str(v) for v in flat if v]
+
+
 def safe_url(url: URL) -> str:
     """The URL as text with any password masked (and without the driver name), for messages."""
+    if "password" in url.query:
+        url = url.update_query_dict({"password": "***"})
     return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
 
@@ -254,8 +275,8 @@ def error_line(error: BaseException, url: URL) -> str:
     """First line of a driver error, never showing the password."""
     original = getattr(error, "orig", None) or error
     line = (str(original).strip().splitlines() or [type(original).__name__])[0]
-    if url.password:
-        line = line.replace(str(url.password), "***")
+    for secret in _secrets(url):
+        line = line.replace(secret, "***")
     return line
 
 
@@ -271,6 +292,7 @@ class Database:
     def __init__(self, url: str | None = None, *, create: bool = True) -> None:
         self.url = resolve_url(url)
         self.display_url = safe_url(self.url)
+        self._lock_file: BinaryIO | None = None
         path = _sqlite_path(self.url)
         if path is not None:
             if not path.exists() and not create:
@@ -281,6 +303,8 @@ class Database:
                 raise StorageError(f"cannot create database {path}: folder {path.parent} does not exist")
             if path.is_dir():
                 raise StorageError(f"database path {path} is a folder, not a file")
+            if path.exists():
+                _check_sqlite_file(path)
         self.engine = self._make_engine()
         try:
             self._check_schema(create)
@@ -326,22 +350,64 @@ class Database:
                 f"no telescope tables in {self.display_url} (run `telescope sweep CONFIG` first, or pass --db)"
             )
         try:
-            Base.metadata.create_all(self.engine)
-            with Session(self.engine) as session, session.begin():
-                session.add(
-                    SchemaVersionModel(
-                        id=1, schema_version=SCHEMA_VERSION, library_version=_library_version(), created_at=_now()
+            with self.engine.begin() as conn:
+                if self.url.get_backend_name() == "postgresql":
+                    # Two drivers starting on a fresh database would both create the tables
+                    # (a duplicate-key error from the catalog); this lock makes them take turns.
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_CREATE_LOCK_KEY})")
+                Base.metadata.create_all(conn, checkfirst=True)
+                if conn.scalar(select(SchemaVersionModel.id)) is None:
+                    conn.execute(
+                        SchemaVersionModel.__table__.insert().values(
+                            id=1, schema_version=SCHEMA_VERSION, library_version=_library_version(), created_at=_now()
+                        )
                     )
-                )
             if self.url.get_backend_name() == "sqlite":
                 with self.engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         except (DBAPIError, SQLAlchemyError) as e:
             raise StorageError(f"cannot create tables in {self.display_url}: {error_line(e, self.url)}") from None
 
+    @contextmanager
+    def lease(self, sweep: str) -> Iterator[None]:
+        """Hold the right to run `sweep`: a second driver on the same sweep is refused with a
+        StorageError instead of training every trial again. The lease goes with the process
+        that holds it, however it ends (a PostgreSQL session advisory lock; on SQLite a lock
+        on a byte of the file `DB.lock`, where the byte is the sweep's)."""
+        key = int.from_bytes(hashlib.sha256(f"telescope-sweep:{sweep}".encode()).digest()[:8], "big") >> 1
+        taken = f"sweep {sweep!r} is being run by another telescope process on {self.display_url}; wait for it to end"
+        if self.url.get_backend_name() == "postgresql":
+            with self.engine.connect() as conn:
+                if not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+                    raise StorageError(taken)
+                try:
+                    yield
+                finally:
+                    conn.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            return
+        path = _sqlite_path(self.url)
+        if path is None:  # an in-memory database belongs to this process alone
+            yield
+            return
+        # One descriptor for the Database's life: closing any descriptor of a file drops every
+        # lock the process holds on it, nested leases (a sweep and its check) included.
+        if self._lock_file is None:
+            self._lock_file = open(path.with_name(path.name + ".lock"), "a+b")
+        try:
+            fcntl.lockf(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, key)
+        except OSError:
+            raise StorageError(taken) from None
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock_file, fcntl.LOCK_UN, 1, key)
+
     def close(self) -> None:
         """Release every connection (on SQLite this also checkpoints the WAL into the file)."""
         self.engine.dispose()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def __enter__(self) -> "Database":
         return self
@@ -713,6 +779,25 @@ class Database:
             self._require_sweep_in(session, sweep)
             raise StorageError(f"sweep {sweep!r} has no trials {sorted(missing)[:5]} (add them first)")
         return ids
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse a damaged or foreign file before SQLAlchemy opens it read-write (which would
+    checkpoint a WAL into the damaged file): read it read-only and let SQLite check its pages."""
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as e:
+        problems = [str(e)]
+    if problems != ["ok"]:
+        raise StorageError(
+            f"database {path} is damaged or not a SQLite file ({problems[0]}): restore it from a backup, "
+            f"or salvage it with `sqlite3 {path} .recover`, or pass another --db"
+        )
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +25,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from telescope.errors import StorageError
+from telescope.errors import StorageError, TelescopeError
+from telescope.files import atomic_write, check_writable_folder
 from telescope.spec import StepMetrics
 
 DEFAULT_STORE = "telescope-metrics"
@@ -128,20 +128,18 @@ class MetricsStore:
             },
             schema=STEP_SCHEMA,
         )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # A leading dot and a non-.parquet suffix hide the temporary file from
-        # pyarrow, pandas and DuckDB globs while it is being written.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{trial_key}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pq.write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        # The temporary file's leading dot and .tmp suffix hide it from pyarrow, pandas and
+        # DuckDB globs while it is being written.
+        with atomic_write(target, make_parents=True) as f:
+            pq.write_table(table, f)
         return target
+
+    def check_writable(self) -> None:
+        """A StorageError now, rather than after the first trial, if the store cannot be written."""
+        try:
+            check_writable_folder(self.root)
+        except TelescopeError as e:
+            raise StorageError(f"metrics store: {e}") from None
 
     def read(self, sweep: str, level: int | None = None, trial_key: str | None = None) -> pd.DataFrame:
         """Step metrics of a sweep, optionally of one level and/or one trial, as a DataFrame

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from telescope.errors import TelescopeError
+from telescope.files import atomic_write
 
 
 def check_plot_path(path: str | Path) -> Path:
@@ -50,6 +51,7 @@ def plot_transfer_check(result, path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
     plt.close(fig)
     return path

@@ -301,15 +301,17 @@ def run_transfer_check(
     if plot is not None:
         check_plot_path(plot)
     name = name or settings.default_name()
-    open_check(db, settings, name)
-    try:
-        result = _run(settings, db, store, executor, name, on_trial)
-        if plot is not None:
-            result.plot = str(plot_transfer_check(result, plot).resolve())
-    except BaseException:
-        db.update_sweep(name, status="stopped")
-        raise
-    db.update_sweep(name, status="completed", result=result.to_dict())
+    store.check_writable()
+    with db.lease(name):
+        open_check(db, settings, name)
+        try:
+            result = _run(settings, db, store, executor, name, on_trial)
+            if plot is not None:
+                result.plot = str(plot_transfer_check(result, plot).resolve())
+        except BaseException:
+            db.update_sweep(name, status="stopped")
+            raise
+        db.update_sweep(name, status="completed", result=result.to_dict())
     return result
 
 

@@ -181,10 +181,36 @@ def _check_reachable(address: str) -> None:
     if not host or not port.isdigit():
         raise TelescopeError(f"Ray address {address!r} is not host:port (or 'auto')")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as conn:
+            speaks_grpc = os.environ.get("RAY_USE_TLS", "0") not in ("0", "") or _answers_http2(conn)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise TelescopeError(f"cannot reach the Ray cluster at {address}: {reason}") from None
+    if not speaks_grpc:  # ray.init would wait for minutes on, say, a database's port
+        raise TelescopeError(
+            f"{address} answers, but not as a Ray cluster (no gRPC there): give the head's GCS "
+            "address, the --port of `ray start --head` (default 6379)"
+        )
+
+
+# The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4): a gRPC server, such as
+# Ray's GCS, answers with a SETTINGS frame of its own.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_HTTP2_SETTINGS = 4
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    try:
+        conn.sendall(_HTTP2_PREFACE)
+        header = b""
+        while len(header) < 9:
+            chunk = conn.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:  # silence until the timeout, or a reset
+        return False
+    return header[3] == _HTTP2_SETTINGS
 
 
 def _same_address(a: str, b: str) -> bool:
