@@ -238,6 +238,28 @@ def test_unreachable_ray_address_is_a_clear_error_within_seconds():
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.parametrize("reply", [b"", b"220 mail.example ESMTP\r\n", b"-ERR unknown command\r\n"])
+def test_an_open_port_that_is_not_ray_is_refused_within_seconds(reply):
+    pytest.importorskip("ray")
+    server = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+
+    def answer() -> None:  # a server that speaks some other protocol, or stays silent
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(reply)
+            conn.recv(1024)
+            time.sleep(0.5 if reply else 8)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    with pytest.raises(TelescopeError, match=f"{address} answers, but not as a Ray cluster"):
+        make_executor(ExecutorSettings(ray_address=address), FakeTrial("/nonexistent"))
+    assert time.monotonic() - start < 10
+    server.close()
+
+
 @pytest.mark.parametrize("address", ["nonsense", "ray://127.0.0.1:10001"])
 def test_malformed_or_client_ray_addresses_are_refused(address):
     pytest.importorskip("ray")

@@ -288,4 +288,4 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(micro: FinishedSweep
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1 and message in result.output, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "open.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "open.db", "open.db.lock"]

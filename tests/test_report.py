@@ -156,5 +156,5 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(micro: FinishedSweep
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1 and message in result.output, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.md", "open.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.md", "open.db", "open.db.lock"]
     assert not any((tmp_path / "folder.md").iterdir())

@@ -345,3 +345,44 @@ def test_status_without_a_database_writes_nothing(tmp_path):
     out = CliRunner().invoke(_app(), ["status", "--db", str(tmp_path / "none.db")])
     assert out.exit_code == 2 and "no telescope database" in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_drivers_starting_together_on_a_fresh_database_create_the_tables_once(db_url):
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 3  # every process opens the database at this moment
+    code = ("import sys, time\nfrom telescope.storage.database import Database\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\nDatabase(sys.argv[1]).close()\n")  # fmt: skip
+    drivers = [subprocess.Popen([sys.executable, "-c", code, db_url, str(start)], stderr=subprocess.PIPE, text=True)
+               for _ in range(4)]  # fmt: skip
+    for driver in drivers:
+        assert driver.wait(timeout=60) == 0, driver.stderr.read()
+    with Database(db_url, create=False) as db:
+        assert db.list_sweeps() == []
+
+
+def test_a_sweep_is_leased_to_one_driver_at_a_time(db_url, tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom telescope.storage.database import Database\n"
+         "db = Database(sys.argv[1])\nwith db.lease('demo'):\n    print('held', flush=True)\n    time.sleep(60)\n", db_url],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with Database(db_url) as db:
+            with pytest.raises(StorageError, match="sweep 'demo' is being run by another telescope process"):
+                with db.lease("demo"):
+                    pass
+            with db.lease("other"):  # another sweep of the same database is free
+                pass
+        holder.kill()
+        holder.wait()
+        with Database(db_url) as db, db.lease("demo"):  # the lease went with the process
+            pass
+    finally:
+        holder.kill()

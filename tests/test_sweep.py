@@ -99,6 +99,11 @@ def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_ur
     proc = _sweep_process(config, db_url, store, "interrupted")
     try:
         _wait_for(lambda: proc.poll() is not None or (sweep_exists(db_url) and level_one_half_done()))
+        # A second driver on the same sweep is refused while the first holds it.
+        second = _sweep_process(config, db_url, store, "interrupted")
+        assert second.wait(timeout=120) == 2
+        assert second.stderr.read().strip().endswith("is being run by another telescope process on "
+                                                     f"{Database(db_url, create=False).display_url}; wait for it to end")  # fmt: skip
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -106,6 +111,11 @@ def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_ur
         cut = db.trials("interrupted")
         assert db.get_sweep("interrupted").status == "running"
     assert any(not t.finished for t in cut), "the sweep finished before it was killed"
+    assert all(t.attempts <= 1 for t in cut)  # the refused driver ran nothing
+    # A full disk truncated one finished trial's metrics: the resumed sweep runs it again.
+    truncated = next(t for t in cut if t.finished)
+    metrics_file = MetricsStore(store).path("interrupted", truncated.level, truncated.key)
+    metrics_file.write_bytes(metrics_file.read_bytes()[:50])
 
     proc = _sweep_process(config, db_url, store, "interrupted")
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
@@ -114,7 +124,9 @@ def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_ur
         resumed = db.get_sweep("interrupted").result
         finished_before = {t.key: t for t in cut if t.finished}
         for t in db.trials("interrupted"):
-            if t.key in finished_before:  # finished trials were not run again
+            if t.key == truncated.key:
+                assert t.attempts == truncated.attempts + 1 and t.val_loss == truncated.val_loss
+            elif t.key in finished_before:  # finished trials were not run again
                 assert t.attempts == finished_before[t.key].attempts
                 assert t.val_loss == finished_before[t.key].val_loss
     assert resumed["best"] == reference["best"]

@@ -56,7 +56,7 @@ from telescope.storage.schema import (
 DEFAULT_DB = "telescope.db"
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SQLITE_BUSY_TIMEOUT_S = 30.0
-_CREATE_LOCK_KEY = 0x7E1E5C0BE  # pg_advisory_xact_lock key taken while creating the tables
+_CREATE_LOCK_KEY = 0  # the lock taken while creating the tables (sweep leases use keys >= 1)
 
 
 # ---------------------------------------------------------------------------
@@ -330,13 +330,18 @@ class Database:
         return engine
 
     def _check_schema(self, create: bool) -> None:
-        try:
-            tables = set(inspect(self.engine).get_table_names())
-        except (DBAPIError, SQLAlchemyError) as e:
-            raise StorageError(f"cannot open database {self.display_url}: {error_line(e, self.url)}") from None
+        tables, version = self._schema()
+        foreign = VERSION_TABLE not in tables and tables & set(DATA_TABLES)
+        if create and version is None and not foreign:
+            # Two drivers starting on a fresh database would both create the tables (a duplicate
+            # key in PostgreSQL's catalog, "table already exists" in SQLite): they take turns,
+            # and the second finds the first one's tables.
+            with self._exclusive(_CREATE_LOCK_KEY, wait=True):
+                tables, version = self._schema()
+                if VERSION_TABLE not in tables:
+                    self._create_tables()
+                    tables, version = self._schema()
         if VERSION_TABLE in tables:
-            with Session(self.engine) as session:
-                version = session.scalar(select(SchemaVersionModel.schema_version))
             if version != SCHEMA_VERSION:
                 raise StorageError(_incompatible_message(self.display_url, version))
             return
@@ -345,23 +350,30 @@ class Database:
                 f"{self.display_url} is not a telescope database (it has tables named "
                 f"{', '.join(sorted(tables & set(DATA_TABLES)))} but no {VERSION_TABLE}): pass another --db"
             )
-        if not create:
-            raise StorageError(
-                f"no telescope tables in {self.display_url} (run `telescope sweep CONFIG` first, or pass --db)"
-            )
+        raise StorageError(
+            f"no telescope tables in {self.display_url} (run `telescope sweep CONFIG` first, or pass --db)"
+        )
+
+    def _schema(self) -> tuple[set[str], int | None]:
+        """The database's table names and its telescope schema version (None if not stored)."""
         try:
-            with self.engine.begin() as conn:
-                if self.url.get_backend_name() == "postgresql":
-                    # Two drivers starting on a fresh database would both create the tables
-                    # (a duplicate-key error from the catalog); this lock makes them take turns.
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_CREATE_LOCK_KEY})")
-                Base.metadata.create_all(conn, checkfirst=True)
-                if conn.scalar(select(SchemaVersionModel.id)) is None:
-                    conn.execute(
-                        SchemaVersionModel.__table__.insert().values(
-                            id=1, schema_version=SCHEMA_VERSION, library_version=_library_version(), created_at=_now()
-                        )
+            tables = set(inspect(self.engine).get_table_names())
+            if VERSION_TABLE not in tables:
+                return tables, None
+            with Session(self.engine) as session:
+                return tables, session.scalar(select(SchemaVersionModel.schema_version))
+        except (DBAPIError, SQLAlchemyError) as e:
+            raise StorageError(f"cannot open database {self.display_url}: {error_line(e, self.url)}") from None
+
+    def _create_tables(self) -> None:
+        try:
+            Base.metadata.create_all(self.engine)
+            with Session(self.engine) as session, session.begin():
+                session.add(
+                    SchemaVersionModel(
+                        id=1, schema_version=SCHEMA_VERSION, library_version=_library_version(), created_at=_now()
                     )
+                )
             if self.url.get_backend_name() == "sqlite":
                 with self.engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -372,31 +384,49 @@ class Database:
     def lease(self, sweep: str) -> Iterator[None]:
         """Hold the right to run `sweep`: a second driver on the same sweep is refused with a
         StorageError instead of training every trial again. The lease goes with the process
-        that holds it, however it ends (a PostgreSQL session advisory lock; on SQLite a lock
-        on a byte of the file `DB.lock`, where the byte is the sweep's)."""
-        key = int.from_bytes(hashlib.sha256(f"telescope-sweep:{sweep}".encode()).digest()[:8], "big") >> 1
-        taken = f"sweep {sweep!r} is being run by another telescope process on {self.display_url}; wait for it to end"
+        that holds it, however it ends."""
+        key = 1 + (int.from_bytes(hashlib.sha256(f"telescope-sweep:{sweep}".encode()).digest()[:8], "big") >> 2)
+        try:
+            with self._exclusive(key, wait=False):
+                yield
+        except _Taken:
+            raise StorageError(
+                f"sweep {sweep!r} is being run by another telescope process on {self.display_url}; wait for it to end"
+            ) from None
+
+    @contextmanager
+    def _exclusive(self, key: int, wait: bool) -> Iterator[None]:
+        """A lock between processes, released when its holder ends however it ends: a
+        PostgreSQL session advisory lock, or on SQLite a lock on byte `key` of `DB.lock`.
+        Raises _Taken when another process holds it and not `wait`."""
         if self.url.get_backend_name() == "postgresql":
             with self.engine.connect() as conn:
-                if not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
-                    raise StorageError(taken)
+                if wait:
+                    conn.scalar(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                elif not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+                    raise _Taken
+                conn.commit()
                 try:
                     yield
                 finally:
                     conn.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    conn.commit()
             return
         path = _sqlite_path(self.url)
         if path is None:  # an in-memory database belongs to this process alone
             yield
             return
         # One descriptor for the Database's life: closing any descriptor of a file drops every
-        # lock the process holds on it, nested leases (a sweep and its check) included.
+        # lock the process holds on it, nested ones (a sweep and its check) included.
         if self._lock_file is None:
-            self._lock_file = open(path.with_name(path.name + ".lock"), "a+b")
+            try:
+                self._lock_file = open(path.with_name(path.name + ".lock"), "a+b")
+            except OSError as e:
+                raise StorageError(f"cannot lock {path}: {e.strerror}") from None
         try:
-            fcntl.lockf(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, key)
+            fcntl.lockf(self._lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), 1, key)
         except OSError:
-            raise StorageError(taken) from None
+            raise _Taken from None
         try:
             yield
         finally:
@@ -798,6 +828,10 @@ def _check_sqlite_file(path: Path) -> None:
             f"database {path} is damaged or not a SQLite file ({problems[0]}): restore it from a backup, "
             f"or salvage it with `sqlite3 {path} .recover`, or pass another --db"
         )
+
+
+class _Taken(Exception):
+    """Another process holds the lock."""
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> str:
