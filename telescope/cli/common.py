@@ -41,7 +41,7 @@ DbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="Database URL (sqlite:///file.db or postgresql://...). Default: ./telescope.db.",
+        help="Database: sqlite:///FILE, postgresql://..., or a path ending in .db, .sqlite or .sqlite3. Default: ./telescope.db.",
         envvar="TELESCOPE_DB",
     ),
 ]
