@@ -15,14 +15,15 @@ from rich.console import Console
 
 from telescope.config import SweepConfig
 from telescope.cost import train_flops
-from telescope.errors import ConfigError, TelescopeError
+from telescope.errors import TelescopeError
 from telescope.progress import SweepProgress
 from telescope.search import Grid, Outcome, best_point, fit_drift, initial_grid, next_grid, significantly_better
 from telescope.spec import Status, TrialResult, TrialSpec
 from telescope.storage.database import Database, TrialRow, config_hash
 from telescope.storage.metrics import MetricsStore
 from telescope.trials import make_executor
-from telescope.trials.base import Executor, ExecutorSettings
+from telescope.trials.base import Executor
+from telescope.trials.preflight import check_inputs
 from telescope.trials.recorder import run_pending
 from telescope.transfer_check.run import CheckSettings, run_sweep_check
 
@@ -39,32 +40,6 @@ def level_trials(config: SweepConfig, grid: Grid) -> list[tuple[str, dict[str, f
         for point in grid.points()
         for seed in config.seeds.seeds()
     ]
-
-
-def check_trial_inputs(config: SweepConfig, executor: ExecutorSettings) -> None:
-    """Check what every trial needs before anything is written, so bad input is one line
-    instead of a sweep of failed trials: the device, and the data (it loads, holds a
-    sequence in both splits, and its tokens fit the model's vocabulary).
-
-    On a cluster (`ray_address`) the workers may have the GPUs and the data path the driver
-    lacks: there only the device's name is checked, and the data only if the path is here."""
-    from telescope.proxy.data import load_data, source_path
-    from telescope.proxy.train import check_device_name, resolve_device
-
-    on_cluster = executor.ray_address is not None
-    if on_cluster:
-        check_device_name(config.train.device, where="train.device")
-        if not source_path(config.train.data).exists():
-            return
-    else:
-        resolve_device(config.train.device, where="train.device")
-    data = load_data(config.train.data)
-    data.check_seq_len(config.model.seq_len)
-    if data.vocab_size > config.model.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size is {config.model.vocab_size} but the data {config.train.data!r} has tokens up to "
-            f"{data.vocab_size - 1}: set model.vocab_size = {data.vocab_size}"
-        )
 
 
 def open_sweep(db: Database, config: SweepConfig, name: str, new: bool = False) -> str:
@@ -116,7 +91,7 @@ def run_sweep(
     With `check` (e.g. `settings_from_config(config)`: the sweep's first widths), a transfer
     check runs before level 0; on FAIL the sweep stops with TransferCheckFailed unless `force`.
     Its table and plot go into the result under "transfer_check"."""
-    check_trial_inputs(config, getattr(executor, "settings", config.executor))
+    check_inputs(config.model, config.train, getattr(executor, "settings", config.executor))
     store.check_writable()
     with db.lease(name):  # before open_sweep, which resets trials left running
         name = open_sweep(db, config, name, new)

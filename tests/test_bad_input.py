@@ -142,3 +142,12 @@ def test_passwords_in_url_parameters_are_never_printed(tmp_path: Path) -> None:
 def test_export_below_the_calibration_width_is_refused(smallest_sweep_db: str) -> None:
     line = one_line_exit_2(["export", "micro", "--db", smallest_sweep_db, "--target-width", "16"])
     assert "--target-width 16 is below the calibration width 32" in line
+
+
+def test_transfer_check_checks_data_and_device_before_anything_is_written(tmp_path: Path) -> None:
+    db, store = tmp_path / "t.db", tmp_path / "metrics"
+    for train, named in (({"device": "tpu"}, "unknown device 'tpu'"), ({"data": str(tmp_path / "nope")}, "not found")):
+        config = write_micro_config(tmp_path / "c.toml", train=train)
+        args = ["transfer-check", str(config), "--executor", "local", "--db", str(db), "--store", str(store)]
+        assert named in one_line_exit_2(args)
+        nothing_written(tmp_path, db, store)

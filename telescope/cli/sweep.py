@@ -36,7 +36,8 @@ def sweep(
     from telescope.export import export_sweep
     from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
-    from telescope.sweep import check_trial_inputs, run_sweep
+    from telescope.sweep import run_sweep
+    from telescope.trials.preflight import check_inputs
     from telescope.transfer_check.run import TransferCheckFailed
     from telescope.trials import make_executor
 
@@ -47,7 +48,7 @@ def sweep(
     if ray_address is not None:
         settings = dataclasses.replace(settings, kind="ray", ray_address=ray_address)
     sweep_name = check_sweep_name(name or cfg.name or config.stem)
-    check_trial_inputs(cfg, settings)
+    check_inputs(cfg.model, cfg.train, settings)
     metrics = MetricsStore(store)
     metrics.check_writable()
     check = None

@@ -53,6 +53,7 @@ def transfer_check(
     from telescope.transfer_check.plot import check_plot_path
     from telescope.transfer_check.run import check_settings, run_transfer_check
     from telescope.trials import make_executor
+    from telescope.trials.preflight import check_inputs
 
     settings, executor_settings = build_settings(
         config, parametrization, parse_widths(widths) if widths else None, points, steps, seeds, lr, threshold, model
@@ -64,7 +65,9 @@ def transfer_check(
     if plot is not None:
         check_plot_path(plot)
     check_settings(settings)
+    check_inputs(settings.model, settings.train, executor_settings)
     metrics = MetricsStore(store)
+    metrics.check_writable()
     runner = make_executor(executor_settings)
     try:
         with Database(db) as database:

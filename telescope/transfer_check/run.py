@@ -37,7 +37,8 @@ from telescope.transfer_check.analysis import (
     next_extension,
     verdict_from_optima,
 )
-from telescope.trials.base import Executor
+from telescope.trials.base import Executor, ExecutorSettings
+from telescope.trials.preflight import check_inputs
 from telescope.trials.recorder import run_pending
 
 KIND = "transfer-check"
@@ -298,6 +299,7 @@ def run_transfer_check(
     from telescope.transfer_check.plot import check_plot_path, plot_transfer_check
 
     check_settings(settings)
+    check_inputs(settings.model, settings.train, getattr(executor, "settings", ExecutorSettings()))
     if plot is not None:
         check_plot_path(plot)
     name = name or settings.default_name()

@@ -1,0 +1,32 @@
+"""What every trial needs, checked in the driver before anything is written."""
+
+from __future__ import annotations
+
+from telescope.errors import ConfigError
+from telescope.spec import ModelShape, TrainSettings
+from telescope.trials.base import ExecutorSettings
+
+
+def check_inputs(model: ModelShape, train: TrainSettings, executor: ExecutorSettings) -> None:
+    """Check the device and the data (it loads, holds a sequence in both splits, and its
+    tokens fit the model's vocabulary), so that bad input is one line instead of a level of
+    failed trials.
+
+    On a cluster (`ray_address`) the workers may have the GPUs and the data path the driver
+    lacks: there only the device's name is checked, and the data only if the path is here."""
+    from telescope.proxy.data import load_data, source_path
+    from telescope.proxy.train import check_device_name, resolve_device
+
+    if executor.ray_address is not None:
+        check_device_name(train.device, where="train.device")
+        if not source_path(train.data).exists():
+            return
+    else:
+        resolve_device(train.device, where="train.device")
+    data = load_data(train.data)
+    data.check_seq_len(model.seq_len)
+    if data.vocab_size > model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size is {model.vocab_size} but the data {train.data!r} has tokens up to "
+            f"{data.vocab_size - 1}: set model.vocab_size = {data.vocab_size}"
+        )
