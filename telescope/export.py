@@ -10,6 +10,7 @@ from typing import Any, Literal
 from telescope.config import parse_config
 from telescope.errors import TelescopeError
 from telescope.parametrization import fingerprint, transfer
+from telescope.proxy.model import parameter_roles
 from telescope.storage.database import Database
 
 ExportFormat = Literal["json", "yaml", "toml"]
@@ -41,7 +42,7 @@ def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> d
         muon_lr_ratio=base.get("muon_lr_ratio", 1.0),
         base_width=config.widths.base,
         width=width,
-        shape=config.model,
+        parameters=parameter_roles(config.model, width, config.widths.base, config.parametrization),
     )
     return {
         "sweep": sweep,

@@ -1,9 +1,13 @@
 """The parametrization applied to any torch.nn.Module LM (token ids in, logits out).
 
-Your own model gets its role per parameter from ordered rules (first match wins, no
-implicit default), its weights initialised per the table, the output multiplier on its
-logits, and the Muon + AdamW optimizers of telescope's proxy (telescope.proxy.optim) with
-the transferred per-group learning rates and weight decay, straight from an export file.
+Your own model gets its role per parameter from the classifier the proxy uses
+(telescope.roles: ordered rules, first match wins, no implicit default), its weights
+initialised per the table (telescope.weights), the output multiplier on its logits, and
+the Muon + AdamW optimizers of telescope's proxy (telescope.proxy.optim) with the
+transferred per-group learning rates and weight decay, straight from an export file:
+
+    parametrize(model, "export.json")                      # init + logit multiplier, per the export
+    optimizers, rows = optimizers_from_export(model, "export.json")
 
 Tied weights (one Parameter reached under two names, e.g. `wte.weight` and
 `lm_head.weight`) are classified once: the first rule that matches any of its names
@@ -17,157 +21,30 @@ import importlib
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
-from weakref import WeakKeyDictionary
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from telescope.errors import ConfigError, TelescopeError
-from telescope.parametrization import (
-    ROLES,
-    Role,
-    Table,
-    check_same_fingerprint,
-    fingerprint,
-    get_table,
-    width_multiplier,
+from telescope.parametrization import Role, Table, check_same_fingerprint, fingerprint, get_table, width_multiplier
+from telescope.proxy.optim import Optimizers, build_optimizers
+from telescope.roles import (  # noqa: F401 - re-exported: the names users port models with
+    FOREIGN_RULES,
+    KindRule,
+    NameRule,
+    ParamRole,
+    Rule,
+    RuleLike,
+    as_rules,
+    classify,
+    load_rules,
+    output_modules,
+    report_rows,
+    roles_of,
 )
-from telescope.proxy.optim import NameRule, Optimizers, build_optimizers
-
-
-@dataclass(frozen=True)
-class KindRule:
-    """Matches a parameter by what it is rather than by its name (see `FOREIGN_RULES`)."""
-
-    kind: str  # "vector" (ndim < 2), "embedding_module" (an nn.Embedding's weight) or "matrix" (ndim == 2)
-    role: Role
-
-    @property
-    def pattern(self) -> str:  # shown in reports next to NameRule patterns
-        return f"<{self.kind}>"
-
-
-Rule = Union[NameRule, KindRule]
-RuleLike = Union[NameRule, KindRule, tuple[str, str]]
-
-_EMBED_NAMES = r"(.*\.)?[^.]*(embed|wte|wpe|tok_emb)[^.]*\.weight"
-# Not inside a numbered block (`layers.3.output.weight` is an attention projection).
-_OUTPUT_NAMES = r"(?!(.*\.)?\d+\.)(.*\.)?(lm_head|[^.]*unembed[^.]*|output|head|output_proj(ection)?)\.weight"
-
-# Common LM layouts (nanoGPT, Llama, HF, torch.nn.Transformer): vectors first, so a norm or
-# bias inside an `embed*` or `lm_head` module is still a vector; the catch-all is for 2-D
-# matrices only, so anything else (a conv kernel, a 3-D expert bank) needs a rule of yours.
-FOREIGN_RULES: tuple[Rule, ...] = (
-    KindRule("vector", "vector"),
-    KindRule("embedding_module", "embedding"),
-    NameRule(_EMBED_NAMES, "embedding"),
-    NameRule(_OUTPUT_NAMES, "output"),
-    KindRule("matrix", "hidden"),
-)
-
-
-@dataclass(frozen=True)
-class _Param:
-    name: str  # the name model.named_parameters() reports (the first of `aliases`)
-    aliases: tuple[str, ...]
-    param: nn.Parameter
-    owners: tuple[nn.Module, ...]  # the module owning the parameter under each alias
-
-
-def as_rules(rules: Sequence[RuleLike] | None) -> tuple[Rule, ...]:
-    """The caller's rules (NameRule, KindRule or (pattern, role) pairs), or FOREIGN_RULES."""
-    if rules is None:
-        return FOREIGN_RULES
-    out: list[Rule] = []
-    for rule in rules:
-        if isinstance(rule, (NameRule, KindRule)):
-            role = rule.role
-        elif isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str):
-            role = rule[1]
-            rule = NameRule(rule[0], rule[1])
-        else:
-            raise ConfigError(f"rule {rule!r} is not a (pattern, role) pair, a NameRule or a KindRule")
-        if role not in ROLES:
-            raise ConfigError(f"rule {rule.pattern!r} has role {role!r}; choose one of {', '.join(ROLES)}")
-        if isinstance(rule, NameRule):
-            try:
-                re.compile(rule.pattern)
-            except re.error as e:
-                raise ConfigError(f"rule pattern {rule.pattern!r} is not a regular expression: {e}") from None
-        out.append(rule)
-    return tuple(out)
-
-
-def _parameters(model: nn.Module) -> list[_Param]:
-    """Every trainable parameter once, with all the names (and owning modules) reaching it."""
-    found: dict[int, tuple[list[str], nn.Parameter, list[nn.Module]]] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        for local, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            name = f"{module_name}.{local}" if module_name else local
-            names, _, owners = found.setdefault(id(p), ([], p, []))
-            if name not in names:
-                names.append(name)
-                owners.append(module)
-    order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
-    params = []
-    for names, p, owners in found.values():
-        ranked = sorted(zip(names, owners), key=lambda pair: order.get(pair[0], len(order)))
-        params.append(_Param(ranked[0][0], tuple(n for n, _ in ranked), p, tuple(o for _, o in ranked)))
-    return sorted(params, key=lambda q: order.get(q.name, len(order)))
-
-
-def _matches(rule: Rule, name: str, p: nn.Parameter, owner: nn.Module) -> bool:
-    if isinstance(rule, NameRule):
-        return re.fullmatch(rule.pattern, name) is not None
-    if rule.kind == "vector":
-        return p.ndim < 2
-    if rule.kind == "matrix":
-        return p.ndim == 2
-    if rule.kind == "embedding_module":
-        return isinstance(owner, nn.Embedding) and name.endswith("weight")
-    raise ConfigError(f"unknown KindRule kind {rule.kind!r}")
-
-
-def _first_match(rules: Sequence[Rule], name: str, p: nn.Parameter, owner: nn.Module) -> Rule | None:
-    return next((r for r in rules if _matches(r, name, p, owner)), None)
-
-
-@dataclass(frozen=True)
-class Classified:
-    """One parameter's role and why: the rule that matched, and every name reaching it."""
-
-    name: str
-    aliases: tuple[str, ...]
-    shape: tuple[int, ...]
-    role: Role
-    rule: str
-
-
-def _classify(model: nn.Module, rules: Sequence[Rule]) -> tuple[list[Classified], list[tuple[str, nn.Module]]]:
-    """Each parameter's role, and the (name, module) pairs through which the unembedding is reached."""
-    classified: list[Classified] = []
-    outputs: list[tuple[str, nn.Module]] = []
-    for q in _parameters(model):
-        per_alias = [(name, owner, _first_match(rules, name, q.param, owner)) for name, owner in zip(q.aliases, q.owners)]
-        matched = [(name, owner, rule) for name, owner, rule in per_alias if rule is not None]
-        if not matched:
-            raise ConfigError(
-                f"parameter {q.name!r} (shape {tuple(q.param.shape)}) matches no role rule; "
-                f"add one, e.g. rules=[({re.escape(q.name)!r}, 'hidden'), *FOREIGN_RULES]"
-            )
-        winner = min(matched, key=lambda item: rules.index(item[2]))[2]
-        classified.append(Classified(q.name, q.aliases, tuple(q.param.shape), winner.role, winner.pattern))
-        outputs.extend((name, owner) for name, owner, rule in matched if rule.role == "output")
-    if not outputs:
-        raise ConfigError(
-            "no unembedding found: name it with a rule, e.g. rules=[(r'decoder\\.weight', 'output'), *FOREIGN_RULES]"
-        )
-    return classified, outputs
+from telescope.weights import init_parameters, set_output_multiplier
 
 
 def classify_foreign(model: nn.Module, rules: Sequence[RuleLike] | None = None) -> dict[str, Role]:
@@ -175,18 +52,12 @@ def classify_foreign(model: nn.Module, rules: Sequence[RuleLike] | None = None) 
 
     ConfigError naming the parameter when no rule matches it, and when no parameter is an
     unembedding (role `output`)."""
-    classified, _ = _classify(model, as_rules(rules))
-    return {c.name: c.role for c in classified}
+    return roles_of(classify(model, rules))
 
 
 def classification_report(model: nn.Module, rules: Sequence[RuleLike] | None = None) -> list[dict[str, Any]]:
-    """One printable row per parameter: name, shape, role, the rule that decided, tied names."""
-    classified, _ = _classify(model, as_rules(rules))
-    return [
-        {"parameter": c.name, "shape": "x".join(map(str, c.shape)), "role": c.role, "rule": c.rule,
-         "tied_with": ", ".join(c.aliases[1:])}
-        for c in classified
-    ]  # fmt: skip
+    """One printable row per parameter: name, shape, role, the rule that decided, fan-in, tied names."""
+    return report_rows(classify(model, rules))
 
 
 # --------------------------------------------------------------------------- factories
@@ -239,18 +110,7 @@ def _one_line(e: BaseException) -> str:
 
 # --------------------------------------------------------------------------- parametrize
 
-
-class _OutputMultiplier:
-    """Forward hook scaling a module's output: the table's multiplier on the logits."""
-
-    def __init__(self, value: float):
-        self.value = value
-
-    def __call__(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        return output * self.value
-
-
-_HOOKS: WeakKeyDictionary[nn.Module, tuple[_OutputMultiplier, Any]] = WeakKeyDictionary()
+_APPLIED = "telescope_parametrization"  # marker on the model: what parametrize applied
 
 
 def _table(table: str | Table) -> Table:
@@ -259,8 +119,7 @@ def _table(table: str | Table) -> Table:
 
 def output_module(model: nn.Module, rules: Sequence[RuleLike] | None = None) -> tuple[str, nn.Module]:
     """The name of the unembedding weight and the module that computes the logits with it."""
-    _, outputs = _classify(model, as_rules(rules))
-    modules = {id(m): (n, m) for n, m in outputs}
+    modules = {id(m): (n, m) for n, m in output_modules(classify(model, rules))}
     if len(modules) > 1:
         raise ConfigError(
             f"several unembeddings found ({', '.join(n for n, _ in modules.values())}); "
@@ -282,68 +141,70 @@ def apply_output_multiplier(
 
     A forward hook on the module that computes the logits (the owner of the unembedding
     weight, e.g. `lm_head`), not on the model: the loss a model computes inside its own
-    forward (nanoGPT's `targets=`) then sees the scaled logits too. Calling it again
-    replaces the multiplier. Hooks are not saved in state_dicts: call it again (or
-    `parametrize`) after building a model from a checkpoint."""
+    forward (nanoGPT's `targets=`) then sees the scaled logits too. The value is kept on
+    the module and the hook is registered once, so calling this again, or on a deep copy,
+    replaces the multiplier and never stacks it. A model loaded from a state_dict has no
+    hook: call this (or `parametrize`) after loading one."""
     multiplier = _table(table).output.multiplier(width_multiplier(width, base_width))
     _, module = output_module(model, rules)
-    if module in _HOOKS:
-        hook, handle = _HOOKS.pop(module)
-        handle.remove()
-    if multiplier != 1.0:
-        hook = _OutputMultiplier(multiplier)
-        _HOOKS[module] = (hook, module.register_forward_hook(hook))
+    set_output_multiplier(module, multiplier)
     return multiplier
 
 
 @torch.no_grad()
 def parametrize(
     model: nn.Module,
-    table: str | Table,
-    width: int,
-    base_width: int,
+    table: str | Table | Mapping[str, Any] | Path,
+    width: int | None = None,
+    base_width: int | None = None,
     rules: Sequence[RuleLike] | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, Role]:
-    """Initialise every parameter per its role's row of `table` at m = width / base_width and
-    put the output multiplier on the logits; returns the roles.
+    """Initialise every parameter per its role's row of the table at m = width / base_width
+    (telescope.weights) and put the output multiplier on the logits; returns the roles.
 
-    - embedding: normal, the table's std (constant 1.0 in the shipped tables); an
-      nn.Embedding's padding row stays zero.
-    - hidden: normal, std = 1/sqrt(fan_in) with fan_in = the weight's last dim.
-    - output: zero in the muP tables, normal 1/sqrt(fan_in) in `sp` (a tied unembedding is
-      an embedding and keeps the embedding init).
-    - vector: biases zero, everything else (norm gains) ones.
+    `table` is a table name (then give `width` and `base_width`), or an export (its dict or
+    file): its parametrization, target width and base width are used, and a `width` given
+    too must equal the target width. The model's embedding dim must equal the width.
 
     Telescope's own proxy already does all this in `build_model`: do not parametrize it."""
-    t = _table(table)
-    m = width_multiplier(width, base_width)
-    classified, _ = _classify(model, as_rules(rules))
-    params = {q.name: q for q in _parameters(model)}
-    for c in classified:
-        q = params[c.name]
-        init = t.rule(c.role).init
-        weight = q.param
-        if c.role == "vector" and c.name.endswith("bias"):
-            weight.zero_()
-        elif init.kind == "zero":
-            weight.zero_()
-        elif init.kind == "ones":
-            weight.fill_(1.0)
-        else:
-            weight.normal_(0.0, init.std(m, weight.shape[-1] if weight.ndim else 1), generator=generator)
-        for owner in q.owners:
-            if isinstance(owner, nn.Embedding) and owner.padding_idx is not None:
-                owner.weight[owner.padding_idx].zero_()
+    t, width, base_width = _parametrization_of(table, width, base_width)
+    classified = classify(model, rules)
+    _check_width(model, classified, width, rules)
+    init_parameters(classified, t, width, base_width, generator)
     apply_output_multiplier(model, t, width, base_width, rules)
-    return {c.name: c.role for c in classified}
+    setattr(model, _APPLIED, {"table": t.name, "width": width, "base_width": base_width})
+    return roles_of(classified)
+
+
+def _parametrization_of(
+    table: str | Table | Mapping[str, Any] | Path, width: int | None, base_width: int | None
+) -> tuple[Table, int, int]:
+    if isinstance(table, (str, Table)) and not (isinstance(table, str) and Path(table).suffix in _EXPORT_SUFFIXES):
+        if width is None or base_width is None:
+            raise TelescopeError("parametrize with a table name needs width and base_width (or pass an export)")
+        return _table(table), width, base_width
+    payload = load_export(table)
+    target, base = int(payload["target_width"]), int(payload["base_width"])
+    if width is not None and width != target:
+        raise TelescopeError(f"width {width} differs from the export's target width {target}")
+    if base_width is not None and base_width != base:
+        raise TelescopeError(f"base_width {base_width} differs from the export's base width {base}")
+    return get_table(payload["parametrization"]), target, base
+
+
+def _check_width(model: nn.Module, classified: Sequence[ParamRole], width: int, rules: Sequence[RuleLike] | None) -> None:
+    inferred = _embedding_width(classified)
+    if inferred is None:
+        raise TelescopeError(
+            "cannot tell the model's width (no single embedding dim): give the embedding a rule, e.g. "
+            "rules=[(r'tok\\.weight', 'embedding'), *FOREIGN_RULES]"
+        )
+    if inferred != width:
+        raise TelescopeError(f"model width {inferred} (its embedding dim) differs from the width {width} asked for")
 
 
 # --------------------------------------------------------------------------- optimizers
-
-
-def _exact_rules(roles: Mapping[str, Role]) -> list[NameRule]:
-    return [NameRule(re.escape(name), role) for name, role in roles.items()]
 
 
 def build_foreign_optimizers(
@@ -360,13 +221,13 @@ def build_foreign_optimizers(
     the base values eta0 = `lr` and lambda = `weight_decay` tuned at `base_width`, with
     each group's LR and weight decay transferred to `width`. Groups carry `role`, `names`
     and `peak_lr`; drive a schedule with `optimizers.set_lr_multiplier(f)`."""
-    roles = classify_foreign(model, rules)
-    return build_optimizers(model, table, lr, weight_decay, width, base_width, muon_lr_ratio, rules=_exact_rules(roles))
+    return build_optimizers(model, table, lr, weight_decay, width, base_width, muon_lr_ratio, rules=as_rules(rules))
 
 
 # --------------------------------------------------------------------------- from an export
 
 _EXPORT_KEYS = ("target_width", "base_width", "parametrization", "fingerprint", "base", "groups")
+_EXPORT_SUFFIXES = (".json", ".yaml", ".yml", ".toml")
 
 
 def load_export(export: Mapping[str, Any] | str | Path) -> dict[str, Any]:
@@ -412,7 +273,10 @@ def _parse_export_text(path: Path) -> dict[str, Any]:
 
 def infer_width(model: nn.Module, rules: Sequence[RuleLike] | None = None) -> int | None:
     """The model's width when it shows: the embedding dimension (None if there is none)."""
-    classified, _ = _classify(model, as_rules(rules))
+    return _embedding_width(classify(model, rules))
+
+
+def _embedding_width(classified: Sequence[ParamRole]) -> int | None:
     dims = {c.shape[-1] for c in classified if c.role == "embedding" and len(c.shape) == 2}
     return dims.pop() if len(dims) == 1 else None
 
@@ -436,7 +300,8 @@ def optimizers_from_export(
     row per parameter (parameter, shape, role, optimizer, lr, weight_decay).
 
     The export's parametrization must be the one this telescope ships under that name
-    (torch version aside), and the model's embedding dim must equal the target width."""
+    (torch version aside), the model's embedding dim must equal the target width, and a
+    model `parametrize`d must have been parametrized with the same table and widths."""
     payload = load_export(export)
     table = get_table(payload["parametrization"])
     base = payload["base"]
@@ -444,10 +309,22 @@ def optimizers_from_export(
     check_same_fingerprint(fingerprint(table, ratio), payload["fingerprint"], ignore=("torch",))
     width, base_width = int(payload["target_width"]), int(payload["base_width"])
     inferred = infer_width(model, rules)
-    if inferred is not None and inferred != width:
+    if inferred is None:
+        raise TelescopeError(
+            "cannot tell the model's width (no single embedding dim) to check it against the export's "
+            f"target width {width}: give the embedding a rule"
+        )
+    if inferred != width:
         raise TelescopeError(
             f"model width {inferred} (its embedding dim) differs from the export's target width {width}; "
             f"export for your width: telescope export {payload.get('sweep', 'SWEEP')} --target-width {inferred}"
+        )
+    applied = getattr(model, _APPLIED, None)
+    wanted = {"table": table.name, "width": width, "base_width": base_width}
+    if applied is not None and applied != wanted:
+        raise TelescopeError(
+            f"the model was parametrized with {applied}, but the export is {wanted}: "
+            "parametrize(model, export) with the same export"
         )
     optimizers = build_foreign_optimizers(
         model, table, float(base["lr"]), float(base["weight_decay"]), width, base_width, ratio, rules

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
-
-import torch
+from typing import Any, Literal, Sequence
 
 from telescope.config import DEFAULT_PARAMETRIZATION
 from telescope.errors import ConfigError
@@ -166,9 +164,15 @@ def fingerprint(table: str | Table, muon_lr_ratio: float = 1.0) -> dict[str, Any
         "ns_coefficients": list(NS_COEFFICIENTS),
         "adamw_betas": list(ADAMW_BETAS),
         "adamw_eps": ADAMW_EPS,
-        "torch": str(torch.__version__),
+        "torch": _torch_version(),
         "muon_lr_ratio": muon_lr_ratio,
     }
+
+
+def _torch_version() -> str:
+    import torch  # only the fingerprint needs it: the tables themselves are plain data
+
+    return str(torch.__version__)
 
 
 def check_same_fingerprint(
@@ -210,26 +214,21 @@ def transfer(
     weight_decay: float,
     base_width: int,
     width: int,
-    shape: Any,
+    parameters: Sequence[Any],
     muon_lr_ratio: float = 1.0,
 ) -> list[GroupHyperparams]:
-    """Every parameter group of the proxy family (`shape`, a ModelShape) at `width`, with the
-    absolute LR, weight decay, init std and forward multiplier the table gives from the
-    base values eta0 = `lr` and lambda = `weight_decay` tuned at `base_width`."""
-    from telescope.proxy.model import build_model  # the proxy knows its own parameter names
-    from telescope.proxy.optim import DEFAULT_RULES, classify_parameters
-
+    """The parameter groups of a model at `width`, with the absolute LR, weight decay, init
+    std and forward multiplier the table gives from the base values eta0 = `lr` and
+    lambda = `weight_decay` tuned at `base_width`. `parameters` are the model's classified
+    parameters at `width` (rows with `name`, `role` and `fan_in`, e.g. telescope.roles.classify
+    or telescope.proxy.model.parameter_roles); a group is one (role, fan-in, init) and lists
+    its parameter names with layer indices written as '*'."""
     t = get_table(table) if isinstance(table, str) else table
     m = width_multiplier(width, base_width)
-    with torch.device("meta"):
-        model = build_model(shape, width, base_width, t)
-    roles = classify_parameters(model, DEFAULT_RULES)
     groups: dict[tuple[Role, int, str], list[str]] = {}
-    for name, p in model.named_parameters():
-        role = roles[name]
-        fan_in = p.shape[-1] if p.ndim == 2 else 1
-        generic = ".".join("*" if part.isdigit() else part for part in name.split("."))
-        names = groups.setdefault((role, fan_in, t.rule(role).init.kind), [])
+    for row in parameters:
+        generic = ".".join("*" if part.isdigit() else part for part in row.name.split("."))
+        names = groups.setdefault((row.role, row.fan_in, t.rule(row.role).init.kind), [])
         if generic not in names:
             names.append(generic)
     rows = []

@@ -32,11 +32,11 @@ class EncoderLM(nn.Module):
 
 
 class WithExpertBank(EncoderLM):
-    """A 3-D parameter no default rule covers."""
+    """A 4-D parameter no default rule covers (a 3-D bank of expert matrices is covered)."""
 
     def __init__(self, width: int):
         super().__init__(width)
-        self.experts = nn.Parameter(torch.zeros(2, width, width))
+        self.experts = nn.Parameter(torch.zeros(2, 2, width, width))
 
 
 class TiedNoHead(nn.Module):

@@ -42,7 +42,10 @@ def test_the_api_does_what_the_cli_does() -> None:
     config = load_config(ROOT / "examples/tiny-cpu.toml")
     p = plan(config)
     assert [lc.width for lc in p.levels] == [32, 64, 128] and p.sweep_trials == 43
-    groups = transfer("paper", lr=0.04, weight_decay=0.1, base_width=32, width=512, shape=config.model)
+    from telescope.proxy.model import parameter_roles
+
+    groups = transfer("paper", lr=0.04, weight_decay=0.1, base_width=32, width=512,
+                      parameters=parameter_roles(config.model, 512, 32))  # fmt: skip
     assert {g.role: g.lr for g in groups}["hidden"] == pytest.approx(0.04 / 16)
     assert issubclass(ConfigError, TelescopeError)
     with pytest.raises(ConfigError, match="no such config file"):

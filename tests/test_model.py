@@ -5,7 +5,8 @@ from torch import nn
 from telescope.cost import param_counts
 from telescope.errors import ConfigError
 from telescope.proxy.model import build_model
-from telescope.proxy.optim import DEFAULT_RULES, NameRule, build_optimizers, classify_parameters
+from telescope.proxy.optim import build_optimizers
+from telescope.roles import PROXY_RULES, NameRule, classify, roles_of
 from telescope.spec import ModelShape
 
 
@@ -63,7 +64,7 @@ def test_output_multiplier_is_inside_the_model():
 def test_tied_embeddings_share_one_parameter():
     model = make(tied_embeddings=True)
     assert model.lm_head.weight is model.embed.weight
-    assert classify_parameters(model)["embed.weight"] == "embedding"
+    assert roles_of(classify(model, PROXY_RULES))["embed.weight"] == "embedding"
 
 
 @pytest.mark.parametrize("width,shape,field", [(60, {}, "head_dim"), (64, {"kv_ratio": 3}, "kv_ratio")])
@@ -74,7 +75,7 @@ def test_bad_shapes_are_config_errors(width, shape, field):
 
 def test_every_proxy_parameter_has_a_role():
     model = make(depth=2)
-    roles = classify_parameters(model)
+    roles = roles_of(classify(model, PROXY_RULES))
     assert set(roles) == {n for n, _ in model.named_parameters()}
     assert roles["blocks.1.mlp.down.weight"] == "hidden"
     assert roles["blocks.0.attn.k_norm.weight"] == "vector"
@@ -84,14 +85,14 @@ def test_every_proxy_parameter_has_a_role():
 def test_unmatched_foreign_parameter_is_named():
     foreign = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     with pytest.raises(ConfigError, match="'0.weight'"):
-        classify_parameters(foreign, DEFAULT_RULES)
-    rules = (NameRule(r"0\.weight", "hidden"), NameRule(r".*", "vector"))
-    roles = classify_parameters(foreign, rules)
-    assert roles == {"0.weight": "hidden", "0.bias": "vector", "1.weight": "vector", "1.bias": "vector"}
+        classify(foreign, PROXY_RULES)
+    rules = (NameRule(r"0\.weight", "output"), NameRule(r".*", "vector"))
+    roles = roles_of(classify(foreign, rules))
+    assert roles == {"0.weight": "output", "0.bias": "vector", "1.weight": "vector", "1.bias": "vector"}
 
 
 def test_muon_refuses_non_matrices():
     foreign = nn.Sequential(nn.Linear(4, 4))
-    rules = (NameRule(r".*", "hidden"),)  # the bias would go to Muon
+    rules = (NameRule(r"0\.weight", "output"), NameRule(r".*", "hidden"))  # the bias would go to Muon
     with pytest.raises(ConfigError, match="'0.bias' has 1 dims"):
         build_optimizers(foreign, "paper", 0.01, 0.0, 4, 4, rules=rules)

@@ -11,7 +11,7 @@ from telescope.parametrization import (
     get_table,
     transfer,
 )
-from telescope.proxy.model import build_model
+from telescope.proxy.model import build_model, parameter_roles
 from telescope.proxy.optim import build_optimizers
 from telescope.spec import ModelShape
 
@@ -30,7 +30,7 @@ EXPECTED = [
 @pytest.mark.parametrize("m", [1, 2, 4, 8])
 def test_transfer_gives_each_role_the_table_factor(name, hidden_opt, hidden_lr_exp, out_mult_exp, out_init, m):
     eta0, lam = 0.03, 0.1
-    rows = transfer(name, eta0, lam, BASE, BASE * m, SHAPE, muon_lr_ratio=1.0)
+    rows = transfer(name, eta0, lam, BASE, BASE * m, parameter_roles(SHAPE, BASE * m, BASE), muon_lr_ratio=1.0)
     by_role = {}
     for row in rows:
         by_role.setdefault(row.role, []).append(row)
@@ -58,7 +58,7 @@ def test_optimizer_groups_match_transfer(name, m):
     width = BASE * m
     model = build_model(SHAPE, width, BASE, name, torch.Generator().manual_seed(0))
     opt = build_optimizers(model, name, 0.02, 0.05, width, BASE, muon_lr_ratio=2.0)
-    rows = transfer(name, 0.02, 0.05, BASE, width, SHAPE, muon_lr_ratio=2.0)
+    rows = transfer(name, 0.02, 0.05, BASE, width, parameter_roles(SHAPE, width, BASE), muon_lr_ratio=2.0)
     expected = {(r.role, round(r.lr, 12), r.weight_decay) for r in rows}
     actual = {(g["role"], round(g["lr"], 12), g["weight_decay"]) for g in opt.param_groups}
     assert actual == expected
@@ -68,8 +68,8 @@ def test_optimizer_groups_match_transfer(name, m):
 
 
 def test_muon_lr_ratio_scales_only_muon_groups():
-    rows1 = {r.params: r.lr for r in transfer("paper", 0.02, 0.0, BASE, 64, SHAPE, muon_lr_ratio=1.0)}
-    rows3 = {r.params: r for r in transfer("paper", 0.02, 0.0, BASE, 64, SHAPE, muon_lr_ratio=3.0)}
+    rows1 = {r.params: r.lr for r in transfer("paper", 0.02, 0.0, BASE, 64, parameter_roles(SHAPE, 64, BASE), muon_lr_ratio=1.0)}
+    rows3 = {r.params: r for r in transfer("paper", 0.02, 0.0, BASE, 64, parameter_roles(SHAPE, 64, BASE), muon_lr_ratio=3.0)}
     for params, row in rows3.items():
         factor = 3.0 if row.optimizer == "muon" else 1.0
         assert row.lr == pytest.approx(rows1[params] * factor)

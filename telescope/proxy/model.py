@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from telescope.errors import ConfigError
 from telescope.parametrization import Table, get_table, width_multiplier
+from telescope.roles import PROXY_RULES, ParamRole, classify
 from telescope.spec import ModelShape
 
 ROPE_BASE = 10_000.0
@@ -146,38 +147,26 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))
 
 
-@torch.no_grad()
 def init_weights(model: Transformer, generator: torch.Generator | None = None) -> None:
-    """Initialise every parameter as the model's table says (m = width / base_width):
+    """Initialise every parameter as the model's table says (m = width / base_width), with
+    telescope.weights, the same code that initialises a user's model:
 
     - embed.weight (embedding): normal, std = table.embedding.init (constant 1.0 in all
-      shipped tables); a tied lm_head shares it and is not re-initialised.
+      shipped tables); a tied lm_head shares it.
     - blocks.*.attn.{q,k,v,o}.weight, blocks.*.mlp.{gate,up,down}.weight (hidden): normal,
       std = 1/sqrt(fan_in) in all shipped tables (fan_in = width, or mlp hidden for down).
     - lm_head.weight (output): zero in the muP tables; normal 1/sqrt(width) in `sp`.
     - every *norm.weight (vector): ones.
     """
-    table = model.table
-    m = width_multiplier(model.width, model.base_width)
+    from telescope.weights import init_parameters
 
-    def fill(weight: Tensor, rule_init) -> None:
-        if rule_init.kind == "zero":
-            weight.zero_()
-        elif rule_init.kind == "ones":
-            weight.fill_(1.0)
-        else:
-            weight.normal_(0.0, rule_init.std(m, weight.shape[-1]), generator=generator)
+    init_parameters(classify(model, PROXY_RULES), model.table, model.width, model.base_width, generator)
 
-    fill(model.embed.weight, table.embedding.init)
-    for block in model.blocks:
-        for layer in (block.attn.q, block.attn.k, block.attn.v, block.attn.o,
-                      block.mlp.gate, block.mlp.up, block.mlp.down):
-            fill(layer.weight, table.hidden.init)
-    if not model.shape.tied_embeddings:
-        fill(model.lm_head.weight, table.output.init)
-    for module in model.modules():
-        if isinstance(module, RMSNorm):
-            fill(module.weight, table.vector.init)
+
+def parameter_roles(shape: ModelShape, width: int, base_width: int, table: str | Table = "paper") -> list[ParamRole]:
+    """The proxy's parameters at `width`, classified, without allocating them (meta device)."""
+    with torch.device("meta"):
+        return classify(build_model(shape, width, base_width, table), PROXY_RULES)
 
 
 def check_shape(shape: ModelShape, width: int) -> None:

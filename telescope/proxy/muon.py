@@ -1,5 +1,8 @@
 """Muon with Newton-Schulz batched over same-shaped matrices; torch.optim.Muon's math.
 
+A 3-D parameter (E, A, B), an MoE layer's expert bank, is E matrices: each gets its own
+orthogonalised update and the LR adjustment of an (A, B) matrix.
+
 The math is in pure functions (as in KellerJordan/Muon); the Optimizer class only groups
 parameters by shape and applies the updates. Each step equals torch.optim.Muon's within
 bf16 rounding (tests/test_muon.py), but the proxy's q/k/v/o and MLP matrices of all layers
@@ -51,8 +54,9 @@ def momentum_update(
 
 
 def adjusted_lr(lr: float, shape: torch.Size, adjust_lr_fn: str | None) -> float:
-    """torch.optim.Muon's LR adjustment: "match_rms_adamw" scales by 0.2 * sqrt(max(A, B))."""
-    A, B = shape[:2]
+    """torch.optim.Muon's LR adjustment: "match_rms_adamw" scales by 0.2 * sqrt(max(A, B)),
+    for the (A, B) matrices of `shape` (the last two dims)."""
+    A, B = shape[-2:]
     if adjust_lr_fn is None or adjust_lr_fn == "original":
         return lr * math.sqrt(max(1, A / B))
     if adjust_lr_fn == "match_rms_adamw":
@@ -89,8 +93,8 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
-                if p.ndim != 2:
-                    raise ValueError(f"Muon only supports 2D parameters, got size {tuple(p.size())}")
+                if p.ndim not in (2, 3):
+                    raise ValueError(f"Muon takes matrices or banks of them (E, A, B), got size {tuple(p.size())}")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -116,11 +120,16 @@ class Muon(torch.optim.Optimizer):
                 state["momentum_buffer"] = torch.zeros_like(p.grad)
             bufs.append(state["momentum_buffer"])
         directions = momentum_update(grads, bufs, group["momentum"], group["nesterov"])
-        stacked = torch.stack(directions) if len(directions) > 1 else directions[0]
+        # Every matrix of every parameter of this shape in one batch: an (E, A, B) expert
+        # bank is E matrices, each orthogonalised on its own.
+        stacked = torch.stack(directions) if len(directions) > 1 or len(shape) == 3 else directions[0]
         ortho = zeropower_via_newtonschulz5(
-            stacked, group["ns_coefficients"], group["ns_steps"], group["eps"]
-        )
-        updates = list(ortho.unbind(0)) if len(directions) > 1 else [ortho]
+            stacked.reshape(-1, *shape[-2:]) if len(shape) == 3 else stacked,
+            group["ns_coefficients"],
+            group["ns_steps"],
+            group["eps"],
+        ).reshape(stacked.shape)
+        updates = list(ortho.unbind(0)) if stacked.ndim > len(shape) else [ortho]
         lr = group["lr"]
         if group["weight_decay"]:
             torch._foreach_mul_(params, 1 - lr * group["weight_decay"])

@@ -1,15 +1,11 @@
-"""Parameter roles by explicit name rules, and the optimizers a table asks for.
-
-Rules are ordered (pattern, role) pairs; a parameter's full name must match a pattern
-(`re.fullmatch`), the first match wins, and there is no implicit default: a parameter no
-rule covers is an error naming it. Pass your own rules to use this with any nn.Module.
+"""The optimizers a table asks for, for any classified model: Muon for the Muon roles
+(hidden matrices, expert banks per expert), AdamW for the rest, one param group per
+(role, LR factor, weight decay) with its absolute peak LR.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -23,66 +19,72 @@ from telescope.parametrization import (
     MUON_NESTEROV,
     NS_COEFFICIENTS,
     NS_STEPS,
-    Role,
     Table,
     get_table,
     group_lr,
     width_multiplier,
 )
+from telescope.roles import PROXY_RULES, RuleLike, classify
 
 
-@dataclass(frozen=True)
-class NameRule:
-    pattern: str  # regular expression matched against the whole parameter name
-    role: Role
+class Optimizers(torch.optim.Optimizer):
+    """The Muon and AdamW optimizers of one model, behaving as one torch optimizer:
+    `step`, `zero_grad`, `state_dict`, `load_state_dict` and `param_groups` (every group
+    of both, carrying `role`, `names` and `peak_lr`), so LR schedulers wrap it:
 
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizers, lambda step: schedule(step))
+    """
 
-# The proxy's parameter names (telescope.proxy.model.Transformer).
-DEFAULT_RULES: tuple[NameRule, ...] = (
-    NameRule(r"embed\.weight", "embedding"),
-    NameRule(r"lm_head\.weight", "output"),
-    NameRule(r"blocks\.\d+\.(attn\.(q|k|v|o)|mlp\.(gate|up|down))\.weight", "hidden"),
-    NameRule(r"(.*\.)?\w*norm\.weight", "vector"),
-)
-
-
-def classify_parameters(
-    model: nn.Module, rules: Sequence[NameRule] = DEFAULT_RULES
-) -> dict[str, Role]:
-    """Role of every trainable parameter, by the first rule whose pattern matches its name."""
-    compiled = [(re.compile(r.pattern), r.role) for r in rules]
-    roles: dict[str, Role] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        role = next((role for pattern, role in compiled if pattern.fullmatch(name)), None)
-        if role is None:
-            raise ConfigError(f"parameter {name!r} matches no role rule; add a rule for it")
-        roles[name] = role
-    return roles
-
-
-@dataclass
-class Optimizers:
-    """The Muon and AdamW optimizers of one model; groups carry `role` and `peak_lr`."""
-
-    optimizers: list[torch.optim.Optimizer]
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        # Not Optimizer.__init__: the groups and the state live in the inner optimizers.
+        self.optimizers = list(optimizers)
+        self.defaults: dict[str, Any] = {}
+        self._optimizer_step_pre_hooks = {}
+        self._optimizer_step_post_hooks = {}
+        self._optimizer_state_dict_pre_hooks = {}
+        self._optimizer_state_dict_post_hooks = {}
+        self._optimizer_load_state_dict_pre_hooks = {}
+        self._optimizer_load_state_dict_post_hooks = {}
 
     @property
-    def param_groups(self) -> list[dict]:
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
         return [g for opt in self.optimizers for g in opt.param_groups]
 
+    @property
+    def state(self) -> dict:  # type: ignore[override]
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
     def set_lr_multiplier(self, multiplier: float) -> None:
+        """Every group's LR as `multiplier` times its peak (a schedule without a scheduler)."""
         for group in self.param_groups:
             group["lr"] = group["peak_lr"] * multiplier
 
-    def step(self) -> None:
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for opt in self.optimizers:
             opt.step()
+        return loss
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
+        if not isinstance(states, list) or len(states) != len(self.optimizers):
+            raise ValueError(f"expected the state of {len(self.optimizers)} optimizers from Optimizers.state_dict()")
+        for opt, state in zip(self.optimizers, states):
+            opt.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return f"Optimizers({', '.join(type(o).__name__ for o in self.optimizers)})"
 
 
 def param_groups(
@@ -93,34 +95,34 @@ def param_groups(
     width: int,
     base_width: int,
     muon_lr_ratio: float = 1.0,
-    rules: Sequence[NameRule] = DEFAULT_RULES,
+    rules: Sequence[RuleLike] = PROXY_RULES,
 ) -> dict[str, list[dict]]:
     """Param groups per optimizer ("muon", "adamw"): one per distinct (role, LR factor,
-    weight decay), each with its absolute peak LR and the role it serves."""
+    weight decay), each with its absolute peak LR and the role it serves. Every trainable
+    parameter lands in exactly one group."""
     m = width_multiplier(width, base_width)
-    roles = classify_parameters(model, rules)
     groups: dict[tuple, dict] = {}
-    for name, p in model.named_parameters():
-        if name not in roles:
-            continue
-        role = roles[name]
-        rule = table.rule(role)
-        if rule.optimizer == "muon" and p.ndim != 2:
-            raise ConfigError(f"parameter {name!r} has {p.ndim} dims; Muon takes 2-D matrices only")
-        key = (rule.optimizer, role, rule.lr_factor(m), rule.weight_decay)
+    for c in classify(model, rules):
+        rule = table.rule(c.role)
+        if rule.optimizer == "muon" and len(c.shape) not in (2, 3):
+            raise ConfigError(
+                f"parameter {c.name!r} has {len(c.shape)} dims; Muon takes matrices (or a 3-D bank of them); "
+                "give it another role with a rule"
+            )
+        key = (rule.optimizer, c.role, rule.lr_factor(m), rule.weight_decay)
         if key not in groups:
             peak = group_lr(rule, m, lr, muon_lr_ratio)
             groups[key] = {
                 "params": [],
                 "names": [],
-                "role": role,
+                "role": c.role,
                 "lr_factor": peak / lr if lr else rule.lr_factor(m),
                 "peak_lr": peak,
                 "lr": peak,
                 "weight_decay": weight_decay if rule.weight_decay else 0.0,
             }
-        groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
+        groups[key]["params"].append(c.param)
+        groups[key]["names"].append(c.name)
     by_optimizer: dict[str, list[dict]] = {"muon": [], "adamw": []}
     for (optimizer, *_), group in groups.items():
         by_optimizer[optimizer].append(group)
@@ -135,7 +137,7 @@ def build_optimizers(
     width: int,
     base_width: int,
     muon_lr_ratio: float = 1.0,
-    rules: Sequence[NameRule] = DEFAULT_RULES,
+    rules: Sequence[RuleLike] = PROXY_RULES,
     muon_cls: type[torch.optim.Optimizer] | None = None,
 ) -> Optimizers:
     """Muon (momentum 0.95, Nesterov, 5 NS steps, match_rms_adamw, coupled weight decay) for
