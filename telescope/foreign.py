@@ -104,6 +104,18 @@ def make_model(factory: Callable[[int], nn.Module], width: int, name: str | None
     return model
 
 
+def build_user_model(
+    factory: str, table: str | Table, width: int, base_width: int, seed: int, rules: Sequence[RuleLike] | None = None
+) -> nn.Module:
+    """`factory(width)` (a "package.module:factory" spec) built from `seed` and parametrized
+    per `table`: how trials, coord checks and transfer checks get the user's model."""
+    with torch.random.fork_rng(devices=[]):  # the factory's own init draws from the global RNG
+        torch.manual_seed(seed)
+        model = make_model(load_factory(factory), width, factory)
+    parametrize(model, table, width, base_width, rules, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
 def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".replace("\n", " ").strip()
 

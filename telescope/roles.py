@@ -108,7 +108,8 @@ def as_rules(rules: Sequence[RuleLike] | None, default: Sequence[Rule] = FOREIGN
             role = rule.role
         elif isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str):
             role = rule[1]
-            rule = NameRule(rule[0], rule[1])
+            kind = re.fullmatch(r"<(\w+)>", rule[0])
+            rule = KindRule(kind.group(1), rule[1]) if kind else NameRule(rule[0], rule[1])  # type: ignore[arg-type]
         else:
             raise ConfigError(f"rule {rule!r} is not a (pattern, role) pair, a NameRule or a KindRule")
         if role not in ROLES:
@@ -124,11 +125,12 @@ def as_rules(rules: Sequence[RuleLike] | None, default: Sequence[Rule] = FOREIGN
     return tuple(out)
 
 
-def load_rules(path: str | Path) -> tuple[Rule, ...]:
-    """Rules from a TOML or JSON file, tried in order before FOREIGN_RULES:
+def load_rules(path: str | Path) -> tuple[tuple[str, str], ...]:
+    """Your rules from a TOML or JSON file, as (pattern, role) pairs ("<kind>" for a kind
+    rule), to be tried before FOREIGN_RULES (see `with_defaults`):
 
         [[rule]]                          {"rule": [{"pattern": "decoder\\\\.weight", "role": "output"},
-        pattern = 'decoder\\.weight'                {"kind": "matrix", "role": "hidden"}]}
+        pattern = 'decoder\\.weight'               {"kind": "matrix", "role": "hidden"}]}
         role = "output"
     """
     path = Path(path)
@@ -138,15 +140,21 @@ def load_rules(path: str | Path) -> tuple[Rule, ...]:
     except OSError as e:
         raise ConfigError(f"--rules {path}: {e.strerror or e}") from None
     except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"--rules {path}: not valid {path.suffix.lstrip('.').upper() or 'TOML'}: {e}") from None
+        raise ConfigError(f"--rules {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {e}") from None
     entries = data.get("rule") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"--rules {path}: expected a list `rule` of tables with pattern (or kind) and role")
-    rules: list[RuleLike] = []
-    for i, entry in enumerate(entries):
+        raise ConfigError(f"--rules {path}: expected a list `rule` of tables, each with pattern (or kind) and role")
+    pairs: list[tuple[str, str]] = []
+    for i, entry in enumerate(entries, 1):
         if not isinstance(entry, dict) or set(entry) not in ({"pattern", "role"}, {"kind", "role"}):
-            raise ConfigError(f"--rules {path}: rule {i + 1} must have pattern (or kind) and role, got {entry!r}")
-        rules.append(NameRule(entry["pattern"], entry["role"]) if "pattern" in entry else KindRule(entry["kind"], entry["role"]))
+            raise ConfigError(f"--rules {path}: rule {i} must have pattern (or kind) and role, got {entry!r}")
+        pairs.append((entry["pattern"] if "pattern" in entry else f"<{entry['kind']}>", entry["role"]))
+    as_rules(pairs)  # each checked now: role, kind, regular expression
+    return tuple(pairs)
+
+
+def with_defaults(rules: Sequence[RuleLike] = ()) -> tuple[Rule, ...]:
+    """The caller's rules, then FOREIGN_RULES (first match wins)."""
     return as_rules(rules) + FOREIGN_RULES
 
 

@@ -69,6 +69,9 @@ class TrialSpec:
     # "package.module:factory" (width -> nn.Module): train the user's model instead of the
     # proxy; `model` then only gives seq_len and vocab_size.
     model_factory: str | None = None
+    # Role rules for the user's model, tried before telescope.roles.FOREIGN_RULES:
+    # (regular expression, role) pairs, or ("<kind>", role) for a KindRule.
+    model_rules: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -78,6 +81,7 @@ class TrialSpec:
         d = dict(d)
         d["model"] = ModelShape(**d.get("model", {}))
         d["train"] = TrainSettings(**d.get("train", {}))
+        d["model_rules"] = tuple(tuple(pair) for pair in d.get("model_rules", ()))
         return cls(**d)
 
 

@@ -7,6 +7,7 @@ import enum
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Iterable
 
 import typer
@@ -53,6 +54,17 @@ StoreOption = Annotated[
         envvar="TELESCOPE_STORE",
     ),
 ]
+
+
+def model_rules(path: Path | None, model: str | None) -> tuple[tuple[str, str], ...]:
+    """The --rules file's rules for --model (none without the file); --rules needs --model."""
+    if path is None:
+        return ()
+    if model is None:
+        raise TelescopeError("--rules gives role rules for --model: pass --model too")
+    from telescope.roles import load_rules
+
+    return load_rules(path)
 
 
 class TelescopeGroup(TyperGroup):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,11 +39,15 @@ def coord_check(
     model: Annotated[
         str | None, typer.Option("--model", help="Your model: package.module:factory, factory(width) -> nn.Module.")
     ] = None,
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="Role rules for --model (TOML or JSON), tried before the defaults.")
+    ] = None,
     plot: Annotated[str | None, typer.Option(help="Write the activation plot to this PNG.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the per-layer verdicts as JSON.")] = False,
 ) -> None:
     """Train each width a few steps and check that every layer's activation size is
     width-independent. Exit 0 if every layer passes, 1 otherwise."""
+    from telescope.cli.common import model_rules
     from telescope.proxy.coord_check import CoordCheckSettings, coord_check as run_coord_check, plot_coord_check
 
     settings = CoordCheckSettings(
@@ -55,6 +60,7 @@ def coord_check(
         data=data,
         seed=seed,
         model_factory=model,
+        model_rules=model_rules(rules, model),
     )
     result = run_coord_check(settings)
     if plot:

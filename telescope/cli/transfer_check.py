@@ -38,6 +38,9 @@ def transfer_check(
     model: Annotated[
         str | None, typer.Option("--model", help="Your model: package.module:factory, factory(width) -> nn.Module.")
     ] = None,
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="Role rules for --model (TOML or JSON), tried before the defaults.")
+    ] = None,
     executor: Annotated[ExecutorKind | None, typer.Option(help="ray or local. Default: the config's, else ray.")] = None,
     name: Annotated[str | None, typer.Option(help="Check name in the database. Default: from the settings.")] = None,
     db: DbOption = None,
@@ -54,10 +57,12 @@ def transfer_check(
     from telescope.transfer_check.run import check_settings, run_transfer_check
     from telescope.trials import make_executor
     from telescope.trials.preflight import check_inputs
+    from telescope.cli.common import model_rules
 
     settings, executor_settings = build_settings(
         config, parametrization, parse_widths(widths) if widths else None, points, steps, seeds, lr, threshold, model
     )
+    settings = dataclasses.replace(settings, model_rules=model_rules(rules, model))
     if executor is not None:
         executor_settings = dataclasses.replace(executor_settings, kind=executor.value)
     if name is not None:

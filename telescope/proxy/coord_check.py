@@ -22,7 +22,8 @@ from telescope.parametrization import get_table
 from telescope.proxy.data import load_data
 from telescope.proxy.model import Transformer, build_model
 from telescope.proxy.optim import build_optimizers
-from telescope.proxy.train import loss_fn
+from telescope.proxy.train import logits_of, loss_fn
+from telescope.roles import with_defaults
 from telescope.spec import ModelShape
 
 DEFAULT_LR = 0.01
@@ -43,6 +44,7 @@ class CoordCheckSettings:
     data: str = "stdlib"
     seed: int = 0
     model_factory: str | None = None  # "package.module:factory": check the user's model, not the proxy
+    model_rules: tuple[tuple[str, str], ...] = ()  # its role rules, before FOREIGN_RULES
 
 
 @dataclass(frozen=True)
@@ -97,18 +99,17 @@ def build_checked_model(settings: CoordCheckSettings, width: int, base_width: in
         model = build_model(settings.shape, width, base_width, settings.parametrization, generator)
         optimizers = build_optimizers(model, settings.parametrization, lr, 0.0, width, base_width)
         return model, optimizers, layer_modules(model)
-    from telescope.foreign import build_foreign_optimizers, load_factory, make_model, parametrize
+    from telescope.foreign import build_foreign_optimizers, build_user_model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        model = make_model(load_factory(settings.model_factory), width, settings.model_factory)
-    parametrize(model, settings.parametrization, width, base_width, generator=generator)
-    optimizers = build_foreign_optimizers(model, settings.parametrization, lr, 0.0, width, base_width)
+    rules = with_defaults(settings.model_rules)
+    model = build_user_model(settings.model_factory, settings.parametrization, width, base_width, settings.seed, rules)
+    optimizers = build_foreign_optimizers(model, settings.parametrization, lr, 0.0, width, base_width, rules=rules)
     return model, optimizers, foreign_layer_modules(model)
 
 
 def _first_tensor(out) -> torch.Tensor | None:
     """A module's output tensor (the first one when it returns a tuple, as attention does)."""
+    out = logits_of(out)  # a Hugging Face ModelOutput: its logits
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.data import load_data
 from telescope.proxy.model import build_model
 from telescope.proxy.optim import Optimizers, build_optimizers
+from telescope.roles import with_defaults
 from telescope.spec import MetricsCallback, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
 
 SMOOTHING_STEPS = 10  # the reported train loss is the mean over this many final steps
@@ -113,8 +115,13 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits a model returned: the tensor itself, or a Hugging Face ModelOutput's `.logits`."""
+    return output if isinstance(output, torch.Tensor) else getattr(output, "logits", output)
+
+
 def loss_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = model(inputs)
+    logits = logits_of(model(inputs))
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
@@ -152,15 +159,12 @@ def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tu
             model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio
         )
         return model, optimizers
-    from telescope.foreign import build_foreign_optimizers, load_factory, make_model, parametrize
+    from telescope.foreign import build_foreign_optimizers, build_user_model
 
-    with torch.random.fork_rng(devices=[]):  # the factory's own init draws from the global RNG
-        torch.manual_seed(spec.seed)
-        model = make_model(load_factory(spec.model_factory), spec.width, spec.model_factory)
-    parametrize(model, table, spec.width, spec.base_width, generator=generator)
-    model = model.to(device)
+    rules = with_defaults(spec.model_rules)
+    model = build_user_model(spec.model_factory, table, spec.width, spec.base_width, spec.seed, rules).to(device)
     optimizers = build_foreign_optimizers(
-        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio
+        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, rules
     )
     return model, optimizers
 

@@ -72,6 +72,7 @@ class CheckSettings:
     model: ModelShape = DEFAULT_CHECK_SHAPE
     train: TrainSettings = DEFAULT_CHECK_TRAIN
     model_factory: str | None = None
+    model_rules: tuple[tuple[str, str], ...] = ()  # role rules for the user's model, before FOREIGN_RULES
 
     @property
     def center(self) -> float:
@@ -130,24 +131,33 @@ def check_settings(settings: CheckSettings) -> None:
         for w in ws:
             check_shape(settings.model, w)
     else:
-        check_foreign_model(settings.model_factory, settings.parametrization, ws[0], settings.base, settings.model)
+        check_foreign_model(
+            settings.model_factory, settings.parametrization, ws[0], settings.base, settings.model, settings.model_rules
+        )
 
 
-def check_foreign_model(factory: str, parametrization: str, width: int, base_width: int, shape: ModelShape) -> None:
+def check_foreign_model(
+    factory: str,
+    parametrization: str,
+    width: int,
+    base_width: int,
+    shape: ModelShape,
+    rules: tuple[tuple[str, str], ...] = (),
+) -> None:
     """Build the user's model at `width`, classify its parameters and run one forward pass:
     a bad factory, an unmatched parameter, no unembedding or outputs that are not logits
     over the vocabulary are each one TelescopeError line."""
     import torch
 
-    from telescope.foreign import classify_foreign, load_factory, make_model, parametrize
+    from telescope.foreign import build_user_model
+    from telescope.proxy.train import logits_of
+    from telescope.roles import with_defaults
 
-    model = make_model(load_factory(factory), width, factory)
-    classify_foreign(model)
-    parametrize(model, parametrization, width, base_width)
+    model = build_user_model(factory, parametrization, width, base_width, 0, with_defaults(rules))
     idx = torch.zeros(1, shape.seq_len, dtype=torch.long)
     try:
         with torch.no_grad():
-            out = model(idx)
+            out = logits_of(model(idx))
     except Exception as e:  # noqa: BLE001 - the user's forward failed; say how, in one line
         raise TelescopeError(f"model factory {factory!r}: forward on token ids (1, {shape.seq_len}) failed: "
                              f"{type(e).__name__}: {e}".replace("\n", " ")) from None
@@ -170,6 +180,7 @@ def _spec(settings: CheckSettings, width: int, lr: float, seed: int) -> TrialSpe
         model=settings.model,
         train=settings.train,
         model_factory=settings.model_factory,
+        model_rules=settings.model_rules,
     )
 
 
