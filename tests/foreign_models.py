@@ -65,3 +65,21 @@ def tied_no_head(width: int) -> nn.Module:
 
 def not_a_module(width: int) -> dict:
     return {"width": width}
+
+
+class DecoderLM(EncoderLM):
+    """The unembedding under a name no default rule knows: `decoder`."""
+
+    def __init__(self, width: int):
+        super().__init__(width)
+        self.decoder = self.lm_head
+        del self.lm_head
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.size(1)
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=idx.device)
+        return self.decoder(self.norm(self.blocks(self.embed(idx), mask=mask, is_causal=True)))
+
+
+def decoder_lm(width: int) -> nn.Module:
+    return DecoderLM(width)
