@@ -99,6 +99,7 @@ def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_ur
     proc = _sweep_process(config, db_url, store, "interrupted")
     try:
         _wait_for(lambda: proc.poll() is not None or (sweep_exists(db_url) and level_one_half_done()))
+        proc.send_signal(signal.SIGSTOP)  # frozen mid-level, still holding the sweep
         # A second driver on the same sweep is refused while the first holds it.
         second = _sweep_process(config, db_url, store, "interrupted")
         assert second.wait(timeout=120) == 2
