@@ -81,6 +81,14 @@ class Table:
     def rule(self, role: Role) -> RoleRule:
         return getattr(self, role)
 
+    def init_std(self, role: Role, m: float, fan_in: int, base_width: int, tied_readout: bool = False) -> float:
+        """The init std of a `role` weight at multiplier m. An embedding tied to the
+        unembedding is also the readout: std 1 would start the logits at O(sqrt(width)), so
+        its std is divided by sqrt(base_width) (still constant in width, as muP asks of
+        input weights) and the logits start at O(1) at the base width."""
+        std = self.rule(role).init.std(m, fan_in)
+        return std / math.sqrt(base_width) if role == "embedding" and tied_readout else std
+
 
 _EMBEDDING = RoleRule("adamw", Init("constant", 1.0))
 _VECTOR = RoleRule("adamw", Init("ones"), weight_decay=False)
@@ -228,11 +236,12 @@ def transfer(
     groups: dict[tuple[Role, int, str], list[str]] = {}
     for row in parameters:
         generic = ".".join("*" if part.isdigit() else part for part in row.name.split("."))
-        names = groups.setdefault((row.role, row.fan_in, t.rule(row.role).init.kind), [])
+        tied = bool(getattr(row, "logit_modules", ())) and row.role == "embedding"
+        names = groups.setdefault((row.role, row.fan_in, t.rule(row.role).init.kind, tied), [])
         if generic not in names:
             names.append(generic)
     rows = []
-    for (role, fan_in, init_kind), names in groups.items():
+    for (role, fan_in, init_kind, tied), names in groups.items():
         rule = t.rule(role)
         rows.append(
             GroupHyperparams(
@@ -242,7 +251,7 @@ def transfer(
                 lr=group_lr(rule, m, lr, muon_lr_ratio),
                 weight_decay=weight_decay if rule.weight_decay else 0.0,
                 init={"fan_in": "normal", "constant": "normal"}.get(init_kind, init_kind),
-                init_std=rule.init.std(m, fan_in),
+                init_std=t.init_std(role, m, fan_in, base_width, tied),
                 multiplier=rule.multiplier(m),
                 fan_in=fan_in,
             )

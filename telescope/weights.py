@@ -4,9 +4,7 @@ for any user model (the parameters come classified by telescope.roles).
 Per role, as the table's row says, at m = width / base_width:
 - embedding: normal, the table's std (constant 1.0 in the shipped tables); an
   nn.Embedding's padding row stays zero. An embedding tied to the unembedding is also the
-  readout, and std 1 would start the logits at O(sqrt(width)): its std is divided by
-  sqrt(base_width) (still constant in width, as muP asks of input weights), so the logits
-  start at O(1) at the base width and shrink with m while the updates keep them O(1).
+  readout: its std is divided by sqrt(base_width) (Table.init_std).
 - hidden: normal, std = 1/sqrt(fan_in), fan_in the true input size (Conv1D's first dim,
   each expert matrix's last dim).
 - output: zero in the muP tables, normal 1/sqrt(fan_in) in `sp` (a tied unembedding is an
@@ -47,9 +45,7 @@ def init_parameters(
         elif init.kind == "ones":
             weight.fill_(0.0 if any(_is_offset_norm(o) for o in c.owners) else 1.0)
         else:
-            std = init.std(m, c.fan_in)
-            if c.role == "embedding" and c.logit_modules:  # tied: also the readout
-                std /= base_width**0.5
+            std = table.init_std(c.role, m, c.fan_in, base_width, tied_readout=bool(c.logit_modules))
             weight.normal_(0.0, std, generator=generator)
         for owner in c.owners:
             if isinstance(owner, nn.Embedding) and owner.padding_idx is not None:
