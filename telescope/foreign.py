@@ -30,21 +30,25 @@ from torch import nn
 from telescope.errors import ConfigError, TelescopeError
 from telescope.parametrization import Role, Table, check_same_fingerprint, fingerprint, get_table, width_multiplier
 from telescope.proxy.optim import Optimizers, build_optimizers
-from telescope.roles import (  # noqa: F401 - re-exported: the names users port models with
+from telescope.roles import (
     FOREIGN_RULES,
     KindRule,
     NameRule,
     ParamRole,
-    Rule,
     RuleLike,
     as_rules,
     classify,
-    load_rules,
     output_modules,
     report_rows,
     roles_of,
 )
 from telescope.weights import init_parameters, set_output_multiplier
+
+__all__ = [  # the roles' names are here too: users port a model with this one module
+    "FOREIGN_RULES", "KindRule", "NameRule", "apply_output_multiplier", "build_foreign_optimizers",
+    "build_user_model", "classification_report", "classify", "classify_foreign", "infer_width", "load_export",
+    "load_factory", "make_model", "optimizers_from_export", "output_module", "parametrize",
+]  # fmt: skip
 
 
 def classify_foreign(model: nn.Module, rules: Sequence[RuleLike] | None = None) -> dict[str, Role]:
@@ -192,11 +196,12 @@ def parametrize(
 def _parametrization_of(
     table: str | Table | Mapping[str, Any] | Path, width: int | None, base_width: int | None
 ) -> tuple[Table, int, int]:
-    if isinstance(table, (str, Table)) and not (isinstance(table, str) and Path(table).suffix in _EXPORT_SUFFIXES):
+    is_export = isinstance(table, (Mapping, Path)) or (isinstance(table, str) and Path(table).suffix.lower() in _EXPORT_SUFFIXES)
+    if not is_export:
         if width is None or base_width is None:
             raise TelescopeError("parametrize with a table name needs width and base_width (or pass an export)")
-        return _table(table), width, base_width
-    payload = load_export(table)
+        return _table(table), width, base_width  # type: ignore[arg-type]
+    payload = load_export(table)  # type: ignore[arg-type]
     target, base = int(payload["target_width"]), int(payload["base_width"])
     if width is not None and width != target:
         raise TelescopeError(f"width {width} differs from the export's target width {target}")

@@ -28,3 +28,5 @@ app.command("plot")(plot.plot)
 app.command("report")(report.report)
 from telescope.cli import transfer_check  # noqa: E402
 app.command("transfer-check")(transfer_check.transfer_check)
+from telescope.cli import batch_study  # noqa: E402
+app.command("batch-study")(batch_study.batch_study)

@@ -484,7 +484,11 @@ class Database:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 session.add(row)
         except IntegrityError:
-            raise StorageError(f"a sweep named {name!r} already exists in {self.display_url}") from None
+            if self.get_sweep(name) is not None:
+                raise StorageError(f"a sweep named {name!r} already exists in {self.display_url}") from None
+            raise StorageError(  # the CHECK constraint of a database made before this kind existed
+                f"{self.display_url} was created before sweeps of kind {kind!r} existed: use a new --db for them"
+            ) from None
         return _sweep_row(row)
 
     def get_sweep(self, name: str) -> SweepRow | None:

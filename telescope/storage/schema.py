@@ -38,7 +38,7 @@ SCHEMA_VERSION = 1
 VERSION_TABLE = "telescope_version"
 DATA_TABLES = ("sweeps", "levels", "trials")
 
-SWEEP_KINDS = ("sweep", "transfer-check")
+SWEEP_KINDS = ("sweep", "transfer-check", "batch-study")
 SWEEP_STATUSES = ("pending", "running", "completed", "failed", "stopped")
 LEVEL_STATUSES = ("planned", "running", "completed")
 TRIAL_STATUSES = tuple(s.value for s in Status)

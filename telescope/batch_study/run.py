@@ -1,0 +1,328 @@
+"""`telescope batch-study` end to end: per optimizer and batch size, an LR line of proxy trials
+through the sweep's executor and database, the best LR's loss curves, and the study's numbers
+(telescope.batch_study.analysis).
+
+A study is stored as a sweep of kind "batch-study": level `o * len(batch_sizes) + b` holds the
+LR line of optimizer o (0: the config's Muon table, 1: `adamw`) at batch size b, and its
+extensions (a best LR on the line's edge adds the next point out, twice at most) follow at
+levels shifted by 2 * len(batch_sizes). Every batch size trains on the same number of tokens
+(the config's steps x batch_size x seq_len), so T_L compares like with like. Trial keys name
+optimizer, batch size, LR and seed: running the same study again runs only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from telescope.batch_study.analysis import (
+    DEFAULT_SMOOTHING,
+    ParetoPoint,
+    Spread,
+    pareto_frontier,
+    ratio_over_seeds,
+    smoothed,
+    token_optimal_batch,
+    tokens_to_loss,
+)
+from telescope.config import SweepConfig
+from telescope.errors import ConfigError, TelescopeError
+from telescope.parametrization import get_table
+from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec
+from telescope.storage.database import Database, config_hash
+from telescope.storage.metrics import MetricsStore
+from telescope.trials.base import Executor, ExecutorSettings
+from telescope.trials.preflight import check_inputs
+from telescope.trials.recorder import run_pending
+
+KIND = "batch-study"
+ADAMW = "adamw"
+DEFAULT_LR_POINTS = 3
+DEFAULT_LR_STEP = 2.0
+MAX_EXTENSIONS = 2
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Everything a study runs; `from_config` fills it from a sweep config."""
+
+    model: ModelShape
+    train: TrainSettings  # its steps x batch_size x seq_len is every run's token budget
+    width: int  # the proxy trained: the config's calibration width
+    base_width: int
+    muon_table: str  # the config's parametrization; AdamW runs the `adamw` table
+    batch_sizes: tuple[int, ...]
+    weight_decay: float
+    seeds: int = 1
+    lr_points: int = DEFAULT_LR_POINTS
+    lr_step: float = DEFAULT_LR_STEP
+    losses: tuple[float, ...] = ()  # target losses L; empty: chosen from the runs
+    per_device: int | None = None  # sequences per device for the Pareto frontier (default: smallest B)
+    smoothing: int = DEFAULT_SMOOTHING
+
+    @property
+    def optimizers(self) -> tuple[str, str]:
+        return (self.muon_table, ADAMW)
+
+    @property
+    def tokens(self) -> int:
+        return self.train.steps * self.train.batch_size * self.model.seq_len
+
+    def steps(self, batch_size: int) -> int:
+        return max(1, round(self.tokens / (batch_size * self.model.seq_len)))
+
+    def center_lr(self, table: str, batch_size: int) -> float:
+        """The table's default LR, scaled by sqrt(B / the config's batch size)."""
+        return get_table(table).default_lr * math.sqrt(batch_size / self.train.batch_size)
+
+    def trial_settings(self) -> dict[str, Any]:
+        """What the trials depend on (the stored config; `losses` only change the analysis)."""
+        d = dataclasses.asdict(self)
+        d.pop("losses"), d.pop("per_device"), d.pop("smoothing")
+        return d
+
+    def default_name(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.trial_settings(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"batch-study-{self.muon_table}-{digest}"
+
+
+def settings_from_config(config: SweepConfig, batch_sizes: Sequence[int] | None = None, **overrides: Any) -> StudySettings:
+    """The study of a sweep config: its model, train section, calibration width and Muon
+    table, at batch sizes `batch_sizes` (default: the config's batch size x 1/4 .. 4)."""
+    b = config.train.batch_size
+    sizes = tuple(batch_sizes) if batch_sizes else tuple(s for s in (b // 4, b // 2, b, 2 * b, 4 * b) if s >= 1)
+    weight_decay = dict(config.search.fixed).get("weight_decay")
+    if weight_decay is None:
+        axis = next(a for a in config.search.axes if a.name == "weight_decay")
+        weight_decay = math.sqrt(axis.lo * axis.hi)
+    settings = StudySettings(
+        model=config.model,
+        train=config.train,
+        width=config.widths.calibration,
+        base_width=config.widths.base,
+        muon_table=config.parametrization,
+        batch_sizes=tuple(sorted(set(sizes))),
+        weight_decay=weight_decay,
+        seeds=config.seeds.per_point,
+    )
+    return dataclasses.replace(settings, **overrides)
+
+
+def check_study(settings: StudySettings) -> None:
+    """ConfigError (one line) for settings that cannot run; nothing is written before this."""
+    if get_table(settings.muon_table).hidden.optimizer != "muon":
+        raise ConfigError(f"parametrization {settings.muon_table!r} trains hidden matrices with AdamW: "
+                          "the study compares a Muon table (paper, muon) with adamw")  # fmt: skip
+    if len(settings.batch_sizes) < 2 or min(settings.batch_sizes) < 1:
+        raise ConfigError(f"--batch-sizes needs at least two sizes >= 1, got {list(settings.batch_sizes)}")
+    if settings.lr_points < 2 or not settings.lr_step > 1:
+        raise ConfigError("the LR line needs at least 2 points and a step above 1")
+    if settings.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {settings.seeds}")
+    if any(not (math.isfinite(L) and L > 0) for L in settings.losses):
+        raise ConfigError(f"--losses must be positive numbers, got {list(settings.losses)}")
+    if settings.per_device is not None and settings.per_device < 1:
+        raise ConfigError(f"--per-device must be >= 1, got {settings.per_device}")
+    for b in settings.batch_sizes:
+        if settings.steps(b) < 2 * settings.smoothing:
+            raise ConfigError(
+                f"batch size {b} leaves {settings.steps(b)} steps of the {settings.tokens} tokens: "
+                f"too few to follow the loss (raise train.steps or drop that batch size)"
+            )
+
+
+@dataclass
+class Run:
+    """The best LR of one optimizer at one batch size, and its loss curve per seed."""
+
+    optimizer: str
+    batch_size: int
+    lr: float
+    final_loss: float  # mean over seeds of the smoothed final training loss
+    curves: list[tuple[list[float], list[float]]]  # per seed: tokens, train loss
+
+
+@dataclass
+class StudyResult:
+    name: str
+    settings: StudySettings
+    losses: tuple[float, ...]
+    runs: dict[str, dict[int, Run]]  # optimizer -> batch size -> run
+    tokens_to_loss: dict[float, dict[str, dict[int, Spread]]] = field(default_factory=dict)
+    ratios: dict[float, dict[int, Spread]] = field(default_factory=dict)
+    token_optimal: dict[float, dict[str, int | None]] = field(default_factory=dict)
+    pareto: dict[float, dict[str, list[ParetoPoint]]] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+
+    def rows(self, loss: float) -> list[dict[str, Any]]:
+        """One row per batch size at target `loss`: T_L per optimizer, R_L, the LRs used."""
+        muon, adamw = self.settings.optimizers
+        return [
+            {"batch_size": b, "tokens_per_step": b * self.settings.model.seq_len,
+             f"T_{muon}": _number(self.tokens_to_loss[loss][muon][b].mean),
+             f"T_{adamw}": _number(self.tokens_to_loss[loss][adamw][b].mean),
+             "R": _number(self.ratios[loss][b].mean), "R_std": _number(self.ratios[loss][b].std),
+             f"lr_{muon}": self.runs[muon][b].lr, f"lr_{adamw}": self.runs[adamw][b].lr}
+            for b in self.settings.batch_sizes
+        ]  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "settings": self.settings.trial_settings() | {"losses": list(self.losses)},
+            "targets": [
+                {"loss": L, "rows": self.rows(L),
+                 "token_optimal_batch": self.token_optimal[L],
+                 "pareto": {opt: [dataclasses.asdict(p) for p in points] for opt, points in self.pareto[L].items()}}
+                for L in self.losses
+            ],
+            "plots": self.plots,
+        }  # fmt: skip
+
+
+def _number(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else x
+
+
+def run_batch_study(
+    settings: StudySettings,
+    db: Database,
+    store: MetricsStore,
+    executor: Executor,
+    name: str | None = None,
+    on_trial: Callable[[str, Any], None] | None = None,
+) -> StudyResult:
+    """Run (or resume) a study and return its numbers; the result is stored with the sweep."""
+    check_study(settings)
+    check_inputs(settings.model, settings.train, getattr(executor, "settings", ExecutorSettings()))
+    store.check_writable()
+    name = name or settings.default_name()
+    with db.lease(name):
+        _open(db, settings, name)
+        try:
+            runs = {opt: {b: _best_run(settings, db, store, executor, name, o, i, b, on_trial)
+                          for i, b in enumerate(settings.batch_sizes)}
+                    for o, opt in enumerate(settings.optimizers)}  # fmt: skip
+            result = analyse(name, settings, runs)
+        except BaseException:
+            db.update_sweep(name, status="stopped")
+            raise
+        db.update_sweep(name, status="completed", result=result.to_dict())
+    return result
+
+
+def _open(db: Database, settings: StudySettings, name: str) -> None:
+    config = settings.trial_settings()
+    existing = db.get_sweep(name)
+    if existing is None:
+        db.create_sweep(name, config, parametrization=settings.muon_table, base_width=settings.base_width,
+                        calibration_width=settings.width, kind=KIND)  # fmt: skip
+        return
+    if existing.kind != KIND:
+        raise TelescopeError(f"{name!r} is a {existing.kind}, not a batch study; choose another --name")
+    if existing.config_hash != config_hash(config):
+        raise TelescopeError(f"batch study {name!r} was run with different settings; pick another --name")
+    db.reset_running(name)
+    db.update_sweep(name, status="running")
+
+
+def _key(optimizer: str, batch_size: int, lr: float, seed: int) -> str:
+    return f"{optimizer}-B{batch_size}-lr={lr:.6g}-s{seed}"
+
+
+def _spec(settings: StudySettings, table: str, batch_size: int, lr: float, seed: int) -> TrialSpec:
+    steps = settings.steps(batch_size)
+    warmup = round(steps * settings.train.warmup_steps / settings.train.steps)
+    return TrialSpec(
+        width=settings.width, base_width=settings.base_width, lr=lr, weight_decay=settings.weight_decay,
+        parametrization=table, seed=seed, model=settings.model,
+        train=dataclasses.replace(settings.train, steps=steps, batch_size=batch_size, warmup_steps=warmup),
+    )  # fmt: skip
+
+
+def _best_run(
+    settings: StudySettings,
+    db: Database,
+    store: MetricsStore,
+    executor: Executor,
+    name: str,
+    o: int,
+    i: int,
+    batch_size: int,
+    on_trial: Callable[[str, Any], None] | None,
+) -> Run:
+    """The LR line of optimizer `o` at `batch_size`, extended outward while its best LR is on
+    an edge; returns the best LR's run."""
+    table, seeds = settings.optimizers[o], range(settings.seeds)
+    center = settings.center_lr(table, batch_size)
+    half = (settings.lr_points - 1) / 2
+    lrs = [center * settings.lr_step ** (k - half) for k in range(settings.lr_points)]
+    new, level = list(lrs), o * len(settings.batch_sizes) + i
+    callbacks = {"on_finished": on_trial} if on_trial is not None else {}
+    for extension in range(MAX_EXTENSIONS + 1):
+        trials = [(_key(table, batch_size, lr, s), _spec(settings, table, batch_size, lr, s)) for lr in new for s in seeds]
+        db.plan_level(name, level, width=settings.width, grid=[{"lr": lr} for lr in new])
+        db.start_level(name, level)
+        run_pending(db, store, executor, name, level, trials, **callbacks)
+        finals = {lr: _final_loss(db, name, table, batch_size, lr, seeds) for lr in lrs}
+        best = min(lrs, key=lambda lr: finals[lr])
+        db.finish_level(name, level, best={"lr": best}, best_loss=_number(finals[best]))
+        if not math.isfinite(finals[best]):
+            raise TelescopeError(f"every {table} run at batch size {batch_size} diverged or failed")
+        if best not in (lrs[0], lrs[-1]) or extension == MAX_EXTENSIONS:
+            break
+        new = [best / settings.lr_step] if best == lrs[0] else [best * settings.lr_step]
+        lrs = sorted(lrs + new)
+        level += 2 * len(settings.batch_sizes)
+    curves = []
+    for s in seeds:
+        row = next(r for r in db.trials(name) if r.key == _key(table, batch_size, best, s))
+        frame = store.read(name, row.level, row.key)
+        curves.append((frame["tokens"].astype(float).tolist(), frame["train_loss"].astype(float).tolist()))
+    final = _mean([smoothed(loss, settings.smoothing)[-1] for _, loss in curves])
+    return Run(table, batch_size, best, final, curves)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if all(math.isfinite(v) for v in values) else math.inf
+
+
+def _final_loss(db: Database, name: str, table: str, batch_size: int, lr: float, seeds: range) -> float:
+    rows = {r.key: r for r in db.trials(name)}
+    losses = []
+    for s in seeds:
+        row = rows[_key(table, batch_size, lr, s)]
+        ok = row.status is Status.COMPLETED and row.train_loss is not None
+        losses.append(row.train_loss if ok else math.inf)
+    return _mean(losses)
+
+
+def default_losses(runs: dict[str, dict[int, Run]]) -> tuple[float, ...]:
+    """Targets every run reaches and a harder one: the worst final loss, and the median."""
+    finals = sorted(run.final_loss for per_b in runs.values() for run in per_b.values() if math.isfinite(run.final_loss))
+    if not finals:
+        return ()
+    worst, median = finals[-1], finals[len(finals) // 2]
+    return tuple(sorted({round(worst, 4), round(median, 4)}, reverse=True))
+
+
+def analyse(name: str, settings: StudySettings, runs: dict[str, dict[int, Run]]) -> StudyResult:
+    """The study's numbers from its runs (pure)."""
+    losses = settings.losses or default_losses(runs)
+    result = StudyResult(name, settings, losses, runs)
+    muon, adamw = settings.optimizers
+    per_device = settings.per_device or min(settings.batch_sizes)
+    for L in losses:
+        t = {opt: {b: [tokens_to_loss(tok, loss, L, settings.smoothing) for tok, loss in run.curves]
+                   for b, run in per_b.items()}
+             for opt, per_b in runs.items()}  # fmt: skip
+        result.tokens_to_loss[L] = {opt: {b: Spread.of(v) for b, v in per_b.items()} for opt, per_b in t.items()}
+        result.ratios[L] = {b: ratio_over_seeds(t[adamw][b], t[muon][b]) for b in settings.batch_sizes}
+        means = {opt: {b: s.mean for b, s in per_b.items()} for opt, per_b in result.tokens_to_loss[L].items()}
+        result.token_optimal[L] = {opt: token_optimal_batch(m) for opt, m in means.items()}
+        result.pareto[L] = {opt: pareto_frontier(m, per_device) for opt, m in means.items()}
+    return result

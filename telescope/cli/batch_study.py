@@ -1,0 +1,89 @@
+"""`telescope batch-study CONFIG`: Muon against AdamW across batch sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from telescope.cli.common import DbOption, StoreOption, console, err_console, print_rows
+from telescope.errors import TelescopeError
+
+
+def _numbers(text: str | None, kind: type, option: str) -> tuple | None:
+    if not text:
+        return None
+    try:
+        return tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        raise TelescopeError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+def batch_study(
+    config: Annotated[Path, typer.Argument(help="Sweep config (TOML): model, train, calibration width, Muon table.")],
+    batch_sizes: Annotated[str | None, typer.Option("--batch-sizes", help="Comma-separated sequences per step. Default: the config's x 1/4 .. 4.")] = None,
+    losses: Annotated[str | None, typer.Option("--losses", help="Comma-separated target training losses L. Default: from the runs.")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per point. Default: the config's seeds.per_point.")] = None,
+    per_device: Annotated[int | None, typer.Option("--per-device", help="Sequences per device for the Pareto frontier. Default: the smallest batch size.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Study name. Default: batch-study-TABLE-HASH.")] = None,
+    db: DbOption = None,
+    store: StoreOption = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="ray or local. Default: the config's.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write tokens-to-loss.png, ratio.png and pareto.png here.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """For each optimizer (the config's Muon table and adamw) and batch size: an LR line at the
+    calibration width on the same tokens, then T_L(B), R_L(B) = T_adamw / T_muon, B_tok and
+    the compute-time Pareto frontier (arXiv 2505.02222 §2)."""
+    from telescope.batch_study.run import check_study, run_batch_study, settings_from_config
+    from telescope.config import load_config
+    from telescope.storage.database import Database
+    from telescope.storage.metrics import MetricsStore, check_sweep_name
+    from telescope.trials import make_executor
+    from telescope.trials.preflight import check_inputs
+
+    cfg = load_config(config)
+    overrides = {k: v for k, v in (("losses", _numbers(losses, float, "--losses")), ("seeds", seeds),
+                                   ("per_device", per_device)) if v is not None}  # fmt: skip
+    settings = settings_from_config(cfg, _numbers(batch_sizes, int, "--batch-sizes"), **overrides)
+    check_study(settings)
+    if name is not None:
+        check_sweep_name(name)
+    executor_settings = cfg.executor if executor is None else dataclasses.replace(cfg.executor, kind=executor)
+    check_inputs(settings.model, settings.train, executor_settings)
+    metrics = MetricsStore(store)
+    metrics.check_writable()
+    runner = make_executor(executor_settings)
+    try:
+        with Database(db) as database:
+            result = run_batch_study(settings, database, metrics, runner, name, _progress())
+    finally:
+        runner.close()
+    if plot is not None:
+        from telescope.batch_study.plot import plot_study
+
+        result.plots = [str(p) for p in plot_study(result, plot)]
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    muon, adamw = settings.optimizers
+    for L in result.losses:
+        print_rows(result.rows(L), title=f"target loss L = {L:g} ({settings.tokens:,} tokens per run, width {settings.width})")
+        best = result.token_optimal[L]
+        console.print(f"B_tok: {muon} {best[muon]}, {adamw} {best[adamw]}", highlight=False)
+    for path in result.plots:
+        console.print(f"plot: {path}", highlight=False)
+
+
+def _progress():
+    done = [0]
+
+    def on_trial(key: str, result) -> None:
+        done[0] += 1
+        loss = "-" if result.train_loss is None else f"{result.train_loss:.4f}"
+        err_console.print(f"trial {done[0]} ({key}): {result.status.value} {loss}", highlight=False)
+
+    return on_trial
