@@ -70,6 +70,7 @@ def test_pareto_frontier_keeps_only_points_no_other_beats():
     t = {8: 800.0, 16: 960.0, 32: 1600.0, 64: 6400.0, 128: 12800.0}  # time T/B: 100, 60, 50, 100, 100
     frontier = pareto_frontier(t, per_device=8)
     assert [(p.batch_size, p.devices, p.time) for p in frontier] == [(8, 1, 100.0), (16, 2, 60.0), (32, 4, 50.0)]
+    assert [p.time for p in pareto_frontier(t, per_device=8, seq_len=10)] == [10.0, 6.0, 5.0]  # steps
     assert pareto_frontier({8: math.inf}, per_device=8) == []
     with pytest.raises(ValueError):
         pareto_frontier(t, per_device=0)

@@ -6,9 +6,9 @@ For a target training loss L and a batch size B (tokens per step):
 - R_L(B) = T_L,AdamW(B) / T_L,Muon(B) (Eq. 2): above 1, Muon needs fewer tokens.
 - B_tok,L = max{B : T_L(B) = min_B T_L(B)} (Eq. 6): the largest token-optimal batch size.
 - The compute-time Pareto frontier: with `per_device` sequences per device and a fixed
-  time per step, batch size B runs on D = B / per_device devices and reaches L after
-  T_L(B) / B steps; a point (D, time) is on the frontier when no other uses no more
-  devices and no more time.
+  time per step, batch size B (sequences of `seq_len` tokens) runs on D = B / per_device
+  devices and reaches L after T_L(B) / (B * seq_len) steps; a point (D, time) is on the
+  frontier when no other uses no more devices and no more time.
 """
 
 from __future__ import annotations
@@ -70,14 +70,14 @@ def token_optimal_batch(t_by_batch: Mapping[int, float]) -> int | None:
 class ParetoPoint:
     batch_size: int
     devices: float
-    time: float  # in units of one step's time
+    time: float  # steps to reach L: time in units of one step
 
 
-def pareto_frontier(t_by_batch: Mapping[int, float], per_device: int) -> list[ParetoPoint]:
-    """The (devices, time-to-L) points no other point beats on both, by device count."""
+def pareto_frontier(t_by_batch: Mapping[int, float], per_device: int, seq_len: int = 1) -> list[ParetoPoint]:
+    """The (devices, steps-to-L) points no other point beats on both, by device count."""
     if per_device < 1:
         raise ValueError(f"per_device must be >= 1, got {per_device}")
-    points = [ParetoPoint(b, b / per_device, t / b) for b, t in sorted(t_by_batch.items()) if math.isfinite(t)]
+    points = [ParetoPoint(b, b / per_device, t / (b * seq_len)) for b, t in sorted(t_by_batch.items()) if math.isfinite(t)]
     frontier: list[ParetoPoint] = []
     for point in sorted(points, key=lambda p: (p.devices, p.time)):
         if not frontier or point.time < frontier[-1].time:

@@ -62,6 +62,10 @@ def plot_study(result: StudyResult, out_dir: str | Path) -> list[Path]:
     ax.set(xscale="log", yscale="log", xlabel=f"devices ({per_device} sequences each)",
            ylabel="time to reach L (steps)", title=f"compute-time Pareto frontier at L = {L:g}" if L else "")  # fmt: skip
 
+    for name in ("tokens-to-loss", "ratio"):  # the batch sizes themselves as ticks
+        ax = figures[name][1]
+        ax.set_xticks(s.batch_sizes, [str(b) for b in s.batch_sizes])
+        ax.minorticks_off()
     paths = []
     for name, (fig, ax) in figures.items():
         ax.grid(True, which="both", alpha=0.3)

@@ -324,5 +324,5 @@ def analyse(name: str, settings: StudySettings, runs: dict[str, dict[int, Run]])
         result.ratios[L] = {b: ratio_over_seeds(t[adamw][b], t[muon][b]) for b in settings.batch_sizes}
         means = {opt: {b: s.mean for b, s in per_b.items()} for opt, per_b in result.tokens_to_loss[L].items()}
         result.token_optimal[L] = {opt: token_optimal_batch(m) for opt, m in means.items()}
-        result.pareto[L] = {opt: pareto_frontier(m, per_device) for opt, m in means.items()}
+        result.pareto[L] = {opt: pareto_frontier(m, per_device, settings.model.seq_len) for opt, m in means.items()}
     return result

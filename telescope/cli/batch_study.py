@@ -71,11 +71,23 @@ def batch_study(
         return
     muon, adamw = settings.optimizers
     for L in result.losses:
-        print_rows(result.rows(L), title=f"target loss L = {L:g} ({settings.tokens:,} tokens per run, width {settings.width})")
+        print_rows([_readable(row, muon, adamw) for row in result.rows(L)],
+                   title=f"target loss L = {L:g}: tokens to reach it ({settings.tokens:,} per run, width {settings.width})")  # fmt: skip
         best = result.token_optimal[L]
-        console.print(f"B_tok: {muon} {best[muon]}, {adamw} {best[adamw]}", highlight=False)
+        console.print(f"token-optimal batch size: {muon} {best[muon]}, {adamw} {best[adamw]}", highlight=False)
     for path in result.plots:
         console.print(f"plot: {path}", highlight=False)
+
+
+def _readable(row: dict, muon: str, adamw: str) -> dict:
+    """A row for a person: token counts whole, R with its spread, LRs short; '-' = never reached."""
+    tokens = lambda t: "-" if t is None else f"{t:,.0f}"  # noqa: E731
+    if row["R"] is not None:
+        r = f"{row['R']:.2f}" + (f" ± {row['R_std']:.2f}" if row["R_std"] is not None else "")
+    else:  # only one of them (or neither) reached L
+        r = "inf" if row[f"T_{muon}"] is not None and row[f"T_{adamw}"] is None else "-"
+    return {"B": row["batch_size"], f"T {muon}": tokens(row[f"T_{muon}"]), f"T {adamw}": tokens(row[f"T_{adamw}"]),
+            f"R = T {adamw} / T {muon}": r, f"lr {muon}": f"{row[f'lr_{muon}']:.3g}", f"lr {adamw}": f"{row[f'lr_{adamw}']:.3g}"}  # fmt: skip
 
 
 def _progress():
