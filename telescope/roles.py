@@ -127,11 +127,16 @@ def as_rules(rules: Sequence[RuleLike] | None, default: Sequence[Rule] = FOREIGN
 
 def load_rules(path: str | Path) -> tuple[tuple[str, str], ...]:
     """Your rules from a TOML or JSON file, as (pattern, role) pairs ("<kind>" for a kind
-    rule), to be tried before FOREIGN_RULES (see `with_defaults`):
+    rule), to be tried before FOREIGN_RULES (see `with_defaults`). TOML:
 
-        [[rule]]                          {"rule": [{"pattern": "decoder\\\\.weight", "role": "output"},
-        pattern = 'decoder\\.weight'               {"kind": "matrix", "role": "hidden"}]}
+        [[rule]]
+        pattern = 'decoder\\.weight'
         role = "output"
+        [[rule]]
+        kind = "matrix"
+        role = "hidden"
+
+    JSON: {"rule": [{"pattern": "...", "role": "..."}, {"kind": "...", "role": "..."}]}.
     """
     path = Path(path)
     try:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from telescope.cli.common import DbOption, StoreOption, console, err_console, print_rows
+from telescope.cli.common import DbOption, ExecutorKind, StoreOption, console, print_rows, trial_printer
 from telescope.errors import TelescopeError
 
 
@@ -31,7 +31,7 @@ def batch_study(
     name: Annotated[str | None, typer.Option("--name", help="Study name. Default: batch-study-TABLE-HASH.")] = None,
     db: DbOption = None,
     store: StoreOption = None,
-    executor: Annotated[str | None, typer.Option("--executor", help="ray or local. Default: the config's.")] = None,
+    executor: Annotated[ExecutorKind | None, typer.Option("--executor", help="ray or local. Default: the config's.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write tokens-to-loss.png, ratio.png and pareto.png here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -40,6 +40,7 @@ def batch_study(
     the compute-time Pareto frontier (arXiv 2505.02222 §2)."""
     from telescope.batch_study.run import check_study, run_batch_study, settings_from_config
     from telescope.config import load_config
+    from telescope.files import check_writable_folder
     from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.trials import make_executor
@@ -52,14 +53,16 @@ def batch_study(
     check_study(settings)
     if name is not None:
         check_sweep_name(name)
-    executor_settings = cfg.executor if executor is None else dataclasses.replace(cfg.executor, kind=executor)
+    executor_settings = cfg.executor if executor is None else dataclasses.replace(cfg.executor, kind=executor.value)
     check_inputs(settings.model, settings.train, executor_settings)
     metrics = MetricsStore(store)
     metrics.check_writable()
+    if plot is not None:
+        check_writable_folder(plot)
     runner = make_executor(executor_settings)
     try:
         with Database(db) as database:
-            result = run_batch_study(settings, database, metrics, runner, name, _progress())
+            result = run_batch_study(settings, database, metrics, runner, name, trial_printer("train_loss"))
     finally:
         runner.close()
     if plot is not None:
@@ -88,14 +91,3 @@ def _readable(row: dict, muon: str, adamw: str) -> dict:
         r = "inf" if row[f"T_{muon}"] is not None and row[f"T_{adamw}"] is None else "-"
     return {"B": row["batch_size"], f"T {muon}": tokens(row[f"T_{muon}"]), f"T {adamw}": tokens(row[f"T_{adamw}"]),
             f"R = T {adamw} / T {muon}": r, f"lr {muon}": f"{row[f'lr_{muon}']:.3g}", f"lr {adamw}": f"{row[f'lr_{adamw}']:.3g}"}  # fmt: skip
-
-
-def _progress():
-    done = [0]
-
-    def on_trial(key: str, result) -> None:
-        done[0] += 1
-        loss = "-" if result.train_loss is None else f"{result.train_loss:.4f}"
-        err_console.print(f"trial {done[0]} ({key}): {result.status.value} {loss}", highlight=False)
-
-    return on_trial

@@ -8,7 +8,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Iterable
+from typing import Annotated, Any, Callable, Iterable
 
 import typer
 from rich.console import Console
@@ -27,6 +27,11 @@ err_console = Console(stderr=True, markup=False)
 def styled(label: str, style: str, rest: str = "") -> Text:
     """`label` in `style`, then `rest` as plain text: the one way commands colour a line."""
     return Text.assemble((label, style), rest)
+
+
+class ExecutorKind(str, enum.Enum):
+    ray = "ray"
+    local = "local"
 
 
 class OutputFormat(str, enum.Enum):
@@ -54,6 +59,19 @@ StoreOption = Annotated[
         envvar="TELESCOPE_STORE",
     ),
 ]
+
+
+def trial_printer(objective: str) -> Callable[[str, Any], None]:
+    """An `on_trial` callback printing one line per finished trial: count, key, status, loss."""
+    done = [0]
+
+    def on_trial(key: str, result: Any) -> None:
+        done[0] += 1
+        loss = result.val_loss if objective == "val_loss" else result.train_loss
+        shown = f"{loss:.4f}" if loss is not None else "-"
+        err_console.print(f"trial {done[0]} ({key}): {result.status.value} {shown}", highlight=False)
+
+    return on_trial
 
 
 def model_rules(path: Path | None, model: str | None) -> tuple[tuple[str, str], ...]:

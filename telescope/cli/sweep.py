@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from telescope.cli.common import DbOption, StoreOption, err_console
+from telescope.cli.common import DbOption, ExecutorKind, StoreOption, err_console
 from telescope.cli.export import print_export
 from telescope.cli.plan import print_plan
-
-
-class ExecutorKind(str, enum.Enum):
-    ray = "ray"
-    local = "local"
 
 
 def sweep(

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from telescope.cli.common import DbOption, StoreOption, console, err_console, print_rows, styled
-
-
-class ExecutorKind(str, enum.Enum):
-    ray = "ray"
-    local = "local"
+from telescope.cli.common import DbOption, ExecutorKind, StoreOption, console, print_rows, styled, trial_printer
 
 
 
@@ -76,7 +70,7 @@ def transfer_check(
     runner = make_executor(executor_settings)
     try:
         with Database(db) as database:
-            result = run_transfer_check(settings, database, metrics, runner, name, _progress(settings), plot)
+            result = run_transfer_check(settings, database, metrics, runner, name, trial_printer(settings.objective), plot)
     finally:
         runner.close()
     if json_out:
@@ -122,18 +116,6 @@ def build_settings(
         warmup = min(settings.train.warmup_steps, steps)
         settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, steps=steps, warmup_steps=warmup))
     return settings, executor_settings
-
-
-def _progress(settings):
-    done = [0]
-
-    def on_trial(key: str, result) -> None:
-        done[0] += 1
-        loss = result.val_loss if settings.objective == "val_loss" else result.train_loss
-        shown = f"{loss:.4f}" if loss is not None else "-"
-        err_console.print(f"trial {done[0]} ({key}): {result.status.value} {shown}", highlight=False)
-
-    return on_trial
 
 
 def print_result(result) -> None:

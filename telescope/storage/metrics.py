@@ -87,8 +87,8 @@ def is_readable(path: Path) -> bool:
 def readable_metrics_files(root: Path) -> tuple[list[Path], list[Path]]:
     """The store's trial files, split into those that read and those that do not."""
     files = sorted(p for p in root.glob("sweep=*/level=*/*.parquet") if p.is_file()) if root.is_dir() else []
-    good = [f for f in files if is_readable(f)]
-    return good, [f for f in files if f not in set(good)]
+    readable = {f: is_readable(f) for f in files}
+    return [f for f, ok in readable.items() if ok], [f for f, ok in readable.items() if not ok]
 
 
 class MetricsStore:
