@@ -307,7 +307,8 @@ def default_losses(runs: dict[str, dict[int, Run]]) -> tuple[float, ...]:
     if not finals:
         return ()
     worst, median = finals[-1], finals[len(finals) // 2]
-    return tuple(sorted({round(worst, 4), round(median, 4)}, reverse=True))
+    # Rounded up to 4 decimals, so that the worst run still reaches its own final loss.
+    return tuple(sorted({math.ceil(worst * 1e4) / 1e4, math.ceil(median * 1e4) / 1e4}, reverse=True))
 
 
 def analyse(name: str, settings: StudySettings, runs: dict[str, dict[int, Run]]) -> StudyResult:
