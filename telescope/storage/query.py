@@ -332,8 +332,6 @@ def _query_error(error: Exception, connection: _Connection) -> StorageError:
             return _timeout_error(connection.timeout)
         return StorageError(f"query failed: {message}")
     code = getattr(error, "sqlstate", None)
-    if _is_multiple_commands_error(error):
-        return StorageError(ONE_STATEMENT)
     if code == "25006":  # read_only_sql_transaction
         return StorageError(f"{READ_ONLY_REFUSAL} ({message})")
     if code == "57014":  # query_canceled: statement_timeout
@@ -343,17 +341,6 @@ def _query_error(error: Exception, connection: _Connection) -> StorageError:
 
 def _timeout_error(timeout: float) -> StorageError:
     return StorageError(f"query stopped after the time limit of {timeout:g} s (raise it with --timeout)")
-
-
-def _is_multiple_commands_error(error: Exception) -> bool:
-    """Whether PostgreSQL refused to prepare text holding several statements ("cannot insert
-    multiple commands into a prepared statement"). Its SQLSTATE is the generic syntax_error,
-    so the server function that raised it tells it apart (unlike the message, it is never
-    translated)."""
-    if getattr(error, "sqlstate", None) != "42601":
-        return False
-    diag = getattr(error, "diag", None)
-    return getattr(diag, "source_function", None) == "exec_parse_message" or "multiple commands" in str(error)
 
 
 # ---------------------------------------------------------------------------
