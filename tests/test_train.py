@@ -84,3 +84,20 @@ def test_trial_cli_rejects_bad_input_with_exit_2(args, message):
     out = CliRunner().invoke(app, ["trial", "--steps", "1", "--head-dim", "16", *args])
     assert out.exit_code == 2, out.output
     assert message in out.output
+
+
+@pytest.mark.parametrize("lr, steps", [(0.03, 10), (1e3, 30)])
+def test_reading_the_loss_every_few_steps_records_the_same_trial(monkeypatch, lr, steps):
+    """On a GPU the host reads losses every HOST_SYNC_STEPS steps: the same metrics, the same
+    result and, for a diverging trial, the same last recorded step as reading every step."""
+    import telescope.proxy.train as train
+
+    runs = []
+    for every in (1, 4):
+        monkeypatch.setattr(train, "host_sync_steps", lambda device, every=every: every)
+        metrics = []
+        result = run_trial(small_spec(lr=lr, steps=steps), metrics.append)
+        runs.append((result.status, result.steps, result.train_loss, result.val_loss,
+                     [(m.step, m.train_loss, m.grad_norm, m.lr) for m in metrics]))  # fmt: skip
+    assert runs[0] == runs[1]
+    assert runs[0][0] is (Status.COMPLETED if lr < 1 else Status.DIVERGED)

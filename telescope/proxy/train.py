@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch import nn
 
 from telescope.config import check_token_count
@@ -24,6 +25,7 @@ from telescope.roles import with_defaults
 from telescope.spec import MetricsCallback, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
 
 SMOOTHING_STEPS = 10  # the reported train loss is the mean over this many final steps
+HOST_SYNC_STEPS = 16  # on an accelerator, losses are read (and divergence checked) every this many steps
 WSD_DECAY_FRACTION = 0.2  # WSD: the last 20% of the steps decay linearly
 
 
@@ -84,6 +86,12 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return str(device)
+
+
+def host_sync_steps(device: torch.device) -> int:
+    """Steps between reads of the loss by the host: every step on the CPU (nothing to gain
+    by waiting), HOST_SYNC_STEPS on a GPU, which then runs ahead of the Python loop."""
+    return 1 if device.type == "cpu" else HOST_SYNC_STEPS
 
 
 def check_spec(spec: TrialSpec) -> None:
@@ -190,7 +198,9 @@ def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> Tri
     B, T = spec.train.batch_size, spec.model.seq_len
     val_batches = data.val_batches(spec.train.eval_batches, B, T)
 
-    status, losses, first_loss = Status.COMPLETED, [], None
+    status, losses = Status.COMPLETED, []
+    pending: list[Tensor] = []  # (loss, grad norm) of steps not yet read by the host
+    every = host_sync_steps(device)
     for step in range(spec.train.steps):
         inputs, targets = (t.to(device) for t in data.train_batch(step, B, T, spec.seed))
         multiplier = lr_multiplier(step, spec.train)
@@ -199,23 +209,25 @@ def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> Tri
             loss = loss_fn(model, inputs, targets)
         loss.backward()
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        loss_value, grad_norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()  # one host sync
-        losses.append(loss_value)
-        if on_metrics is not None:
-            on_metrics(
-                StepMetrics(
-                    step=step + 1,
-                    tokens=(step + 1) * B * T,
-                    train_loss=loss_value,
-                    lr=spec.lr * multiplier,
-                    grad_norm=grad_norm_value,
-                    elapsed=time.perf_counter() - started,
-                )
-            )
-        first_loss = loss_value if first_loss is None else first_loss
-        if not math.isfinite(loss_value) or loss_value > spec.train.divergence_factor * first_loss:
-            status = Status.DIVERGED
-            break
+        pending.append(torch.stack([loss.detach().float(), grad_norm.float()]))
+        last = step == spec.train.steps - 1
+        if len(pending) == every or last:
+            # One host sync for the steps since the last: on a GPU the loop does not wait
+            # for every step's loss (a diverged trial then stops up to `every` - 1 steps late,
+            # having recorded exactly the steps up to the divergence).
+            for i, (loss_value, grad_norm_value) in enumerate(torch.stack(pending).tolist()):
+                done = step - len(pending) + 1 + i  # the step these values belong to
+                losses.append(loss_value)
+                if on_metrics is not None:
+                    on_metrics(StepMetrics(step=done + 1, tokens=(done + 1) * B * T, train_loss=loss_value,
+                                           lr=spec.lr * lr_multiplier(done, spec.train), grad_norm=grad_norm_value,
+                                           elapsed=time.perf_counter() - started))  # fmt: skip
+                if not math.isfinite(loss_value) or loss_value > spec.train.divergence_factor * losses[0]:
+                    status = Status.DIVERGED
+                    break
+            pending = []
+            if status is Status.DIVERGED:
+                break
         optimizers.step()
         optimizers.zero_grad()
 

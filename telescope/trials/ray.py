@@ -198,6 +198,12 @@ class _QueueSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
 
+    def save(self, checkpoint_path: str) -> None:
+        pass  # nothing to resume: the driver's database is the record of what ran
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
     def __getstate__(self) -> dict[str, Any]:
         return {}  # Tune pickles its search algorithm into its experiment folder
 
