@@ -1,16 +1,14 @@
-"""The Ray Tune executor: one `Tuner` for the executor's whole life, fed level by level.
+"""The Ray Tune executor: one `Tuner` per level, trials on the local machine or a cluster.
 
-The Tuner runs in a background thread with a search algorithm that hands out the trials
-`run` queues (and waits for more between levels), so Tune's actors, and with them the
-worker processes that imported torch and loaded the corpus, live across levels instead
-of starting afresh at each one (`reuse_actors`). Each trial is a function trainable that
-wraps the trial function in the shared retry policy. Step metrics go back to the driver
-in batches through `tune.report`; the last report carries the `TrialResult`. A Tune
-callback forwards Tune's trial events through a queue to `run`, which turns them into
-`TrialEvents` calls in the caller's thread, so the driver stays the only writer of the
-database. Ray-level failures (a worker process that dies) are retried by Tune's
-`FailureConfig`; a trial still failing after that is `failed` with Ray's error, and the
-level goes on.
+Each trial is a function trainable that wraps the trial function in the shared
+retry policy. Actors are reused between trials, so a worker process imports
+torch and loads the corpus once (the data loader is cached per process) rather
+than once per trial. Step metrics go back to the driver in batches through
+`tune.report`; the last report carries the `TrialResult`. A Tune callback turns
+the reports into `TrialEvents` calls in the driver's process, so the driver
+stays the only writer of the database. Ray-level failures (a worker process
+that dies) are retried by Tune's `FailureConfig`; a trial still failing after
+that is `failed` with Ray's error, and the level goes on.
 """
 
 from __future__ import annotations
@@ -19,17 +17,14 @@ import contextlib
 import importlib
 import logging
 import os
-import queue
 import re
 import socket
 import tempfile
-import threading
 import time
 from typing import Any, Iterator, Sequence
 
 import ray
 from ray import tune
-from ray.tune.search import Searcher
 
 from telescope.errors import TelescopeError
 from telescope.spec import StepMetrics, Status, TrialResult, TrialSpec
@@ -39,8 +34,6 @@ from telescope.trials.threads import limit_threads, threads_for
 
 REPORT_INTERVAL_S = 0.5  # how often a running trial sends its new step rows to the driver
 CONNECT_TIMEOUT_S = 5.0
-_TUNE_START_TIMEOUT_S = 60.0
-_TUNE_STOP_TIMEOUT_S = 30.0
 
 # Keys of the dicts a trial sends with `tune.report`.
 _ROWS = "telescope_rows"
@@ -68,7 +61,6 @@ class RayExecutor:
         self.settings = settings
         self._trial_fn = trial_fn
         self._report_interval_s = report_interval_s
-        self._tuner: _SweepTuner | None = None
         self._owns_connection = _connect(settings.ray_address)
         try:
             _check_resources(settings)
@@ -82,130 +74,54 @@ class RayExecutor:
         keys = [key for key, _ in trials]
         if len(set(keys)) != len(keys):
             raise ValueError("trial keys must be unique within one run")
-        if self._tuner is None or not self._tuner.alive:
-            self._tuner = _SweepTuner(self.settings, self._trial_fn, self._report_interval_s)
-        self._tuner.run(trials, events)
-
-    def close(self) -> None:
-        if self._tuner is not None:
-            self._tuner.close()
-            self._tuner = None
-        if self._owns_connection and ray.is_initialized():
-            ray.shutdown()
-        self._owns_connection = False
-
-
-class _SweepTuner:
-    """One Tune experiment for many batches of trials: `run` queues a batch for the search
-    algorithm and delivers the batch's events until each of its trials has finished."""
-
-    def __init__(self, settings: ExecutorSettings, trial_fn: TrialFn, report_interval_s: float):
-        self._searcher = _QueueSearcher()
-        self._events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
-        self._storage = tempfile.TemporaryDirectory(prefix="telescope-tune-", ignore_cleanup_errors=True)
+        settings = self.settings
         trainable = _make_trainable(
-            trial_fn,
+            self._trial_fn,
+            dict(trials),
             max_retries=settings.max_retries,
             threads=threads_for(settings.cpus_per_trial),
-            report_interval_s=report_interval_s,
+            report_interval_s=self._report_interval_s,
         )
         resources = {"cpu": settings.cpus_per_trial}
         if settings.gpus_per_trial:
             resources["gpu"] = settings.gpus_per_trial
-        self._tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            tune_config=tune.TuneConfig(
-                search_alg=self._searcher,
-                num_samples=-1,  # until the searcher says it has finished
-                reuse_actors=True,
-                max_concurrent_trials=settings.max_concurrent,
-                trial_dirname_creator=_trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name="sweep",
-                storage_path=self._storage.name,
-                verbose=0,
-                callbacks=[_EventForwarder(self._events)],
-                failure_config=tune.FailureConfig(max_failures=settings.max_retries),
-                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0),
-            ),
-        )
-        self._error: BaseException | None = None
-        self._interrupted = False
-        self._thread = threading.Thread(target=self._fit, name="telescope-tune", daemon=True)
-        with _environment(_QUIET_TUNE_ENV):  # read by Tune when the experiment starts
-            self._thread.start()
-            self._searcher.started.wait(timeout=_TUNE_START_TIMEOUT_S)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _fit(self) -> None:
-        # Without result files Tune's end-of-run analysis warns about every trial.
-        with _logger_level(_ANALYSIS_LOGGER, logging.ERROR):
-            try:
-                self._tuner.fit()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                self._error = exc
-            finally:
-                self._events.put(("stopped", "", None))
-
-    def run(self, trials: Sequence[tuple[str, TrialSpec]], events: TrialEvents) -> None:
-        batch = _Batch(events, [key for key, _ in trials])
-        for key, spec in trials:
-            self._searcher.add({"key": key, "spec": spec.to_dict()})
-        self._interrupted = True  # until every trial of the batch has finished
-        while batch.unfinished:
-            kind, key, payload = self._events.get()
-            if kind == "stopped":
-                if self._error is not None:
-                    raise self._error
-                raise RuntimeError(f"Ray Tune stopped before these trials finished: {', '.join(sorted(batch.unfinished))}")
-            batch.on(kind, key, payload)  # a failing driver (disk full...) raises here, in its own thread
-        self._interrupted = False
+        relay = _EventRelay(events)
+        with tempfile.TemporaryDirectory(prefix="telescope-tune-", ignore_cleanup_errors=True) as storage:
+            tuner = tune.Tuner(
+                tune.with_resources(trainable, resources),
+                param_space={"key": tune.grid_search(keys)},
+                tune_config=tune.TuneConfig(
+                    reuse_actors=True,
+                    max_concurrent_trials=settings.max_concurrent,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name="level",
+                    storage_path=storage,
+                    verbose=0,
+                    callbacks=[relay],
+                    failure_config=tune.FailureConfig(max_failures=settings.max_retries),
+                    checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0),
+                ),
+            )
+            # Without result files Tune's end-of-run analysis warns about every trial.
+            with _environment(_QUIET_TUNE_ENV), _logger_level(_ANALYSIS_LOGGER, logging.ERROR):
+                try:
+                    tuner.fit()
+                except Exception:
+                    if relay.driver_error is not None:
+                        raise relay.driver_error from None
+                    raise
+        if relay.driver_error is not None:
+            raise relay.driver_error
+        unfinished = [key for key in keys if key not in relay.finished]
+        if unfinished:
+            raise RuntimeError(f"Ray Tune stopped before these trials finished: {', '.join(unfinished)}")
 
     def close(self) -> None:
-        self._searcher.finish()
-        # After an error or Ctrl-C, trials still running end with ray.shutdown rather than run on.
-        self._thread.join(timeout=1.0 if self._interrupted else _TUNE_STOP_TIMEOUT_S)
-        self._storage.cleanup()
-
-
-class _QueueSearcher(Searcher):
-    """Suggests the trials `add` queued, one per call; waits (None) while the queue is empty,
-    and ends the experiment after `finish`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._finished = False
-        self.started = threading.Event()
-
-    def add(self, config: dict[str, Any]) -> None:
-        self._queue.put(config)
-
-    def finish(self) -> None:
-        self._finished = True
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        self.started.set()
-        try:
-            return self._queue.get_nowait()
-        except queue.Empty:
-            return Searcher.FINISHED if self._finished else None
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass
-
-    def save(self, checkpoint_path: str) -> None:
-        pass  # nothing to resume: the driver's database is the record of what ran
-
-    def restore(self, checkpoint_path: str) -> None:
-        pass
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}  # Tune pickles its search algorithm into its experiment folder
+        if self._owns_connection and ray.is_initialized():
+            ray.shutdown()
+        self._owns_connection = False
 
 
 # --- connecting ---------------------------------------------------------------
@@ -330,12 +246,17 @@ def _machine_cpus() -> int:
 
 # --- the worker side ----------------------------------------------------------
 
-def _make_trainable(trial_fn: TrialFn, max_retries: int, threads: int, report_interval_s: float):
+def _make_trainable(
+    trial_fn: TrialFn,
+    specs: dict[str, TrialSpec],
+    max_retries: int,
+    threads: int,
+    report_interval_s: float,
+):
     def telescope_trial(config: dict[str, Any]) -> None:
         limit_threads(threads)
         stream = _ReportStream(report_interval_s)
-        spec = TrialSpec.from_dict(config["spec"])
-        result = run_with_retries(trial_fn, spec, stream.add, max_retries, stream.restart)
+        result = run_with_retries(trial_fn, specs[config["key"]], stream.add, max_retries, stream.restart)
         stream.close(result)
 
     return telescope_trial
@@ -372,55 +293,56 @@ class _ReportStream:
 # --- the driver side ----------------------------------------------------------
 
 
-class _EventForwarder(tune.Callback):
-    """Puts Tune's trial callbacks (run in Tune's thread) on a queue for `run`'s thread."""
+class _EventRelay(tune.Callback):
+    """Turns Tune's trial callbacks (run in the driver's process) into TrialEvents."""
 
-    def __init__(self, events: queue.Queue):
+    def __init__(self, events: TrialEvents):
         self._events = events
+        self._attempt: dict[str, int] = {}
+        self.finished: set[str] = set()
+        self.driver_error: BaseException | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its run config, callbacks included, into its experiment folder.
+        # Tune pickles its run config, callbacks included, into its experiment
+        # folder; the events (a database session...) only live in the driver.
         return {}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._events.put(("start", trial.config["key"], None))
+        key = trial.config["key"]
+        self._attempt[key] = 0
+        self._deliver(self._events.started, key)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if _ATTEMPT in result:
-            self._events.put(("result", trial.config["key"], result))
+        key = trial.config["key"]
+        if key in self.finished or _ATTEMPT not in result:
+            return
+        if result[_ATTEMPT] != self._attempt.get(key):
+            self._attempt[key] = result[_ATTEMPT]
+            self._deliver(self._events.started, key)
+        if result[_ROWS]:
+            self._deliver(self._events.metrics, key, [StepMetrics(**row) for row in result[_ROWS]])
+        if _RESULT in result:
+            self.finished.add(key)
+            self._deliver(self._events.finished, key, TrialResult.from_dict(result[_RESULT]))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        key = trial.config["key"]
+        if key in self.finished:
+            return
+        self.finished.add(key)
         attempts = trial.num_failures
         error = f"failed after {attempts} attempt{'s' if attempts > 1 else ''}: {_ray_error_line(trial)}"
-        self._events.put(("error", trial.config["key"], error))
+        self._deliver(self._events.finished, key, TrialResult(status=Status.FAILED, error=error))
 
-
-class _Batch:
-    """The trials of one `run`, turning forwarded Tune events into TrialEvents."""
-
-    def __init__(self, events: TrialEvents, keys: Sequence[str]):
-        self._events = events
-        self._attempt: dict[str, int] = {}
-        self.unfinished = set(keys)
-
-    def on(self, kind: str, key: str, payload: Any) -> None:
-        if key not in self.unfinished:
-            return  # a trial of an earlier batch, or already finished
-        if kind == "start":
-            self._attempt[key] = 0
-            self._events.started(key)
-        elif kind == "error":
-            self.unfinished.discard(key)
-            self._events.finished(key, TrialResult(status=Status.FAILED, error=payload))
-        else:
-            if payload[_ATTEMPT] != self._attempt.get(key):
-                self._attempt[key] = payload[_ATTEMPT]
-                self._events.started(key)
-            if payload[_ROWS]:
-                self._events.metrics(key, [StepMetrics(**row) for row in payload[_ROWS]])
-            if _RESULT in payload:
-                self.unfinished.discard(key)
-                self._events.finished(key, TrialResult.from_dict(payload[_RESULT]))
+    def _deliver(self, method: Any, *args: Any) -> None:
+        if self.driver_error is not None:
+            return
+        try:
+            method(*args)
+        except Exception as exc:
+            # Kept and raised from `run` once Tune has stopped: a failing driver is not a failing trial.
+            self.driver_error = exc
+            raise
 
 
 def _ray_error_line(trial: Any) -> str:
