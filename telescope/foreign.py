@@ -135,7 +135,11 @@ def _table(table: str | Table) -> Table:
 
 def output_module(model: nn.Module, rules: Sequence[RuleLike] | None = None) -> tuple[str, nn.Module]:
     """The name of the unembedding weight and the module that computes the logits with it."""
-    modules = {id(m): (n, m) for n, m in output_modules(classify(model, rules))}
+    return _output_module(classify(model, rules))
+
+
+def _output_module(classified: Sequence[ParamRole]) -> tuple[str, nn.Module]:
+    modules = {id(m): (n, m) for n, m in output_modules(classified)}
     if len(modules) > 1:
         raise ConfigError(
             f"several unembeddings found ({', '.join(n for n, _ in modules.values())}); "
@@ -161,9 +165,12 @@ def apply_output_multiplier(
     the module and the hook is registered once, so calling this again, or on a deep copy,
     replaces the multiplier and never stacks it. A model loaded from a state_dict has no
     hook: call this (or `parametrize`) after loading one."""
-    multiplier = _table(table).output.multiplier(width_multiplier(width, base_width))
-    _, module = output_module(model, rules)
-    set_output_multiplier(module, multiplier)
+    return _apply_output_multiplier(classify(model, rules), _table(table), width, base_width)
+
+
+def _apply_output_multiplier(classified: Sequence[ParamRole], table: Table, width: int, base_width: int) -> float:
+    multiplier = table.output.multiplier(width_multiplier(width, base_width))
+    set_output_multiplier(_output_module(classified)[1], multiplier)
     return multiplier
 
 
@@ -186,9 +193,9 @@ def parametrize(
     Telescope's own proxy already does all this in `build_model`: do not parametrize it."""
     t, width, base_width = _parametrization_of(table, width, base_width)
     classified = classify(model, rules)
-    _check_width(model, classified, width, rules)
+    _check_width(classified, width)
     init_parameters(classified, t, width, base_width, generator)
-    apply_output_multiplier(model, t, width, base_width, rules)
+    _apply_output_multiplier(classified, t, width, base_width)
     setattr(model, _APPLIED, {"table": t.name, "width": width, "base_width": base_width})
     return roles_of(classified)
 
@@ -210,15 +217,20 @@ def _parametrization_of(
     return get_table(payload["parametrization"]), target, base
 
 
-def _check_width(model: nn.Module, classified: Sequence[ParamRole], width: int, rules: Sequence[RuleLike] | None) -> None:
+def _check_width(classified: Sequence[ParamRole], width: int, wanted: str = "the width {width} asked for", remedy: str = "") -> None:
+    """The model's width (its embedding dim) must show and equal `width` (described by `wanted`);
+    `remedy` (with {width}: the model's) follows the mismatch."""
     inferred = _embedding_width(classified)
     if inferred is None:
         raise TelescopeError(
-            "cannot tell the model's width (no single embedding dim): give the embedding a rule, e.g. "
-            "rules=[(r'tok\\.weight', 'embedding'), *FOREIGN_RULES]"
+            f"cannot tell the model's width to check it against {width} (no single embedding dim): give the "
+            "embedding a rule, e.g. rules=[(r'tok\\.weight', 'embedding'), *FOREIGN_RULES]"
         )
     if inferred != width:
-        raise TelescopeError(f"model width {inferred} (its embedding dim) differs from the width {width} asked for")
+        raise TelescopeError(
+            f"model width {inferred} (its embedding dim) differs from {wanted.format(width=width)}"
+            + remedy.format(width=inferred)
+        )
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -325,17 +337,8 @@ def optimizers_from_export(
     ratio = float(base.get("muon_lr_ratio", 1.0))
     check_same_fingerprint(fingerprint(table, ratio), payload["fingerprint"], ignore=("torch",))
     width, base_width = int(payload["target_width"]), int(payload["base_width"])
-    inferred = infer_width(model, rules)
-    if inferred is None:
-        raise TelescopeError(
-            "cannot tell the model's width (no single embedding dim) to check it against the export's "
-            f"target width {width}: give the embedding a rule"
-        )
-    if inferred != width:
-        raise TelescopeError(
-            f"model width {inferred} (its embedding dim) differs from the export's target width {width}; "
-            f"export for your width: telescope export {payload.get('sweep', 'SWEEP')} --target-width {inferred}"
-        )
+    _check_width(classify(model, rules), width, "the export's target width {width}",
+                 f"; export for yours: telescope export {payload.get('sweep', 'SWEEP')} --target-width {{width}}")  # fmt: skip
     applied = getattr(model, _APPLIED, None)
     wanted = {"table": table.name, "width": width, "base_width": base_width}
     if applied is not None and applied != wanted:

@@ -33,7 +33,7 @@ from telescope.config import SweepConfig
 from telescope.errors import ConfigError, TelescopeError
 from telescope.parametrization import get_table
 from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec
-from telescope.storage.database import Database, config_hash
+from telescope.storage.database import Database, TrialRow
 from telescope.storage.metrics import MetricsStore
 from telescope.trials.base import Executor, ExecutorSettings
 from telescope.trials.preflight import check_inputs
@@ -202,7 +202,8 @@ def run_batch_study(
     store.check_writable()
     name = name or settings.default_name()
     with db.lease(name):
-        _open(db, settings, name)
+        db.resume_or_create(name, settings.trial_settings(), kind=KIND, parametrization=settings.muon_table,
+                            base_width=settings.base_width, calibration_width=settings.width)  # fmt: skip
         try:
             runs = {opt: {b: _best_run(settings, db, store, executor, name, o, i, b, on_trial)
                           for i, b in enumerate(settings.batch_sizes)}
@@ -213,21 +214,6 @@ def run_batch_study(
             raise
         db.update_sweep(name, status="completed", result=result.to_dict())
     return result
-
-
-def _open(db: Database, settings: StudySettings, name: str) -> None:
-    config = settings.trial_settings()
-    existing = db.get_sweep(name)
-    if existing is None:
-        db.create_sweep(name, config, parametrization=settings.muon_table, base_width=settings.base_width,
-                        calibration_width=settings.width, kind=KIND)  # fmt: skip
-        return
-    if existing.kind != KIND:
-        raise TelescopeError(f"{name!r} is a {existing.kind}, not a batch study; choose another --name")
-    if existing.config_hash != config_hash(config):
-        raise TelescopeError(f"batch study {name!r} was run with different settings; pick another --name")
-    db.reset_running(name)
-    db.update_sweep(name, status="running")
 
 
 def _key(optimizer: str, batch_size: int, lr: float, seed: int) -> str:
@@ -268,7 +254,8 @@ def _best_run(
         db.plan_level(name, level, width=settings.width, grid=[{"lr": lr} for lr in new])
         db.start_level(name, level)
         run_pending(db, store, executor, name, level, trials, **callbacks)
-        finals = {lr: _final_loss(db, name, table, batch_size, lr, seeds) for lr in lrs}
+        rows = {r.key: r for r in db.trials(name)}
+        finals = {lr: _final_loss(rows, table, batch_size, lr, seeds) for lr in lrs}
         best = min(lrs, key=lambda lr: finals[lr])
         db.finish_level(name, level, best={"lr": best}, best_loss=_number(finals[best]))
         if not math.isfinite(finals[best]):
@@ -280,7 +267,7 @@ def _best_run(
         level += 2 * len(settings.batch_sizes)
     curves = []
     for s in seeds:
-        row = next(r for r in db.trials(name) if r.key == _key(table, batch_size, best, s))
+        row = rows[_key(table, batch_size, best, s)]
         frame = store.read(name, row.level, row.key)
         curves.append((frame["tokens"].astype(float).tolist(), frame["train_loss"].astype(float).tolist()))
     final = _mean([smoothed(loss, settings.smoothing)[-1] for _, loss in curves])
@@ -291,8 +278,7 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if all(math.isfinite(v) for v in values) else math.inf
 
 
-def _final_loss(db: Database, name: str, table: str, batch_size: int, lr: float, seeds: range) -> float:
-    rows = {r.key: r for r in db.trials(name)}
+def _final_loss(rows: dict[str, TrialRow], table: str, batch_size: int, lr: float, seeds: range) -> float:
     losses = []
     for s in seeds:
         row = rows[_key(table, batch_size, lr, s)]

@@ -199,7 +199,7 @@ def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> Tri
     val_batches = data.val_batches(spec.train.eval_batches, B, T)
 
     status, losses = Status.COMPLETED, []
-    pending: list[Tensor] = []  # (loss, grad norm) of steps not yet read by the host
+    pending: list[tuple[Tensor, float]] = []  # (loss, grad norm) and LR multiplier of steps not yet read
     every = host_sync_steps(device)
     for step in range(spec.train.steps):
         inputs, targets = (t.to(device) for t in data.train_batch(step, B, T, spec.seed))
@@ -209,18 +209,19 @@ def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> Tri
             loss = loss_fn(model, inputs, targets)
         loss.backward()
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        pending.append(torch.stack([loss.detach().float(), grad_norm.float()]))
+        pending.append((torch.stack([loss.detach().float(), grad_norm.float()]), multiplier))
         last = step == spec.train.steps - 1
         if len(pending) == every or last:
             # One host sync for the steps since the last: on a GPU the loop does not wait
             # for every step's loss (a diverged trial then stops up to `every` - 1 steps late,
             # having recorded exactly the steps up to the divergence).
-            for i, (loss_value, grad_norm_value) in enumerate(torch.stack(pending).tolist()):
+            values = torch.stack([v for v, _ in pending]).tolist()
+            for i, ((loss_value, grad_norm_value), (_, step_multiplier)) in enumerate(zip(values, pending)):
                 done = step - len(pending) + 1 + i  # the step these values belong to
                 losses.append(loss_value)
                 if on_metrics is not None:
                     on_metrics(StepMetrics(step=done + 1, tokens=(done + 1) * B * T, train_loss=loss_value,
-                                           lr=spec.lr * lr_multiplier(done, spec.train), grad_norm=grad_norm_value,
+                                           lr=spec.lr * step_multiplier, grad_norm=grad_norm_value,
                                            elapsed=time.perf_counter() - started))  # fmt: skip
                 if not math.isfinite(loss_value) or loss_value > spec.train.divergence_factor * losses[0]:
                     status = Status.DIVERGED

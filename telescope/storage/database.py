@@ -491,6 +491,31 @@ class Database:
             ) from None
         return _sweep_row(row)
 
+    def resume_or_create(
+        self,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        kind: str,
+        parametrization: str,
+        base_width: int,
+        calibration_width: int,
+    ) -> None:
+        """Create the run `name` of `kind` (a transfer check, a batch study), or reopen it to
+        resume: same kind and same settings only, with trials cut off by a killed driver
+        put back to pending."""
+        existing = self.get_sweep(name)
+        if existing is None:
+            self.create_sweep(name, config, parametrization=parametrization, base_width=base_width,
+                              calibration_width=calibration_width, kind=kind)  # fmt: skip
+            return
+        if existing.kind != kind:
+            raise StorageError(f"{name!r} is a {existing.kind}, not a {kind}; choose another --name")
+        if existing.config_hash != config_hash(config):
+            raise StorageError(f"{kind} {name!r} was run with different settings; pick another --name (or drop --name)")
+        self.reset_running(name)
+        self.update_sweep(name, status="running")
+
     def get_sweep(self, name: str) -> SweepRow | None:
         with Session(self.engine) as session:
             row = session.scalar(select(SweepModel).where(SweepModel.name == name))
@@ -815,12 +840,16 @@ class Database:
         return ids
 
 
+def read_only_uri(path: Path) -> str:
+    """The sqlite3 URI that opens `path` read-only."""
+    return f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+
+
 def _check_sqlite_file(path: Path) -> None:
     """Refuse a damaged or foreign file before SQLAlchemy opens it read-write (which would
     checkpoint a WAL into the damaged file): read it read-only and let SQLite check its pages."""
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
     try:
-        connection = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+        connection = sqlite3.connect(read_only_uri(path), uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
         try:
             problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
         finally:

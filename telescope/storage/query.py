@@ -33,7 +33,6 @@ import re
 import sqlite3
 import threading
 import time
-import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,7 +45,7 @@ from sqlalchemy import BigInteger, Double, Integer
 from sqlalchemy.engine import URL
 
 from telescope.errors import StorageError
-from telescope.storage.database import SQLITE_BUSY_TIMEOUT_S, error_line, resolve_url, safe_url
+from telescope.storage.database import SQLITE_BUSY_TIMEOUT_S, error_line, read_only_uri, resolve_url, safe_url
 from telescope.storage.metrics import DEFAULT_STORE, PARTITION_SCHEMA, STEP_SCHEMA, readable_metrics_files
 from telescope.storage.schema import DATA_TABLES, Base, UTCDateTime
 
@@ -182,9 +181,8 @@ def _open_sqlite(url: URL, timeout: float, deadline: float) -> _Connection:
     path = Path(url.database)
     if not path.is_file():
         raise StorageError(f"no database at {path} (run `telescope sweep CONFIG` first, or pass --db)")
-    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
     try:
-        dbapi = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+        dbapi = sqlite3.connect(read_only_uri(path), uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
         dbapi.execute("PRAGMA query_only=ON")
         dbapi.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fails now if not a database
     except sqlite3.Error as e:

@@ -272,30 +272,6 @@ def _json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: _num(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
-def open_check(db: Database, settings: CheckSettings, name: str) -> None:
-    """Create the check's sweep row, or reopen it to resume (same trial settings only)."""
-    config = settings.trial_settings()
-    existing = db.get_sweep(name)
-    if existing is None:
-        db.create_sweep(
-            name,
-            config,
-            parametrization=settings.parametrization,
-            base_width=settings.base,
-            calibration_width=settings.widths[-1],
-            kind=KIND,
-        )
-        return
-    if existing.kind != KIND:
-        raise TelescopeError(f"{name!r} is a {existing.kind}, not a transfer check; choose another --name")
-    if existing.config_hash != config_hash(config):
-        raise TelescopeError(
-            f"transfer check {name!r} was run with different settings; pick another --name (or drop --name)"
-        )
-    db.reset_running(name)
-    db.update_sweep(name, status="running")
-
-
 def run_transfer_check(
     settings: CheckSettings,
     db: Database,
@@ -316,7 +292,8 @@ def run_transfer_check(
     name = name or settings.default_name()
     store.check_writable()
     with db.lease(name):
-        open_check(db, settings, name)
+        db.resume_or_create(name, settings.trial_settings(), kind=KIND, parametrization=settings.parametrization,
+                            base_width=settings.base, calibration_width=settings.widths[-1])  # fmt: skip
         try:
             result = _run(settings, db, store, executor, name, on_trial)
             if plot is not None:
