@@ -26,21 +26,37 @@ def zeropower_via_newtonschulz5(
 ) -> Tensor:
     """Approximate orthogonalisation U V^T of each matrix in G (..., A, B), in bf16."""
     a, b, c = coefficients
+    # On a CPU without bf16 matrix units a bf16 matmul is ~20x slower than a float32 one;
+    # there every product runs in float32 on bf16 values and is rounded to bf16, which is
+    # what a GPU's bf16 GEMM does (float32 accumulation, one rounding of the result).
+    emulate = G.device.type == "cpu"
+    rounded = _round_to_bf16 if emulate else _identity
     X = G.bfloat16()
+    if emulate:
+        X = X.float()
     transposed = G.size(-2) > G.size(-1)
     if transposed:
         X = X.mT
-    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= 1
+    X = rounded(X / rounded(X.norm(dim=(-2, -1), keepdim=True)).clamp(min=eps))  # spectral norm <= 1
     batched = X.ndim == 3
     for _ in range(steps):
-        gram = X @ X.mT
+        gram = rounded(X @ X.mT)
         if batched:
-            poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
-            X = torch.baddbmm(X, poly, X, beta=a)
+            poly = rounded(torch.baddbmm(gram, gram, gram, beta=b, alpha=c))
+            X = rounded(torch.baddbmm(X, poly, X, beta=a))
         else:
-            poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-            X = torch.addmm(X, poly, X, beta=a)
+            poly = rounded(torch.addmm(gram, gram, gram, beta=b, alpha=c))
+            X = rounded(torch.addmm(X, poly, X, beta=a))
+    X = X.bfloat16()
     return X.mT if transposed else X
+
+
+def _round_to_bf16(x: Tensor) -> Tensor:
+    return x.bfloat16().float()
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 def momentum_update(
