@@ -231,6 +231,7 @@ _EXECUTOR_RULES: dict[str, Rule] = {
     "gpus_per_trial": _non_negative,
     "max_concurrent": lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
     "max_retries": _non_negative,
+    "pack": lambda v: None if v is None or 1 <= v <= 1024 else f"must be between 1 and 1024 trials, got {v}",
     "ray_address": lambda v: None if v is None or v.strip() else "must not be empty",
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,9 @@ from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.data import load_data
 from telescope.proxy.model import build_model
 from telescope.proxy.optim import Optimizers, build_optimizers
+from telescope.proxy.packed import PackedProxies
 from telescope.roles import with_defaults
+from telescope.trials.packs import pack_key
 from telescope.spec import MetricsCallback, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
 
 SMOOTHING_STEPS = 10  # the reported train loss is the mean over this many final steps
@@ -134,14 +136,15 @@ def loss_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, batches, device: torch.device) -> float:
-    model.eval()
-    total = 0.0
+def validation_losses(learner: "_Single | PackedProxies", batches, device: torch.device) -> list[float]:
+    """Each trial's mean loss over the held-out `batches`, in eval mode."""
+    learner.train(False)
+    total = torch.zeros(learner.k, device=device)
     for inputs, targets in batches:
         with autocast(device):
-            total += loss_fn(model, inputs.to(device), targets.to(device)).item()
-    model.train()
-    return total / len(batches)
+            total += learner.losses(inputs.to(device), targets.to(device)).float()
+    learner.train(True)
+    return (total / len(batches)).tolist()
 
 
 def _finite(x: float) -> float | None:
@@ -177,11 +180,54 @@ def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tu
     return model, optimizers
 
 
+class _Single:
+    """One model and its optimizers behind the interface of PackedProxies (k = 1)."""
+
+    def __init__(self, spec: TrialSpec, table: Table, device: torch.device):
+        self.model, self.optimizers = build_trial_model(spec, table, device)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self.k = 1
+
+    def losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        return loss_fn(self.model, inputs, targets).unsqueeze(0)
+
+    def grad_norms(self) -> Tensor:
+        return torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None]).unsqueeze(0)
+
+    def set_lr_multiplier(self, multiplier: float) -> None:
+        self.optimizers.set_lr_multiplier(multiplier)
+
+    def step(self) -> None:
+        self.optimizers.step()
+
+    def zero_grad(self) -> None:
+        self.optimizers.zero_grad()
+
+    def train(self, mode: bool) -> None:
+        self.model.train(mode)
+
+
 def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> TrialResult:
-    """Train the proxy `spec` describes; stop early with Status.DIVERGED when the loss is
-    non-finite or exceeds divergence_factor times the first step's loss."""
+    """Train the proxy (or user model) `spec` describes; stop early with Status.DIVERGED when
+    the loss is non-finite or exceeds divergence_factor times the first step's loss."""
+    return run_trials([spec], [on_metrics])[0]
+
+
+def run_trials(
+    specs: Sequence[TrialSpec], on_metrics: Sequence[MetricsCallback | None] | None = None
+) -> list[TrialResult]:
+    """Train the trials `specs` describe as one pack (see telescope.proxy.packed; one spec:
+    an ordinary trial) and return their results in order. Each trial streams its own
+    metrics to `on_metrics[i]` and stops recording when it diverges; the pack runs until
+    every trial has finished or diverged. A packed trial's wall_time is its share of the
+    pack's (pack wall time / k)."""
     started = time.perf_counter()
-    check_spec(spec)
+    callbacks = list(on_metrics) if on_metrics is not None else [None] * len(specs)
+    for spec in specs:
+        check_spec(spec)
+    spec = specs[0]
+    if len(specs) > 1 and (pack_key(spec) is None or any(pack_key(s) != pack_key(spec) for s in specs)):
+        raise ValueError("packed trials must differ only in lr, weight_decay, muon_lr_ratio and seed")
     table = get_table(spec.parametrization)
     data = load_data(spec.train.data)
     if data.vocab_size > spec.model.vocab_size:
@@ -193,61 +239,77 @@ def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> Tri
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    model, optimizers = build_trial_model(spec, table, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    B, T = spec.train.batch_size, spec.model.seq_len
+    learner = _Single(spec, table, device) if len(specs) == 1 else PackedProxies(specs, table, device)
+    k, B, T = len(specs), spec.train.batch_size, spec.model.seq_len
+    seeds = [s.seed for s in specs]
     val_batches = data.val_batches(spec.train.eval_batches, B, T)
 
-    status, losses = Status.COMPLETED, []
-    pending: list[tuple[Tensor, float]] = []  # (loss, grad norm) and LR multiplier of steps not yet read
+    losses: list[list[float]] = [[] for _ in specs]
+    status = [Status.COMPLETED] * k
+    running = list(range(k))  # trials still recording
+    pending: list[tuple[Tensor, float]] = []  # per step: (2, k) losses and grad norms, LR multiplier
     every = host_sync_steps(device)
     for step in range(spec.train.steps):
-        inputs, targets = (t.to(device) for t in data.train_batch(step, B, T, spec.seed))
+        inputs, targets = _batch(data, step, B, T, seeds, device)
         multiplier = lr_multiplier(step, spec.train)
-        optimizers.set_lr_multiplier(multiplier)
+        learner.set_lr_multiplier(multiplier)
         with autocast(device):
-            loss = loss_fn(model, inputs, targets)
-        loss.backward()
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        pending.append((torch.stack([loss.detach().float(), grad_norm.float()]), multiplier))
-        last = step == spec.train.steps - 1
-        if len(pending) == every or last:
+            step_losses = learner.losses(inputs, targets)
+        step_losses.sum().backward()
+        pending.append((torch.stack([step_losses.detach().float(), learner.grad_norms().float()]), multiplier))
+        if len(pending) == every or step == spec.train.steps - 1:
             # One host sync for the steps since the last: on a GPU the loop does not wait
             # for every step's loss (a diverged trial then stops up to `every` - 1 steps late,
             # having recorded exactly the steps up to the divergence).
             values = torch.stack([v for v, _ in pending]).tolist()
-            for i, ((loss_value, grad_norm_value), (_, step_multiplier)) in enumerate(zip(values, pending)):
-                done = step - len(pending) + 1 + i  # the step these values belong to
-                losses.append(loss_value)
-                if on_metrics is not None:
-                    on_metrics(StepMetrics(step=done + 1, tokens=(done + 1) * B * T, train_loss=loss_value,
-                                           lr=spec.lr * step_multiplier, grad_norm=grad_norm_value,
-                                           elapsed=time.perf_counter() - started))  # fmt: skip
-                if not math.isfinite(loss_value) or loss_value > spec.train.divergence_factor * losses[0]:
-                    status = Status.DIVERGED
-                    break
+            for offset, ((loss_row, norm_row), (_, step_multiplier)) in enumerate(zip(values, pending)):
+                done = step - len(pending) + 1 + offset  # the step these values belong to
+                for i in list(running):
+                    losses[i].append(loss_row[i])
+                    if callbacks[i] is not None:
+                        callbacks[i](StepMetrics(step=done + 1, tokens=(done + 1) * B * T, train_loss=loss_row[i],
+                                                 lr=specs[i].lr * step_multiplier, grad_norm=norm_row[i],
+                                                 elapsed=time.perf_counter() - started))  # fmt: skip
+                    if not math.isfinite(loss_row[i]) or loss_row[i] > spec.train.divergence_factor * losses[i][0]:
+                        status[i] = Status.DIVERGED
+                        running.remove(i)
             pending = []
-            if status is Status.DIVERGED:
+            if not running:
                 break
-        optimizers.step()
-        optimizers.zero_grad()
+        learner.step()
+        learner.zero_grad()
 
-    steps = len(losses)
-    val_loss = None
-    if status is Status.COMPLETED:
-        val_loss = _finite(validation_loss(model, val_batches, device))
-        if val_loss is None:
-            status = Status.DIVERGED
-    tail = losses[-SMOOTHING_STEPS:]
-    tokens = steps * B * T
-    return TrialResult(
-        status=status,
-        train_loss=_finite(sum(tail) / len(tail)),
-        val_loss=val_loss,
-        tokens=tokens,
-        flops=train_flops(spec, tokens, model),
-        wall_time=time.perf_counter() - started,
-        steps=steps,
-        device=describe_device(device),
-        fingerprint=fingerprint(table, spec.muon_lr_ratio),
-    )
+    val_losses: list[float | None] = [None] * k
+    if any(s is Status.COMPLETED for s in status):
+        measured = validation_losses(learner, val_batches, device)
+        for i in range(k):
+            if status[i] is Status.COMPLETED:
+                val_losses[i] = _finite(measured[i])
+                if val_losses[i] is None:
+                    status[i] = Status.DIVERGED
+    wall_time = (time.perf_counter() - started) / k
+    model = learner.model if isinstance(learner, _Single) else None
+    results = []
+    for i, trial in enumerate(specs):
+        tail = losses[i][-SMOOTHING_STEPS:]
+        tokens = len(losses[i]) * B * T
+        results.append(TrialResult(
+            status=status[i],
+            train_loss=_finite(sum(tail) / len(tail)),
+            val_loss=val_losses[i],
+            tokens=tokens,
+            flops=train_flops(trial, tokens, model),
+            wall_time=wall_time,
+            steps=len(losses[i]),
+            device=describe_device(device),
+            fingerprint=fingerprint(table, trial.muon_lr_ratio),
+        ))  # fmt: skip
+    return results
+
+
+def _batch(data, step: int, B: int, T: int, seeds: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The step's batch: (B, T) when every trial has the same seed, else (k, B, T)."""
+    if len(set(seeds)) == 1:
+        return tuple(t.to(device) for t in data.train_batch(step, B, T, seeds[0]))
+    pairs = [data.train_batch(step, B, T, seed) for seed in seeds]
+    return tuple(torch.stack(column).to(device) for column in zip(*pairs))

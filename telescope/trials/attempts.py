@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import traceback
-from typing import Callable
+from typing import Callable, Sequence
 
 from telescope.spec import MetricsCallback, Status, TrialResult, TrialSpec
-from telescope.trials.base import TrialFn
+from telescope.trials.base import PackFn, TrialFn
 
 
 def run_with_retries(
@@ -38,6 +38,36 @@ def run_with_retries(
             error = describe_error(exc)
     plural = "s" if attempts > 1 else ""
     return TrialResult(status=Status.FAILED, error=f"failed after {attempts} attempt{plural}: {error}")
+
+
+def run_pack_with_retries(
+    trial_fn: TrialFn,
+    pack_fn: PackFn | None,
+    specs: Sequence[TrialSpec],
+    on_metrics: Sequence[MetricsCallback],
+    max_retries: int,
+    on_retry: Callable[[int, int], None],
+) -> list[TrialResult]:
+    """Run `specs` as one pack through `pack_fn`; if the pack raises (a pack too large for
+    the device, say), run each of its trials alone through `run_with_retries`, so no trial
+    gets fewer attempts than unpacked. `on_retry(index, attempt)` is called before trial
+    `index` starts again (attempt 1, 2, ...). One spec, or no `pack_fn`: one trial at a time."""
+    if pack_fn is None or len(specs) == 1:
+        return [
+            run_with_retries(trial_fn, spec, callback, max_retries, lambda attempt, i=i: on_retry(i, attempt))
+            for i, (spec, callback) in enumerate(zip(specs, on_metrics))
+        ]
+    try:
+        return pack_fn(specs, on_metrics)
+    except Exception:  # noqa: BLE001 - the pack's trials are retried one by one below
+        pass
+    results = []
+    for i, (spec, callback) in enumerate(zip(specs, on_metrics)):
+        on_retry(i, 1)
+        results.append(
+            run_with_retries(trial_fn, spec, callback, max_retries, lambda attempt, i=i: on_retry(i, attempt + 1))
+        )
+    return results
 
 
 def describe_error(exc: BaseException) -> str:

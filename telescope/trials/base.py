@@ -13,6 +13,10 @@ from telescope.errors import ConfigError
 from telescope.spec import MetricsCallback, StepMetrics, TrialResult, TrialSpec
 
 TrialFn = Callable[[TrialSpec, MetricsCallback], TrialResult]
+# Trains several trials as one pack (telescope.proxy.train.run_trials): results in order.
+PackFn = Callable[[Sequence[TrialSpec], Sequence[MetricsCallback]], list[TrialResult]]
+
+DEFAULT_PACK = 8  # trials per pack when the config does not say
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,9 @@ class ExecutorSettings:
     max_concurrent: int | None = None  # None: as many as the resources allow
     max_retries: int = 1  # a trial that raises is retried this many times, then `failed`
     ray_address: str | None = None  # None: start Ray on this machine
+    # Trials of one shape trained together in one process as one batched model; 1: never
+    # packed. None: DEFAULT_PACK (kept out of the config's hash, as before packing existed).
+    pack: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("ray", "local"):
@@ -37,6 +44,12 @@ class ExecutorSettings:
             raise ConfigError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
         if self.max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.pack is not None and not 1 <= self.pack <= 1024:
+            raise ConfigError(f"pack must be between 1 and 1024 trials, got {self.pack}")
+
+    @property
+    def pack_size(self) -> int:
+        return DEFAULT_PACK if self.pack is None else self.pack
 
 
 class TrialEvents(Protocol):

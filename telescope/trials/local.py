@@ -1,4 +1,4 @@
-"""The in-process executor: trials run one after another in the caller's process.
+"""The in-process executor: trials (or packs of them) run one after another in the caller's process.
 
 For tests, laptops and quick GPU checks. It keeps the Ray executor's contract:
 the same events, the same retry policy, nothing written anywhere, and torch
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from telescope.spec import StepMetrics, TrialSpec
-from telescope.trials.attempts import run_with_retries
-from telescope.trials.base import ExecutorSettings, TrialEvents, TrialFn
+from telescope.spec import TrialSpec
+from telescope.trials.attempts import run_pack_with_retries
+from telescope.trials.base import ExecutorSettings, PackFn, TrialEvents, TrialFn
+from telescope.trials.packs import pack_key, plan_packs
 from telescope.trials.threads import threads_for, torch_threads
 
 
@@ -26,36 +27,44 @@ class _DriverFailed(BaseException):
 
 
 class LocalExecutor:
-    def __init__(self, settings: ExecutorSettings, trial_fn: TrialFn):
+    def __init__(self, settings: ExecutorSettings, trial_fn: TrialFn, pack_fn: PackFn | None = None):
         self.settings = settings
         self._trial_fn = trial_fn
+        self._pack_fn = pack_fn
 
     def run(self, trials: Sequence[tuple[str, TrialSpec]], events: TrialEvents) -> None:
-        for key, spec in trials:
-            self._run_one(key, spec, events)
+        pack_size = self.settings.pack_size if self._pack_fn is not None else 1
+        for pack in plan_packs([pack_key(spec) for _, spec in trials], pack_size, slots=1):
+            self._run_pack([trials[i] for i in pack], events)
 
-    def _run_one(self, key: str, spec: TrialSpec, events: TrialEvents) -> None:
-        def on_metrics(row: StepMetrics) -> None:
+    def _run_pack(self, trials: Sequence[tuple[str, TrialSpec]], events: TrialEvents) -> None:
+        keys = [key for key, _ in trials]
+
+        def deliver(method, *args) -> None:
             try:
-                events.metrics(key, [row])
+                method(*args)
             except Exception as exc:
                 raise _DriverFailed(exc) from exc
 
-        def on_retry(attempt: int) -> None:
-            try:
-                events.started(key)
-            except Exception as exc:
-                raise _DriverFailed(exc) from exc
+        def callback(key: str):
+            return lambda row: deliver(events.metrics, key, [row])
 
-        events.started(key)
+        for key in keys:
+            events.started(key)
         try:
             with torch_threads(threads_for(self.settings.cpus_per_trial)):
-                result = run_with_retries(
-                    self._trial_fn, spec, on_metrics, self.settings.max_retries, on_retry
+                results = run_pack_with_retries(
+                    self._trial_fn,
+                    self._pack_fn,
+                    [spec for _, spec in trials],
+                    [callback(key) for key in keys],
+                    self.settings.max_retries,
+                    lambda index, attempt: deliver(events.started, keys[index]),
                 )
         except _DriverFailed as failure:
             raise failure.cause from None
-        events.finished(key, result)
+        for key, result in zip(keys, results):
+            events.finished(key, result)
 
     def close(self) -> None:
         pass

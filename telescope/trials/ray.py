@@ -1,10 +1,10 @@
 """The Ray Tune executor: one `Tuner` per level, trials on the local machine or a cluster.
 
-Each trial is a function trainable that wraps the trial function in the shared
-retry policy. Actors are reused between trials, so a worker process imports
+Each Tune trial is a pack of trials (telescope.trials.packs; one trial when packing is
+off), a function trainable that wraps the pack function in the shared retry policy. Actors are reused between trials, so a worker process imports
 torch and loads the corpus once (the data loader is cached per process) rather
 than once per trial. Step metrics go back to the driver in batches through
-`tune.report`; the last report carries the `TrialResult`. A Tune callback turns
+`tune.report`, keyed by trial; the last report carries the `TrialResult`s. A Tune callback turns
 the reports into `TrialEvents` calls in the driver's process, so the driver
 stays the only writer of the database. Ray-level failures (a worker process
 that dies) are retried by Tune's `FailureConfig`; a trial still failing after
@@ -14,6 +14,7 @@ that is `failed` with Ray's error, and the level goes on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -28,8 +29,9 @@ from ray import tune
 
 from telescope.errors import TelescopeError
 from telescope.spec import StepMetrics, Status, TrialResult, TrialSpec
-from telescope.trials.attempts import run_with_retries
-from telescope.trials.base import ExecutorSettings, TrialEvents, TrialFn
+from telescope.trials.attempts import run_pack_with_retries
+from telescope.trials.base import ExecutorSettings, PackFn, TrialEvents, TrialFn
+from telescope.trials.packs import pack_key, plan_packs
 from telescope.trials.threads import limit_threads, threads_for
 
 REPORT_INTERVAL_S = 0.5  # how often a running trial sends its new step rows to the driver
@@ -56,14 +58,16 @@ class RayExecutor:
         self,
         settings: ExecutorSettings,
         trial_fn: TrialFn,
+        pack_fn: PackFn | None = None,
         report_interval_s: float = REPORT_INTERVAL_S,
     ):
         self.settings = settings
         self._trial_fn = trial_fn
+        self._pack_fn = pack_fn
         self._report_interval_s = report_interval_s
         self._owns_connection = _connect(settings.ray_address)
         try:
-            _check_resources(settings)
+            self._slots = _check_resources(settings)
         except TelescopeError:
             self.close()
             raise
@@ -75,9 +79,13 @@ class RayExecutor:
         if len(set(keys)) != len(keys):
             raise ValueError("trial keys must be unique within one run")
         settings = self.settings
+        pack_size = settings.pack_size if self._pack_fn is not None else 1
+        packs = plan_packs([pack_key(spec) for _, spec in trials], pack_size, self._slots)
+        members = {f"pack-{n}": [trials[i] for i in pack] for n, pack in enumerate(packs)}
         trainable = _make_trainable(
             self._trial_fn,
-            dict(trials),
+            self._pack_fn,
+            members,
             max_retries=settings.max_retries,
             threads=threads_for(settings.cpus_per_trial),
             report_interval_s=self._report_interval_s,
@@ -85,11 +93,11 @@ class RayExecutor:
         resources = {"cpu": settings.cpus_per_trial}
         if settings.gpus_per_trial:
             resources["gpu"] = settings.gpus_per_trial
-        relay = _EventRelay(events)
+        relay = _EventRelay(events, {pack: [key for key, _ in pack_trials] for pack, pack_trials in members.items()})
         with tempfile.TemporaryDirectory(prefix="telescope-tune-", ignore_cleanup_errors=True) as storage:
             tuner = tune.Tuner(
                 tune.with_resources(trainable, resources),
-                param_space={"key": tune.grid_search(keys)},
+                param_space={"pack": tune.grid_search(list(members))},
                 tune_config=tune.TuneConfig(
                     reuse_actors=True,
                     max_concurrent_trials=settings.max_concurrent,
@@ -225,8 +233,9 @@ def _same_address(a: str, b: str) -> bool:
     return resolve(a) == resolve(b)
 
 
-def _check_resources(settings: ExecutorSettings) -> None:
-    """Tune waits forever for a trial the cluster can never place: refuse it up front."""
+def _check_resources(settings: ExecutorSettings) -> int:
+    """Tune waits forever for a trial the cluster can never place: refuse it up front.
+    Return how many trials the cluster runs at once (the slots packs are spread over)."""
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     if settings.cpus_per_trial > cpus:
@@ -235,6 +244,10 @@ def _check_resources(settings: ExecutorSettings) -> None:
         if gpus == 0:
             raise TelescopeError(f"gpus_per_trial={settings.gpus_per_trial:g} but the Ray cluster has no GPU")
         raise TelescopeError(f"gpus_per_trial={settings.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs")
+    slots = int(cpus // settings.cpus_per_trial)
+    if settings.gpus_per_trial:
+        slots = min(slots, int(gpus // settings.gpus_per_trial))
+    return max(1, min(slots, settings.max_concurrent or slots))
 
 
 def _machine_cpus() -> int:
@@ -248,45 +261,54 @@ def _machine_cpus() -> int:
 
 def _make_trainable(
     trial_fn: TrialFn,
-    specs: dict[str, TrialSpec],
+    pack_fn: PackFn | None,
+    members: dict[str, list[tuple[str, TrialSpec]]],
     max_retries: int,
     threads: int,
     report_interval_s: float,
 ):
     def telescope_trial(config: dict[str, Any]) -> None:
         limit_threads(threads)
+        trials = members[config["pack"]]
         stream = _ReportStream(report_interval_s)
-        result = run_with_retries(trial_fn, specs[config["key"]], stream.add, max_retries, stream.restart)
-        stream.close(result)
+        results = run_pack_with_retries(
+            trial_fn,
+            pack_fn,
+            [spec for _, spec in trials],
+            [functools.partial(stream.add, key) for key, _ in trials],
+            max_retries,
+            lambda index, attempt: stream.restart(trials[index][0], attempt),
+        )
+        stream.close({key: result for (key, _), result in zip(trials, results)})
 
     return telescope_trial
 
 
 class _ReportStream:
-    """Batches a trial's step rows into `tune.report` calls (each one is a round
-    trip to the driver that pauses the training thread)."""
+    """Batches the step rows of a pack's trials into `tune.report` calls (each one is a
+    round trip to the driver that pauses the training thread)."""
 
     def __init__(self, interval_s: float):
         self._interval_s = interval_s
-        self._rows: list[dict[str, Any]] = []
-        self._attempt = 0
+        self._rows: dict[str, list[dict[str, Any]]] = {}
+        self._attempts: dict[str, int] = {}
         self._last = time.monotonic()
 
-    def add(self, row: StepMetrics) -> None:
-        self._rows.append(dict(vars(row)))
+    def add(self, key: str, row: StepMetrics) -> None:
+        self._rows.setdefault(key, []).append(dict(vars(row)))
         if time.monotonic() - self._last >= self._interval_s:
             self._send({})
 
-    def restart(self, attempt: int) -> None:
-        self._rows = []  # what the failed attempt had not yet sent is dropped
-        self._attempt = attempt
+    def restart(self, key: str, attempt: int) -> None:
+        self._rows.pop(key, None)  # what the failed attempt had not yet sent is dropped
+        self._attempts[key] = attempt
 
-    def close(self, result: TrialResult) -> None:
-        self._send({_RESULT: result.to_dict()})
+    def close(self, results: dict[str, TrialResult]) -> None:
+        self._send({_RESULT: {key: result.to_dict() for key, result in results.items()}})
 
     def _send(self, extra: dict[str, Any]) -> None:
-        tune.report({_ROWS: self._rows, _ATTEMPT: self._attempt, **extra})
-        self._rows = []
+        tune.report({_ROWS: self._rows, _ATTEMPT: dict(self._attempts), **extra})
+        self._rows = {}
         self._last = time.monotonic()
 
 
@@ -294,10 +316,12 @@ class _ReportStream:
 
 
 class _EventRelay(tune.Callback):
-    """Turns Tune's trial callbacks (run in the driver's process) into TrialEvents."""
+    """Turns Tune's trial callbacks (run in the driver's process) into TrialEvents, one
+    per trial of each pack."""
 
-    def __init__(self, events: TrialEvents):
+    def __init__(self, events: TrialEvents, members: dict[str, list[str]]):
         self._events = events
+        self._members = members
         self._attempt: dict[str, int] = {}
         self.finished: set[str] = set()
         self.driver_error: BaseException | None = None
@@ -308,31 +332,34 @@ class _EventRelay(tune.Callback):
         return {}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        key = trial.config["key"]
-        self._attempt[key] = 0
-        self._deliver(self._events.started, key)
+        for key in self._members[trial.config["pack"]]:
+            self._attempt[key] = 0
+            self._deliver(self._events.started, key)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        key = trial.config["key"]
-        if key in self.finished or _ATTEMPT not in result:
+        if _ATTEMPT not in result:
             return
-        if result[_ATTEMPT] != self._attempt.get(key):
-            self._attempt[key] = result[_ATTEMPT]
-            self._deliver(self._events.started, key)
-        if result[_ROWS]:
-            self._deliver(self._events.metrics, key, [StepMetrics(**row) for row in result[_ROWS]])
-        if _RESULT in result:
-            self.finished.add(key)
-            self._deliver(self._events.finished, key, TrialResult.from_dict(result[_RESULT]))
+        for key in self._members[trial.config["pack"]]:
+            if key in self.finished:
+                continue
+            attempt = result[_ATTEMPT].get(key, 0)
+            if attempt != self._attempt.get(key):
+                self._attempt[key] = attempt
+                self._deliver(self._events.started, key)
+            rows = result[_ROWS].get(key)
+            if rows:
+                self._deliver(self._events.metrics, key, [StepMetrics(**row) for row in rows])
+            if key in result.get(_RESULT, {}):
+                self.finished.add(key)
+                self._deliver(self._events.finished, key, TrialResult.from_dict(result[_RESULT][key]))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        key = trial.config["key"]
-        if key in self.finished:
-            return
-        self.finished.add(key)
         attempts = trial.num_failures
         error = f"failed after {attempts} attempt{'s' if attempts > 1 else ''}: {_ray_error_line(trial)}"
-        self._deliver(self._events.finished, key, TrialResult(status=Status.FAILED, error=error))
+        for key in self._members[trial.config["pack"]]:
+            if key not in self.finished:
+                self.finished.add(key)
+                self._deliver(self._events.finished, key, TrialResult(status=Status.FAILED, error=error))
 
     def _deliver(self, method: Any, *args: Any) -> None:
         if self.driver_error is not None:

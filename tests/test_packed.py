@@ -1,0 +1,105 @@
+"""Packed trials: k trials trained as one batched model record what k unpacked trials record."""
+
+import dataclasses
+import math
+
+import pytest
+
+from telescope.errors import ConfigError
+from telescope.proxy.train import run_trial, run_trials
+from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec
+from telescope.trials import ExecutorSettings
+from telescope.trials.packs import pack_key, plan_packs
+
+SHAPE = ModelShape(depth=2, head_dim=16, seq_len=32)
+
+
+def spec(lr=0.03, weight_decay=0.1, seed=0, steps=12, width=32, **fields):
+    train = TrainSettings(steps=steps, batch_size=4, warmup_steps=2, eval_batches=2, device="cpu")
+    return TrialSpec(width=width, base_width=16, lr=lr, weight_decay=weight_decay, seed=seed,
+                     model=fields.pop("model", SHAPE), train=train, **fields)  # fmt: skip
+
+
+def recorded(specs, packed: bool):
+    """(result, metrics) per spec, trained as one pack or one trial at a time."""
+    metrics = [[] for _ in specs]
+    if packed:
+        results = run_trials(specs, [m.append for m in metrics])
+    else:
+        results = [run_trial(s, m.append) for s, m in zip(specs, metrics)]
+    return list(zip(results, metrics))
+
+
+def assert_same_trial(packed, alone, rel=2e-3):
+    (result, metrics), (ref, ref_metrics) = packed, alone
+    assert result.status is ref.status and result.steps == ref.steps
+    assert [m.step for m in metrics] == [m.step for m in ref_metrics]
+    for m, r in zip(metrics, ref_metrics):
+        assert m.tokens == r.tokens and m.lr == pytest.approx(r.lr, rel=1e-12)
+        if math.isfinite(r.train_loss):
+            assert m.train_loss == pytest.approx(r.train_loss, rel=rel)
+            assert m.grad_norm == pytest.approx(r.grad_norm, rel=20 * rel)
+    if ref.val_loss is not None:
+        assert result.val_loss == pytest.approx(ref.val_loss, rel=rel)
+    assert (result.tokens, result.flops, result.fingerprint) == (ref.tokens, ref.flops, ref.fingerprint)
+
+
+@pytest.mark.parametrize("seeds", [(0, 0, 0), (0, 1, 2)], ids=["one-seed", "own-seeds"])
+def test_a_pack_records_what_each_trial_records_alone(seeds):
+    """Each trial of a pack keeps its own LR, weight decay, Muon ratio, seed (init and data
+    order): every step's loss, grad norm and LR, and the validation loss, match the trial
+    run unpacked."""
+    specs = [spec(0.02, 0.1, seeds[0]), spec(0.06, 0.4, seeds[1]), spec(0.01, 0.0, seeds[2], muon_lr_ratio=2.0)]
+    alone = recorded(specs, packed=False)
+    for packed, ref in zip(recorded(specs, packed=True), alone):
+        assert_same_trial(packed, ref)
+    assert len({round(r.val_loss, 4) for r, _ in alone}) == 3  # three different trials
+
+
+def test_tied_embeddings_and_grouped_kv_heads_pack_too():
+    shape = dataclasses.replace(SHAPE, tied_embeddings=True, kv_ratio=2)
+    specs = [spec(0.02, model=shape, width=64), spec(0.05, 0.3, seed=4, model=shape, width=64)]
+    for packed, ref in zip(recorded(specs, packed=True), recorded(specs, packed=False)):
+        assert_same_trial(packed, ref)
+
+
+def test_a_diverging_trial_stops_recording_and_the_others_train_on():
+    specs = [spec(0.03, steps=30), spec(1e3, steps=30), spec(0.01, 0.2, seed=3, steps=30)]
+    packed, alone = recorded(specs, packed=True), recorded(specs, packed=False)
+    diverged, ref = packed[1], alone[1]
+    assert diverged[0].status is Status.DIVERGED and diverged[0].val_loss is None
+    assert diverged[0].steps == ref[0].steps == len(diverged[1]) < 30
+    for i in (0, 2):
+        assert packed[i][0].status is Status.COMPLETED
+        assert_same_trial(packed[i], alone[i])
+
+
+def test_trials_that_differ_in_more_than_swept_values_and_seed_are_not_packed():
+    with pytest.raises(ValueError, match="differ only in"):
+        run_trials([spec(width=32), spec(width=64)])
+    with pytest.raises(ValueError, match="differ only in"):
+        run_trials([spec(), dataclasses.replace(spec(), train=dataclasses.replace(spec().train, steps=3))])
+    user = spec(model_factory="tests.foreign_models:decoder_lm")
+    assert pack_key(user) is None
+    with pytest.raises(ValueError, match="differ only in"):
+        run_trials([user, user])
+
+
+def test_packs_are_balanced_over_the_slots_and_never_mix_shapes():
+    a, b = spec(width=32), spec(width=64)
+    keys = [pack_key(s) for s in [a] * 9 + [b] * 3 + [spec(model_factory="m:f")]]
+    packs = plan_packs(keys, pack_size=8, slots=2)
+    assert sorted(i for p in packs for i in p) == list(range(13))
+    assert sorted(len(p) for p in packs if p[0] < 9) == [4, 5]  # 9 trials over 2 slots
+    assert sorted(len(p) for p in packs if 9 <= p[0] < 12) == [1, 2]
+    assert [12] in packs  # a user's model runs alone
+    assert all(len({keys[i] for i in p}) == 1 for p in packs)
+    assert sorted(len(p) for p in plan_packs(keys[:9], pack_size=2, slots=2)) == [1, 2, 2, 2, 2]
+    assert plan_packs(keys[:9], pack_size=1, slots=2) == [[i] for i in range(9)]
+    assert [len(p) for p in plan_packs(keys[:9], pack_size=8, slots=1)] == [5, 4]
+
+
+@pytest.mark.parametrize("pack", [0, -1, 1025])
+def test_pack_size_out_of_range_is_a_config_error(pack):
+    with pytest.raises(ConfigError, match="pack"):
+        ExecutorSettings(pack=pack)
