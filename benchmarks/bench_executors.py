@@ -1,20 +1,23 @@
-"""Orchestration overhead of a whole sweep, per executor (DESIGN.md section 5).
+"""A whole sweep per runner: telescope's executors, unpacked and packed, against a hand-rolled pool.
 
-Runs the README's sweep (examples/tiny-cpu.toml: 3 levels, 43 real proxy trials of a few
-seconds) through `run_sweep` with the local and the Ray executor, into a fresh database
-each time, and compares its wall time with the reference measured in the same run: the
-sum of the trials' own wall times (from the database) divided by the parallelism, which
-is what a perfect scheduler with no database, Parquet, grids, Tune or level barriers
-would take.
+Runs the README's sweep (examples/tiny-cpu.toml: 3 levels, 43 real proxy trials) through
+`run_sweep` into a fresh database each time, with:
 
-`pool` is what a user would hand-roll instead: the same trials (those of the first
-executor's last sweep), level by level, through one `multiprocessing.Pool` of 2 processes
-over `run_trial`, with no database, metrics or progress; its start-up is the pool's.
+- `local`: the in-process executor, one trial at a time (pack = 1);
+- `ray`: Ray Tune, 2 trials at a time, one CPU each (pack = 1);
+- `ray-packed`: the same, with the trials of a level trained in packs (pack = 8, balanced
+  over the 2 slots: 25 trials -> 4 packs, 9 -> 2);
+- `local-packed`: the in-process executor with packs, torch given every CPU;
+- `pool`: what a user would hand-roll instead: the same trials (those of the first
+  sweep), level by level, through one `multiprocessing.Pool` of 2 processes over
+  `run_trial`, with no database, metrics or progress.
 
-    .venv/bin/python benchmarks/bench_executors.py [--repeats 3] [--steps 120] [--executors local,ray,pool]
+    .venv/bin/python benchmarks/bench_executors.py [--repeats 3] [--steps 120] [--runners ray,ray-packed,pool]
 
-overhead = wall / reference - 1 (goal: under 10% on 2 CPUs). Start-up (once per sweep,
-not per level) is shown apart and left out of `wall`.
+Per runner: wall (first level to the answer; start-up, once per sweep, shown apart), the
+reference `ideal` measured in the same run (the trials' own wall times, a packed trial
+counting its share of its pack, summed and divided by the parallelism: a scheduler with
+no database, Parquet, Tune or level barriers), wall / ideal, and wall / the pool's wall.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from telescope.config import load_config
+from telescope.config import SweepConfig, load_config
 from telescope.proxy.train import run_trial
 from telescope.spec import TrialSpec
 from telescope.storage.database import Database
@@ -40,10 +43,25 @@ from telescope.sweep import run_sweep
 from telescope.trials import make_executor
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "tiny-cpu.toml"
+CPUS = len(os.sched_getaffinity(0))
+RUNNERS = {  # name: (executor kind, pack, cpus per trial)
+    "local": ("local", 1, 1.0),
+    "ray": ("ray", 1, 1.0),
+    "ray-packed": ("ray", 8, 1.0),
+    "local-packed": ("local", 8, float(CPUS)),
+}
 
 
-def one_sweep(config, parallelism: int) -> tuple[float, float, float, int, list[list[TrialSpec]]]:
-    """(executor start-up s, sweep wall s, reference s, trials, specs per level) for one fresh sweep."""
+@dataclasses.dataclass
+class Run:
+    startup: float
+    wall: float
+    ideal: float
+    trials: int
+
+
+def one_sweep(config: SweepConfig, parallelism: int) -> tuple[Run, list[list[TrialSpec]]]:
+    """One fresh sweep, and its trials' specs level by level."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         executor = make_executor(config.executor)
@@ -58,10 +76,11 @@ def one_sweep(config, parallelism: int) -> tuple[float, float, float, int, list[
         finally:
             executor.close()
     levels = [[t.spec for t in trials if t.level == level] for level in sorted({t.level for t in trials})]
-    return startup, wall, sum(t.wall_time or 0.0 for t in trials) / parallelism, len(trials), levels
+    ideal = sum(t.wall_time or 0.0 for t in trials) / parallelism
+    return Run(startup, wall, ideal, len(trials)), levels
 
 
-def one_pool(levels: list[list[TrialSpec]], processes: int = 2) -> tuple[float, float, float, int, list]:
+def one_pool(levels: list[list[TrialSpec]], processes: int = 2) -> Run:
     """The same trials through a hand-rolled multiprocessing.Pool over run_trial, level by level."""
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(processes, initializer=_warm) as pool:
@@ -70,7 +89,7 @@ def one_pool(levels: list[list[TrialSpec]], processes: int = 2) -> tuple[float, 
         start = time.perf_counter()
         results = [result for specs in levels for result in pool.map(run_trial, specs, chunksize=1)]
         wall = time.perf_counter() - start
-    return startup, wall, sum(r.wall_time for r in results) / processes, len(results), levels
+    return Run(startup, wall, sum(r.wall_time for r in results) / processes, len(results))
 
 
 def _warm() -> None:
@@ -83,43 +102,53 @@ def _warm_task(_: int) -> None:
     load_data("stdlib")
 
 
+def runner_config(base: SweepConfig, name: str) -> tuple[SweepConfig, int]:
+    kind, pack, cpus = RUNNERS[name]
+    executor = dataclasses.replace(base.executor, kind=kind, pack=pack, cpus_per_trial=cpus)
+    slots = int(CPUS // cpus)
+    parallelism = 1 if kind == "local" else min(slots, executor.max_concurrent or slots)
+    return dataclasses.replace(base, executor=executor), parallelism
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="sweeps per executor (medians are reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="sweeps per runner (medians are reported)")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps (default: the config's)")
-    parser.add_argument("--executors", default="local,ray")
+    parser.add_argument("--runners", default="ray,ray-packed,pool", help=f"of {', '.join([*RUNNERS, 'pool'])}")
     args = parser.parse_args()
+    names = args.runners.split(",")
+    unknown = [n for n in names if n not in RUNNERS and n != "pool"]
+    if unknown or names == ["pool"]:
+        raise SystemExit(f"--runners: unknown {unknown}" if unknown else "pool needs a telescope runner first")
     base = load_config(CONFIG)
     if args.steps:
         base = dataclasses.replace(base, train=dataclasses.replace(base.train, steps=args.steps))
-    cpus = len(os.sched_getaffinity(0))
-    print(f"{CONFIG.name}: {base.train.steps} steps per trial, {args.repeats} sweeps per executor, {cpus} CPUs")
-    rows = []
-    kinds = args.executors.split(",")
-    if kinds[0] == "pool":
-        raise SystemExit("pool runs the trials of the executor before it: list it after local or ray")
-    last_levels: list[list[TrialSpec]] = []
-    for kind in kinds:
-        config = dataclasses.replace(base, executor=dataclasses.replace(base.executor, kind="local" if kind == "pool" else kind))
-        slots = int(cpus // config.executor.cpus_per_trial)
-        parallelism = 1 if kind == "local" else min(slots, config.executor.max_concurrent or slots)
-        if kind == "pool":
-            parallelism = 2
-            runs = [one_pool(last_levels) for _ in range(args.repeats)]
-        else:
-            runs = [one_sweep(config, parallelism) for _ in range(args.repeats)]
-            last_levels = runs[-1][4]
-        for startup, wall, reference, n, _ in runs:
-            print(f"  {kind}: {n} trials, start-up {startup:.1f}s, wall {wall:.1f}s, reference {reference:.1f}s, "
-                  f"overhead {100 * (wall / reference - 1):+.1f}%", flush=True)
-        startup, wall, reference = (statistics.median(r[i] for r in runs) for i in range(3))
-        rows.append((kind, parallelism, startup, wall, reference, wall / reference))
-    print(f"\n{'executor':>9}{'parallel':>10}{'start-up s':>12}{'wall s':>9}{'reference s':>13}{'ratio':>8}{'overhead':>10}")
-    for kind, parallelism, startup, wall, reference, ratio in rows:
-        print(f"{kind:>9}{parallelism:>10}{startup:>12.1f}{wall:>9.1f}{reference:>13.1f}{ratio:>8.3f}"
-              f"{100 * (ratio - 1):>+9.1f}%")
-    print("\nMedians. wall: run_sweep from the first level to the answer; reference: the trials' own "
-          "wall times / parallelism; ratio = wall / reference.")
+    print(f"{CONFIG.name}: {base.train.steps} steps per trial, {args.repeats} sweeps per runner, {CPUS} CPUs")
+    runs: dict[str, list[Run]] = {}
+    parallel: dict[str, int] = {"pool": 2}
+    levels: list[list[TrialSpec]] = []
+    for name in [n for n in names if n != "pool"] + (["pool"] if "pool" in names else []):
+        runs[name] = []
+        for _ in range(args.repeats):
+            if name == "pool":
+                run = one_pool(levels)
+            else:
+                config, parallel[name] = runner_config(base, name)
+                run, these = one_sweep(config, parallel[name])
+                levels = levels or these
+            runs[name].append(run)
+            print(f"  {name}: {run.trials} trials, start-up {run.startup:.1f}s, wall {run.wall:.1f}s, "
+                  f"ideal {run.ideal:.1f}s, wall/ideal {run.wall / run.ideal:.3f}", flush=True)  # fmt: skip
+    medians = {name: Run(*(statistics.median(getattr(r, f.name) for r in rs) for f in dataclasses.fields(Run)))
+               for name, rs in runs.items()}  # fmt: skip
+    pool = medians.get("pool")
+    print(f"\n{'runner':>13}{'parallel':>10}{'start-up s':>12}{'wall s':>9}{'ideal s':>9}{'wall/ideal':>12}{'wall/pool':>11}")
+    for name in sorted(medians, key=lambda n: n != "pool"):
+        m = medians[name]
+        vs_pool = f"{m.wall / pool.wall:>11.3f}" if pool else f"{'-':>11}"
+        print(f"{name:>13}{parallel[name]:>10}{m.startup:>12.1f}{m.wall:>9.1f}{m.ideal:>9.1f}{m.wall / m.ideal:>12.3f}{vs_pool}")
+    print("\nMedians. wall: from the first level to the answer; ideal: the trials' own wall times / parallelism "
+          "(a packed trial: its share of the pack's).")
 
 
 if __name__ == "__main__":

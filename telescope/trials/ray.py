@@ -1,14 +1,16 @@
-"""The Ray Tune executor: one `Tuner` per level, trials on the local machine or a cluster.
+"""The Ray Tune executor: a pool of Tune trials that live as long as the executor, each a
+worker that takes packs of trials from a Ray queue, on the local machine or a cluster.
 
-Each Tune trial is a pack of trials (telescope.trials.packs; one trial when packing is
-off), a function trainable that wraps the pack function in the shared retry policy. Actors are reused between trials, so a worker process imports
-torch and loads the corpus once (the data loader is cached per process) rather
-than once per trial. Step metrics go back to the driver in batches through
-`tune.report`, keyed by trial; the last report carries the `TrialResult`s. A Tune callback turns
-the reports into `TrialEvents` calls in the driver's process, so the driver
-stays the only writer of the database. Ray-level failures (a worker process
-that dies) are retried by Tune's `FailureConfig`; a trial still failing after
-that is `failed` with Ray's error, and the level goes on.
+Tune places the workers (CPUs, whole or fractional GPUs, any node of a cluster) and
+restarts one whose process dies. A worker imports torch and loads the corpus once, then
+trains pack after pack (telescope.trials.packs; one trial per pack when packing is off),
+level after level, so neither a new Tuner nor a new process is paid per level. A pack
+runs under the shared retry policy; step metrics go back to the driver in batches
+through `tune.report`, keyed by trial, and the last report carries the results. A Tune
+callback forwards the reports from Tune's thread to `run`, which turns them into
+`TrialEvents` calls in the caller's thread, so the driver stays the only writer of the
+database. A pack whose worker died is queued again, up to `max_retries` times, then its
+trials are `failed` with Ray's error, and the level goes on.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import functools
 import importlib
 import logging
 import os
+import queue
 import re
 import socket
 import tempfile
+import threading
 import time
 from typing import Any, Iterator, Sequence
 
@@ -36,8 +40,13 @@ from telescope.trials.threads import limit_threads, threads_for
 
 REPORT_INTERVAL_S = 0.5  # how often a running trial sends its new step rows to the driver
 CONNECT_TIMEOUT_S = 5.0
+_STOP_TIMEOUT_S = 30.0
+_WORKER_RESTARTS = 10_000  # Tune's cap; packs lost with their worker are capped by max_retries
+_IDLE_DEATHS_PER_SLOT = 3  # a worker dying before it takes a pack: a broken worker, not a trial
 
-# Keys of the dicts a trial sends with `tune.report`.
+# Keys of the dicts a worker sends with `tune.report`.
+_PACK = "telescope_pack"
+_STARTED = "telescope_started"
 _ROWS = "telescope_rows"
 _ATTEMPT = "telescope_attempt"
 _RESULT = "telescope_result"
@@ -65,12 +74,15 @@ class RayExecutor:
         self._trial_fn = trial_fn
         self._pack_fn = pack_fn
         self._report_interval_s = report_interval_s
+        self._pool: _WorkerPool | None = None
         self._owns_connection = _connect(settings.ray_address)
         try:
             self._slots = _check_resources(settings)
         except TelescopeError:
             self.close()
             raise
+        # The workers start now, while the driver plans and opens its database.
+        self._pool = _WorkerPool(settings, trial_fn, pack_fn, self._slots, report_interval_s)
 
     def run(self, trials: Sequence[tuple[str, TrialSpec]], events: TrialEvents) -> None:
         if not trials:
@@ -78,58 +90,99 @@ class RayExecutor:
         keys = [key for key, _ in trials]
         if len(set(keys)) != len(keys):
             raise ValueError("trial keys must be unique within one run")
-        settings = self.settings
-        pack_size = settings.pack_size if self._pack_fn is not None else 1
+        pack_size = self.settings.pack_size if self._pack_fn is not None else 1
         packs = plan_packs([pack_key(spec) for _, spec in trials], pack_size, self._slots)
-        members = {f"pack-{n}": [trials[i] for i in pack] for n, pack in enumerate(packs)}
-        trainable = _make_trainable(
-            self._trial_fn,
-            self._pack_fn,
-            members,
-            max_retries=settings.max_retries,
-            threads=threads_for(settings.cpus_per_trial),
-            report_interval_s=self._report_interval_s,
-        )
-        resources = {"cpu": settings.cpus_per_trial}
-        if settings.gpus_per_trial:
-            resources["gpu"] = settings.gpus_per_trial
-        relay = _EventRelay(events, {pack: [key for key, _ in pack_trials] for pack, pack_trials in members.items()})
-        with tempfile.TemporaryDirectory(prefix="telescope-tune-", ignore_cleanup_errors=True) as storage:
-            tuner = tune.Tuner(
-                tune.with_resources(trainable, resources),
-                param_space={"pack": tune.grid_search(list(members))},
-                tune_config=tune.TuneConfig(
-                    reuse_actors=True,
-                    max_concurrent_trials=settings.max_concurrent,
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name="level",
-                    storage_path=storage,
-                    verbose=0,
-                    callbacks=[relay],
-                    failure_config=tune.FailureConfig(max_failures=settings.max_retries),
-                    checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0),
-                ),
-            )
-            # Without result files Tune's end-of-run analysis warns about every trial.
-            with _environment(_QUIET_TUNE_ENV), _logger_level(_ANALYSIS_LOGGER, logging.ERROR):
-                try:
-                    tuner.fit()
-                except Exception:
-                    if relay.driver_error is not None:
-                        raise relay.driver_error from None
-                    raise
-        if relay.driver_error is not None:
-            raise relay.driver_error
-        unfinished = [key for key in keys if key not in relay.finished]
-        if unfinished:
-            raise RuntimeError(f"Ray Tune stopped before these trials finished: {', '.join(unfinished)}")
+        if self._pool is None or not self._pool.alive:
+            self._pool = _WorkerPool(self.settings, self._trial_fn, self._pack_fn, self._slots, self._report_interval_s)
+        self._pool.run([[trials[i] for i in pack] for pack in packs], events)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._owns_connection and ray.is_initialized():
             ray.shutdown()
         self._owns_connection = False
+
+
+class _WorkerPool:
+    """`slots` worker trials in one Tune experiment, run by a background thread; `run`
+    queues packs for them and delivers their events until every trial has finished."""
+
+    def __init__(self, settings: ExecutorSettings, trial_fn: TrialFn, pack_fn: PackFn | None, slots: int,
+                 report_interval_s: float):  # fmt: skip
+        from ray.util.queue import Queue
+
+        self._work = Queue()
+        self._events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
+        self._slots = slots
+        self._max_retries = settings.max_retries
+        self._packs_queued = 0
+        self._storage = tempfile.TemporaryDirectory(prefix="telescope-tune-", ignore_cleanup_errors=True)
+        worker = _make_worker(trial_fn, pack_fn, self._work, settings.max_retries,
+                              threads_for(settings.cpus_per_trial), report_interval_s)  # fmt: skip
+        resources = {"cpu": settings.cpus_per_trial}
+        if settings.gpus_per_trial:
+            resources["gpu"] = settings.gpus_per_trial
+        self._tuner = tune.Tuner(
+            tune.with_resources(worker, resources),
+            param_space={"worker": tune.grid_search(list(range(slots)))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=slots, trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                name="sweep",
+                storage_path=self._storage.name,
+                verbose=0,
+                callbacks=[_EventForwarder(self._events)],
+                # A worker that dies is started again; `run` retries the pack it held.
+                failure_config=tune.FailureConfig(max_failures=_WORKER_RESTARTS),
+                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0),
+            ),
+        )
+        self._error: BaseException | None = None
+        self._interrupted = False
+        self._thread = threading.Thread(target=self._fit, name="telescope-tune", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _fit(self) -> None:
+        # Without result files Tune's end-of-run analysis warns about every trial.
+        with _environment(_QUIET_TUNE_ENV), _logger_level(_ANALYSIS_LOGGER, logging.ERROR):
+            try:
+                self._tuner.fit()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                self._error = exc
+            finally:
+                self._events.put(("stopped", "", None))
+
+    def run(self, packs: Sequence[Sequence[tuple[str, TrialSpec]]], events: TrialEvents) -> None:
+        named = {}
+        for pack in packs:
+            self._packs_queued += 1
+            named[f"pack-{self._packs_queued}"] = list(pack)
+        batch = _Batch(events, named, self._max_retries, self._slots)
+        for job in named.items():
+            self._work.put(job)
+        self._interrupted = True  # until every trial of the batch has finished
+        while batch.unfinished:
+            kind, worker, payload = self._events.get()
+            if kind == "stopped":
+                if self._error is not None:
+                    raise self._error
+                raise RuntimeError(f"Ray Tune stopped before these trials finished: {', '.join(sorted(batch.unfinished))}")
+            retry = batch.on(kind, worker, payload)  # a failing driver (disk full...) raises here, in its own thread
+            if retry is not None:
+                self._work.put((retry, named[retry]))
+        self._interrupted = False
+
+    def close(self) -> None:
+        for _ in range(self._slots):
+            self._work.put(None)  # a worker stops when it takes this
+        # After an error or Ctrl-C, packs still running end with ray.shutdown rather than run on.
+        self._thread.join(timeout=1.0 if self._interrupted else _STOP_TIMEOUT_S)
+        self._storage.cleanup()
 
 
 # --- connecting ---------------------------------------------------------------
@@ -259,37 +312,40 @@ def _machine_cpus() -> int:
 
 # --- the worker side ----------------------------------------------------------
 
-def _make_trainable(
+def _make_worker(
     trial_fn: TrialFn,
     pack_fn: PackFn | None,
-    members: dict[str, list[tuple[str, TrialSpec]]],
+    work: Any,
     max_retries: int,
     threads: int,
     report_interval_s: float,
 ):
-    def telescope_trial(config: dict[str, Any]) -> None:
+    def telescope_worker(config: dict[str, Any]) -> None:
         limit_threads(threads)
-        trials = members[config["pack"]]
-        stream = _ReportStream(report_interval_s)
-        results = run_pack_with_retries(
-            trial_fn,
-            pack_fn,
-            [spec for _, spec in trials],
-            [functools.partial(stream.add, key) for key, _ in trials],
-            max_retries,
-            lambda index, attempt: stream.restart(trials[index][0], attempt),
-        )
-        stream.close({key: result for (key, _), result in zip(trials, results)})
+        while (job := work.get()) is not None:
+            pack, trials = job
+            tune.report({_PACK: pack, _STARTED: True})  # the driver learns which pack this worker holds
+            stream = _ReportStream(report_interval_s, pack)
+            results = run_pack_with_retries(
+                trial_fn,
+                pack_fn,
+                [spec for _, spec in trials],
+                [functools.partial(stream.add, key) for key, _ in trials],
+                max_retries,
+                lambda index, attempt: stream.restart(trials[index][0], attempt),
+            )
+            stream.close({key: result for (key, _), result in zip(trials, results)})
 
-    return telescope_trial
+    return telescope_worker
 
 
 class _ReportStream:
     """Batches the step rows of a pack's trials into `tune.report` calls (each one is a
     round trip to the driver that pauses the training thread)."""
 
-    def __init__(self, interval_s: float):
+    def __init__(self, interval_s: float, pack: str):
         self._interval_s = interval_s
+        self._pack = pack
         self._rows: dict[str, list[dict[str, Any]]] = {}
         self._attempts: dict[str, int] = {}
         self._last = time.monotonic()
@@ -307,7 +363,7 @@ class _ReportStream:
         self._send({_RESULT: {key: result.to_dict() for key, result in results.items()}})
 
     def _send(self, extra: dict[str, Any]) -> None:
-        tune.report({_ROWS: self._rows, _ATTEMPT: dict(self._attempts), **extra})
+        tune.report({_PACK: self._pack, _ROWS: self._rows, _ATTEMPT: dict(self._attempts), **extra})
         self._rows = {}
         self._last = time.monotonic()
 
@@ -315,61 +371,88 @@ class _ReportStream:
 # --- the driver side ----------------------------------------------------------
 
 
-class _EventRelay(tune.Callback):
-    """Turns Tune's trial callbacks (run in the driver's process) into TrialEvents, one
-    per trial of each pack."""
+class _EventForwarder(tune.Callback):
+    """Puts the workers' reports and failures (Tune calls back in its own thread) on a
+    queue for `run`'s thread."""
 
-    def __init__(self, events: TrialEvents, members: dict[str, list[str]]):
+    def __init__(self, events: queue.Queue):
         self._events = events
-        self._members = members
-        self._attempt: dict[str, int] = {}
-        self.finished: set[str] = set()
-        self.driver_error: BaseException | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its run config, callbacks included, into its experiment
-        # folder; the events (a database session...) only live in the driver.
+        # Tune pickles its run config, callbacks included, into its experiment folder;
+        # the queue only lives in the driver.
         return {}
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        for key in self._members[trial.config["pack"]]:
-            self._attempt[key] = 0
-            self._deliver(self._events.started, key)
-
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if _ATTEMPT not in result:
-            return
-        for key in self._members[trial.config["pack"]]:
-            if key in self.finished:
-                continue
-            attempt = result[_ATTEMPT].get(key, 0)
-            if attempt != self._attempt.get(key):
-                self._attempt[key] = attempt
-                self._deliver(self._events.started, key)
-            rows = result[_ROWS].get(key)
-            if rows:
-                self._deliver(self._events.metrics, key, [StepMetrics(**row) for row in rows])
-            if key in result.get(_RESULT, {}):
-                self.finished.add(key)
-                self._deliver(self._events.finished, key, TrialResult.from_dict(result[_RESULT][key]))
+        if _PACK in result:
+            self._events.put(("result", trial.trial_id, result))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._events.put(("lost", trial.trial_id, _ray_error_line(trial)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        attempts = trial.num_failures
-        error = f"failed after {attempts} attempt{'s' if attempts > 1 else ''}: {_ray_error_line(trial)}"
-        for key in self._members[trial.config["pack"]]:
-            if key not in self.finished:
-                self.finished.add(key)
-                self._deliver(self._events.finished, key, TrialResult(status=Status.FAILED, error=error))
+        self._events.put(("lost", trial.trial_id, _ray_error_line(trial)))
 
-    def _deliver(self, method: Any, *args: Any) -> None:
-        if self.driver_error is not None:
-            return
-        try:
-            method(*args)
-        except Exception as exc:
-            # Kept and raised from `run` once Tune has stopped: a failing driver is not a failing trial.
-            self.driver_error = exc
-            raise
+
+class _Batch:
+    """The packs of one `run`: turns forwarded worker reports into TrialEvents and says
+    which pack to queue again when its worker died."""
+
+    def __init__(self, events: TrialEvents, packs: dict[str, list[tuple[str, TrialSpec]]], max_retries: int,
+                 slots: int):  # fmt: skip
+        self._events = events
+        self._keys = {pack: [key for key, _ in trials] for pack, trials in packs.items()}
+        self._max_retries = max_retries
+        self._held: dict[str, str] = {}  # worker -> the pack it runs
+        self._losses: dict[str, int] = {}  # pack -> how often its worker died
+        self._idle_deaths_left = _IDLE_DEATHS_PER_SLOT * slots
+        self._attempt: dict[str, int] = {}
+        self.unfinished = {key for keys in self._keys.values() for key in keys}
+
+    def on(self, kind: str, worker: str, payload: Any) -> str | None:
+        if kind == "lost":
+            return self._lost(worker, payload)
+        pack = payload[_PACK]
+        if pack not in self._keys:
+            return None  # a pack of an earlier batch
+        keys = [key for key in self._keys[pack] if key in self.unfinished]
+        if _STARTED in payload:
+            self._held[worker] = pack
+            for key in keys:
+                self._attempt[key] = 0
+                self._events.started(key)
+            return None
+        for key in keys:
+            attempt = payload[_ATTEMPT].get(key, 0)
+            if attempt != self._attempt.get(key):
+                self._attempt[key] = attempt
+                self._events.started(key)
+            rows = payload[_ROWS].get(key)
+            if rows:
+                self._events.metrics(key, [StepMetrics(**row) for row in rows])
+            if key in payload.get(_RESULT, {}):
+                self.unfinished.discard(key)
+                self._events.finished(key, TrialResult.from_dict(payload[_RESULT][key]))
+        if _RESULT in payload:
+            self._held.pop(worker, None)
+        return None
+
+    def _lost(self, worker: str, error: str) -> str | None:
+        pack = self._held.pop(worker, None)
+        if pack is None or pack not in self._keys:
+            self._idle_deaths_left -= 1
+            if self._idle_deaths_left < 0:
+                raise RuntimeError(f"Ray workers keep dying before they take a trial: {error}")
+            return None
+        self._losses[pack] = attempts = self._losses.get(pack, 0) + 1
+        if attempts <= self._max_retries:
+            return pack
+        message = f"failed after {attempts} attempt{'s' if attempts > 1 else ''}: {error}"
+        for key in self._keys[pack]:
+            if key in self.unfinished:
+                self.unfinished.discard(key)
+                self._events.finished(key, TrialResult(status=Status.FAILED, error=message))
+        return None
 
 
 def _ray_error_line(trial: Any) -> str:
