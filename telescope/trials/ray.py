@@ -81,8 +81,6 @@ class RayExecutor:
         except TelescopeError:
             self.close()
             raise
-        # The workers start now, while the driver plans and opens its database.
-        self._pool = _WorkerPool(settings, trial_fn, pack_fn, self._slots, report_interval_s)
 
     def run(self, trials: Sequence[tuple[str, TrialSpec]], events: TrialEvents) -> None:
         if not trials:
