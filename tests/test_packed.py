@@ -103,3 +103,38 @@ def test_packs_are_balanced_over_the_slots_and_never_mix_shapes():
 def test_pack_size_out_of_range_is_a_config_error(pack):
     with pytest.raises(ConfigError, match="pack"):
         ExecutorSettings(pack=pack)
+
+
+def test_a_pack_that_raises_runs_its_trials_one_by_one_through_the_executor():
+    """Out of memory as a pack, say: each trial then runs alone, its abandoned rows dropped."""
+    from telescope.spec import StepMetrics, TrialResult
+    from telescope.trials import make_executor
+
+    def trial_fn(s, on_metrics):
+        on_metrics(StepMetrics(step=1, tokens=1, train_loss=1.0, lr=s.lr, grad_norm=1.0, elapsed=0.0))
+        return TrialResult(status=Status.COMPLETED, val_loss=s.lr)
+
+    def pack_fn(specs, callbacks):
+        for s, callback in zip(specs, callbacks):
+            callback(StepMetrics(step=1, tokens=1, train_loss=9.0, lr=s.lr, grad_norm=1.0, elapsed=0.0))
+        raise RuntimeError("out of memory")
+
+    calls = []
+
+    class Events:
+        def started(self, key):
+            calls.append(("started", key))
+
+        def metrics(self, key, rows):
+            calls.append(("metrics", key, rows[0].train_loss))
+
+        def finished(self, key, result):
+            calls.append(("finished", key, result.val_loss))
+
+    executor = make_executor(ExecutorSettings(kind="local", pack=4), trial_fn, pack_fn)
+    executor.run([(f"t{i}", spec(lr=0.01 * (i + 1))) for i in range(3)], Events())
+    for i in range(3):
+        mine = [c[0] if c[0] == "started" else c for c in calls if c[1] == f"t{i}"]
+        # started (pack), the pack's row, started again (alone), its own row, its own result
+        assert mine == ["started", ("metrics", f"t{i}", 9.0), "started", ("metrics", f"t{i}", 1.0),
+                        ("finished", f"t{i}", pytest.approx(0.01 * (i + 1)))]  # fmt: skip

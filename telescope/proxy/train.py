@@ -136,7 +136,26 @@ def loss_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def validation_losses(learner: "_Single | PackedProxies", batches, device: torch.device) -> list[float]:
+def validation_loss(model: nn.Module, batches, device: torch.device) -> float:
+    """A model's mean loss over the held-out `batches`, in eval mode."""
+    return validation_losses(_Evaluated(model), batches, device)[0]
+
+
+class _Evaluated:
+    """A model seen as a pack of one, for validation_losses."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.k = model, 1
+
+    def losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        return loss_fn(self.model, inputs, targets).unsqueeze(0)
+
+    def train(self, mode: bool) -> None:
+        self.model.train(mode)
+
+
+@torch.no_grad()
+def validation_losses(learner: "_Evaluated | PackedProxies", batches, device: torch.device) -> list[float]:
     """Each trial's mean loss over the held-out `batches`, in eval mode."""
     learner.train(False)
     total = torch.zeros(learner.k, device=device)
@@ -180,16 +199,13 @@ def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tu
     return model, optimizers
 
 
-class _Single:
+class _Single(_Evaluated):
     """One model and its optimizers behind the interface of PackedProxies (k = 1)."""
 
     def __init__(self, spec: TrialSpec, table: Table, device: torch.device):
-        self.model, self.optimizers = build_trial_model(spec, table, device)
-        self._params = [p for p in self.model.parameters() if p.requires_grad]
-        self.k = 1
-
-    def losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        return loss_fn(self.model, inputs, targets).unsqueeze(0)
+        model, self.optimizers = build_trial_model(spec, table, device)
+        super().__init__(model)
+        self._params = [p for p in model.parameters() if p.requires_grad]
 
     def grad_norms(self) -> Tensor:
         return torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None]).unsqueeze(0)
@@ -202,9 +218,6 @@ class _Single:
 
     def zero_grad(self) -> None:
         self.optimizers.zero_grad()
-
-    def train(self, mode: bool) -> None:
-        self.model.train(mode)
 
 
 def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> TrialResult:
