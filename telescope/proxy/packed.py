@@ -135,10 +135,6 @@ class PackedProxies:
             state[name] = torch.zeros_like(p)
         return state[name]
 
-    def parameters_of(self, index: int) -> dict[str, Tensor]:
-        """Trial `index`'s parameters, by the proxy's parameter names."""
-        return {name: p[index] for name, p in self.params.items()}
-
 
 def _packed_group(params: dict[str, Tensor], groups: Sequence[dict], device: torch.device) -> dict:
     """One group of the k trials' matching groups (same role and names): the stacked
