@@ -111,7 +111,8 @@ class PackedProxies:
             updates = zeropower_via_newtonschulz5(directions.flatten(0, 1), NS_COEFFICIENTS, NS_STEPS)
             scale = (lr * adjusted_lr(1.0, shape, LR_ADJUST)).view(-1, 1, 1)
             for p, update in zip(params, updates.view_as(directions).unbind(0)):
-                p.mul_(decay.view(-1, 1, 1))
+                if group["decays"]:
+                    p.mul_(decay.view(-1, 1, 1))
                 p.sub_(update * scale)
 
     def _adamw_step(self, group: dict) -> None:
@@ -123,7 +124,8 @@ class PackedProxies:
         for p in group["params"]:
             per_trial = (-1,) + (1,) * (p.ndim - 1)
             exp_avg, exp_avg_sq = self._buffer(p, "exp_avg"), self._buffer(p, "exp_avg_sq")
-            p.mul_(decay.view(per_trial))
+            if group["decays"]:
+                p.mul_(decay.view(per_trial))
             exp_avg.lerp_(p.grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAMW_EPS)
@@ -143,5 +145,6 @@ def _packed_group(params: dict[str, Tensor], groups: Sequence[dict], device: tor
         "params": [params[name] for name in groups[0]["names"]],
         "peak_lr": torch.tensor([g["peak_lr"] for g in groups], dtype=torch.float32, device=device),
         "weight_decay": torch.tensor([g["weight_decay"] for g in groups], dtype=torch.float32, device=device),
+        "decays": any(g["weight_decay"] for g in groups),  # else the multiply by 1 is skipped
     }
 
