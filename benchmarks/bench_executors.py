@@ -14,7 +14,8 @@ Runs the README's sweep (examples/tiny-cpu.toml: 3 levels, 43 real proxy trials)
 
     .venv/bin/python benchmarks/bench_executors.py [--repeats 3] [--steps 120] [--runners ray,ray-packed,pool]
 
-Per runner: wall (first level to the answer; start-up, once per sweep, shown apart), the
+Per runner: wall (the first trial's start to the answer; start-up, once per sweep, shown
+apart: connecting, starting and warming the workers, preparing the sweep), the
 reference `ideal` measured in the same run (the trials' own wall times, a packed trial
 counting its share of its pack, summed and divided by the parallelism: a scheduler with
 no database, Parquet, Tune or level barriers), wall / ideal, and wall / the pool's wall.
@@ -68,16 +69,19 @@ def one_sweep(config: SweepConfig, parallelism: int) -> tuple[Run, list[list[Tri
         startup = time.perf_counter() - start
         try:
             with Database(f"sqlite:///{tmp}/bench.db") as db:
-                start = time.perf_counter()
+                start = time.time()
                 run_sweep(config, db, MetricsStore(f"{tmp}/store"), "bench", executor=executor,
                           console=Console(file=open(os.devnull, "w")))  # fmt: skip
-                wall = time.perf_counter() - start
+                end = time.time()
                 trials = db.trials("bench")
         finally:
             executor.close()
+    # The clock starts with the first trial, as the pool's does: Ray's workers start up (spawn,
+    # import torch) while the sweep prepares, like the pool's processes before its clock.
+    first = min(t.started_at for t in trials).timestamp()
     levels = [[t.spec for t in trials if t.level == level] for level in sorted({t.level for t in trials})]
     ideal = sum(t.wall_time or 0.0 for t in trials) / parallelism
-    return Run(startup, wall, ideal, len(trials)), levels
+    return Run(startup + first - start, end - first, ideal, len(trials)), levels
 
 
 def one_pool(levels: list[list[TrialSpec]], processes: int = 2) -> Run:
@@ -147,7 +151,7 @@ def main() -> None:
         m = medians[name]
         vs_pool = f"{m.wall / pool.wall:>11.3f}" if pool else f"{'-':>11}"
         print(f"{name:>13}{parallel[name]:>10}{m.startup:>12.1f}{m.wall:>9.1f}{m.ideal:>9.1f}{m.wall / m.ideal:>12.3f}{vs_pool}")
-    print("\nMedians. wall: from the first level to the answer; ideal: the trials' own wall times / parallelism "
+    print("\nMedians. wall: from the first trial's start to the answer; ideal: the trials' own wall times / parallelism "
           "(a packed trial: its share of the pack's).")
 
 

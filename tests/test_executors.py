@@ -75,12 +75,12 @@ def in_process_ray():
     """One Ray for the file, started the way `telescope sweep` starts it."""
     pytest.importorskip("ray")
     import ray.cloudpickle
-    from telescope.trials.ray import RayExecutor
+    from telescope.trials.ray import _connect
 
     ray.cloudpickle.register_pickle_by_value(fake_trials)  # workers cannot import tests/
-    owner = RayExecutor(ExecutorSettings(kind="ray"), trial_fn=FakeTrial("/nonexistent"))
+    _connect(None)  # no executor of its own: its idle workers would hold the CPUs the tests need
     yield
-    owner.close()
+    ray.shutdown()
 
 
 def build(kind: str, request: pytest.FixtureRequest, trial_fn, **settings):

@@ -81,6 +81,7 @@ class RayExecutor:
         except TelescopeError:
             self.close()
             raise
+        self._start_pool()  # the workers start up while the caller prepares the first level
 
     def run(self, trials: Sequence[tuple[str, TrialSpec]], events: TrialEvents) -> None:
         if not trials:
@@ -91,8 +92,11 @@ class RayExecutor:
         pack_size = self.settings.pack_size if self._pack_fn is not None else 1
         packs = plan_packs([pack_key(spec) for _, spec in trials], pack_size, self._slots)
         if self._pool is None or not self._pool.alive:
-            self._pool = _WorkerPool(self.settings, self._trial_fn, self._pack_fn, self._slots, self._report_interval_s)
+            self._start_pool()
         self._pool.run([[trials[i] for i in pack] for pack in packs], events)
+
+    def _start_pool(self) -> None:
+        self._pool = _WorkerPool(self.settings, self._trial_fn, self._pack_fn, self._slots, self._report_interval_s)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -137,7 +141,7 @@ class _WorkerPool:
             ),
         )
         self._error: BaseException | None = None
-        self._interrupted = False
+        self._ran = self._interrupted = False
         self._thread = threading.Thread(target=self._fit, name="telescope-tune", daemon=True)
         self._thread.start()
 
@@ -163,6 +167,7 @@ class _WorkerPool:
         batch = _Batch(events, named, self._max_retries, self._slots)
         for job in named.items():
             self._work.put(job)
+        self._ran = True
         self._interrupted = True  # until every trial of the batch has finished
         while batch.unfinished:
             kind, worker, payload = self._events.get()
@@ -178,8 +183,10 @@ class _WorkerPool:
     def close(self) -> None:
         for _ in range(self._slots):
             self._work.put(None)  # a worker stops when it takes this
-        # After an error or Ctrl-C, packs still running end with ray.shutdown rather than run on.
-        self._thread.join(timeout=1.0 if self._interrupted else _STOP_TIMEOUT_S)
+        # After an error or Ctrl-C, packs still running end with ray.shutdown rather than run on;
+        # workers that never got a pack are not waited for either.
+        finished = self._ran and not self._interrupted
+        self._thread.join(timeout=_STOP_TIMEOUT_S if finished else 1.0)
         self._storage.cleanup()
 
 
