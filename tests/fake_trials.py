@@ -87,3 +87,13 @@ def _ray_gcs_address() -> str | None:
     if ray is None or not ray.is_initialized():
         return None
     return ray.get_runtime_context().gcs_address
+
+
+@dataclass(frozen=True)
+class FakePack:
+    """The pack function of FakeTrial: its trials one after another in one process."""
+
+    trial: FakeTrial
+
+    def __call__(self, specs: list[TrialSpec], callbacks: list[MetricsCallback]) -> list[TrialResult]:
+        return [self.trial(spec, on_metrics) for spec, on_metrics in zip(specs, callbacks)]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import fake_trials
-from fake_trials import FakeTrial, expected_val_loss
+from fake_trials import FakePack, FakeTrial, expected_val_loss
 from telescope.errors import TelescopeError
 from telescope.spec import Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
 from telescope.trials import ExecutorSettings, make_executor
@@ -213,6 +213,26 @@ def test_ray_worker_that_dies_is_retried_then_failed_and_the_level_goes_on(reque
     assert results["dies"].error.startswith("failed after 2 attempts:")
     assert "died" in results["dies"].error  # what Ray said happened to the worker
     assert trial.attempts(1) == 2
+
+
+def test_ray_pack_whose_worker_dies_is_split_so_only_the_trial_that_kills_it_fails(request, tmp_path):
+    request.getfixturevalue("in_process_ray")
+    from telescope.trials.ray import RayExecutor
+
+    trial = FakeTrial(str(tmp_path), crash=frozenset({1}))
+    settings = ExecutorSettings(kind="ray", max_concurrent=1, pack=2, max_retries=1)  # one pack of both
+    executor = RayExecutor(settings, trial, pack_fn=FakePack(trial), report_interval_s=0.05)
+    events = Recorder()
+    try:
+        executor.run([("fine", spec(0)), ("dies", spec(1))], events)
+    finally:
+        executor.close()
+    results = events.results()
+    assert results["fine"].status is Status.COMPLETED  # alone on its retry
+    assert results["dies"].status is Status.FAILED
+    assert results["dies"].error.startswith("failed after 2 attempts:")
+    assert (trial.attempts(0), trial.attempts(1)) == (2, 2)
+    assert events.steps_of_last_attempt("fine") == list(range(1, spec(0).train.steps + 1))
 
 
 def test_ray_refuses_resources_the_cluster_does_not_have(request):

@@ -50,10 +50,11 @@ def test_a_pack_records_what_each_trial_records_alone(seeds):
     order): every step's loss, grad norm and LR, and the validation loss, match the trial
     run unpacked."""
     specs = [spec(0.02, 0.1, seeds[0]), spec(0.06, 0.4, seeds[1]), spec(0.01, 0.0, seeds[2], muon_lr_ratio=2.0)]
-    alone = recorded(specs, packed=False)
-    for packed, ref in zip(recorded(specs, packed=True), alone):
-        assert_same_trial(packed, ref)
+    alone, packed = recorded(specs, packed=False), recorded(specs, packed=True)
+    for trial, ref in zip(packed, alone):
+        assert_same_trial(trial, ref)
     assert len({round(r.val_loss, 4) for r, _ in alone}) == 3  # three different trials
+    assert [r.device for r, _ in packed] == ["cpu, pack of 3"] * 3 and alone[0][0].device == "cpu"
 
 
 def test_tied_embeddings_and_grouped_kv_heads_pack_too():

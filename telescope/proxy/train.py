@@ -233,7 +233,7 @@ def run_trials(
     an ordinary trial) and return their results in order. Each trial streams its own
     metrics to `on_metrics[i]` and stops recording when it diverges; the pack runs until
     every trial has finished or diverged. A packed trial's wall_time is its share of the
-    pack's (pack wall time / k)."""
+    pack's (pack wall time / k), and its device says so ("cpu, pack of 8")."""
     started = time.perf_counter()
     callbacks = list(on_metrics) if on_metrics is not None else [None] * len(specs)
     for spec in specs:
@@ -302,6 +302,7 @@ def run_trials(
                     status[i] = Status.DIVERGED
     wall_time = (time.perf_counter() - started) / k
     model = learner.model if isinstance(learner, _Single) else None
+    where = describe_device(device) + (f", pack of {k}" if k > 1 else "")
     results = []
     for i, trial in enumerate(specs):
         tail = losses[i][-SMOOTHING_STEPS:]
@@ -314,7 +315,7 @@ def run_trials(
             flops=train_flops(trial, tokens, model),
             wall_time=wall_time,
             steps=len(losses[i]),
-            device=describe_device(device),
+            device=where,
             fingerprint=fingerprint(table, trial.muon_lr_ratio),
         ))  # fmt: skip
     return results

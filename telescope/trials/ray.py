@@ -9,8 +9,9 @@ runs under the shared retry policy; step metrics go back to the driver in batche
 through `tune.report`, keyed by trial, and the last report carries the results. A Tune
 callback forwards the reports from Tune's thread to `run`, which turns them into
 `TrialEvents` calls in the caller's thread, so the driver stays the only writer of the
-database. A pack whose worker died is queued again, up to `max_retries` times, then its
-trials are `failed` with Ray's error, and the level goes on.
+database. When a worker dies, the trials of the pack it held are queued again (each alone
+if the pack held several), up to `max_retries` times each, then `failed` with Ray's error,
+and the level goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import itertools
 import logging
 import os
 import queue
@@ -119,7 +121,7 @@ class _WorkerPool:
         self._events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
         self._slots = slots
         self._max_retries = settings.max_retries
-        self._packs_queued = 0
+        self._pack_names = (f"pack-{n}" for n in itertools.count(1))  # unique across batches
         self._storage = tempfile.TemporaryDirectory(prefix="telescope-tune-", ignore_cleanup_errors=True)
         worker = _make_worker(trial_fn, pack_fn, self._work, settings.max_retries,
                               threads_for(settings.cpus_per_trial), report_interval_s)  # fmt: skip
@@ -160,13 +162,9 @@ class _WorkerPool:
                 self._events.put(("stopped", "", None))
 
     def run(self, packs: Sequence[Sequence[tuple[str, TrialSpec]]], events: TrialEvents) -> None:
-        named = {}
+        batch = _Batch(events, self._pack_names, self._max_retries, self._slots)
         for pack in packs:
-            self._packs_queued += 1
-            named[f"pack-{self._packs_queued}"] = list(pack)
-        batch = _Batch(events, named, self._max_retries, self._slots)
-        for job in named.items():
-            self._work.put(job)
+            self._work.put(batch.add(pack))
         self._ran = True
         self._interrupted = True  # until every trial of the batch has finished
         while batch.unfinished:
@@ -175,9 +173,9 @@ class _WorkerPool:
                 if self._error is not None:
                     raise self._error
                 raise RuntimeError(f"Ray Tune stopped before these trials finished: {', '.join(sorted(batch.unfinished))}")
-            retry = batch.on(kind, worker, payload)  # a failing driver (disk full...) raises here, in its own thread
-            if retry is not None:
-                self._work.put((retry, named[retry]))
+            # A failing driver (disk full...) raises here, in its own thread.
+            for job in batch.on(kind, worker, payload):
+                self._work.put(job)
         self._interrupted = False
 
     def close(self) -> None:
@@ -399,34 +397,45 @@ class _EventForwarder(tune.Callback):
         self._events.put(("lost", trial.trial_id, _ray_error_line(trial)))
 
 
+_Job = tuple[str, list[tuple[str, TrialSpec]]]  # a pack's name and its (key, spec) trials, as queued
+
+
 class _Batch:
     """The packs of one `run`: turns forwarded worker reports into TrialEvents and says
-    which pack to queue again when its worker died."""
+    which packs to queue again when a worker died."""
 
-    def __init__(self, events: TrialEvents, packs: dict[str, list[tuple[str, TrialSpec]]], max_retries: int,
-                 slots: int):  # fmt: skip
+    def __init__(self, events: TrialEvents, names: Iterator[str], max_retries: int, slots: int):
         self._events = events
-        self._keys = {pack: [key for key, _ in trials] for pack, trials in packs.items()}
+        self._names = names
+        self._packs: dict[str, list[tuple[str, TrialSpec]]] = {}
         self._max_retries = max_retries
         self._held: dict[str, str] = {}  # worker -> the pack it runs
-        self._losses: dict[str, int] = {}  # pack -> how often its worker died
+        self._losses: dict[str, int] = {}  # trial -> how often its worker died under it
         self._idle_deaths_left = _IDLE_DEATHS_PER_SLOT * slots
         self._attempt: dict[str, int] = {}
-        self.unfinished = {key for keys in self._keys.values() for key in keys}
+        self.unfinished: set[str] = set()
 
-    def on(self, kind: str, worker: str, payload: Any) -> str | None:
+    def add(self, trials: Sequence[tuple[str, TrialSpec]]) -> _Job:
+        """Name a pack of this batch; the job to queue for it."""
+        name = next(self._names)
+        self._packs[name] = list(trials)
+        self.unfinished.update(key for key, _ in trials)
+        return name, self._packs[name]
+
+    def on(self, kind: str, worker: str, payload: Any) -> list[_Job]:
+        """Handle one forwarded event; the jobs to queue again."""
         if kind == "lost":
             return self._lost(worker, payload)
         pack = payload[_PACK]
-        if pack not in self._keys:
-            return None  # a pack of an earlier batch
-        keys = [key for key in self._keys[pack] if key in self.unfinished]
+        if pack not in self._packs:
+            return []  # a pack of an earlier batch
+        keys = [key for key, _ in self._packs[pack] if key in self.unfinished]
         if _STARTED in payload:
             self._held[worker] = pack
             for key in keys:
                 self._attempt[key] = 0
                 self._events.started(key)
-            return None
+            return []
         for key in keys:
             attempt = payload[_ATTEMPT].get(key, 0)
             if attempt != self._attempt.get(key):
@@ -440,24 +449,31 @@ class _Batch:
                 self._events.finished(key, TrialResult.from_dict(payload[_RESULT][key]))
         if _RESULT in payload:
             self._held.pop(worker, None)
-        return None
+        return []
 
-    def _lost(self, worker: str, error: str) -> str | None:
+    def _lost(self, worker: str, error: str) -> list[_Job]:
+        """The worker's process died: its pack's trials are queued again, each alone when
+        the pack held several (the one that kills its process then does so on its own),
+        until one has lost `max_retries` + 1 workers; then it fails with Ray's error."""
         pack = self._held.pop(worker, None)
-        if pack is None or pack not in self._keys:
+        if pack is None or pack not in self._packs:
             self._idle_deaths_left -= 1
             if self._idle_deaths_left < 0:
                 raise RuntimeError(f"Ray workers keep dying before they take a trial: {error}")
-            return None
-        self._losses[pack] = attempts = self._losses.get(pack, 0) + 1
-        if attempts <= self._max_retries:
-            return pack
-        message = f"failed after {attempts} attempt{'s' if attempts > 1 else ''}: {error}"
-        for key in self._keys[pack]:
-            if key in self.unfinished:
-                self.unfinished.discard(key)
-                self._events.finished(key, TrialResult(status=Status.FAILED, error=message))
-        return None
+            return []
+        trials = [(key, spec) for key, spec in self._packs[pack] if key in self.unfinished]
+        again = []
+        for key, spec in trials:
+            self._losses[key] = attempts = self._losses.get(key, 0) + 1
+            if attempts <= self._max_retries:
+                again.append((key, spec))
+                continue
+            self.unfinished.discard(key)
+            message = f"failed after {attempts} attempt{'s' if attempts > 1 else ''}: {error}"
+            self._events.finished(key, TrialResult(status=Status.FAILED, error=message))
+        if len(self._packs[pack]) == 1:
+            return [(pack, again)] if again else []  # the same pack, under its name
+        return [self.add([trial]) for trial in again]
 
 
 def _ray_error_line(trial: Any) -> str:
