@@ -116,7 +116,7 @@ def runner_config(base: SweepConfig, name: str) -> tuple[SweepConfig, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="sweeps per runner (medians are reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of every runner (medians are reported)")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps (default: the config's)")
     parser.add_argument("--runners", default="ray,ray-packed,pool", help=f"of {', '.join([*RUNNERS, 'pool'])}")
     args = parser.parse_args()
@@ -127,13 +127,13 @@ def main() -> None:
     base = load_config(CONFIG)
     if args.steps:
         base = dataclasses.replace(base, train=dataclasses.replace(base.train, steps=args.steps))
-    print(f"{CONFIG.name}: {base.train.steps} steps per trial, {args.repeats} sweeps per runner, {CPUS} CPUs")
-    runs: dict[str, list[Run]] = {}
+    print(f"{CONFIG.name}: {base.train.steps} steps per trial, {args.repeats} rounds of every runner, {CPUS} CPUs")
+    order = [n for n in names if n != "pool"] + (["pool"] if "pool" in names else [])
+    runs: dict[str, list[Run]] = {name: [] for name in order}
     parallel: dict[str, int] = {"pool": 2}
     levels: list[list[TrialSpec]] = []
-    for name in [n for n in names if n != "pool"] + (["pool"] if "pool" in names else []):
-        runs[name] = []
-        for _ in range(args.repeats):
+    for _ in range(args.repeats):  # rounds, so that a machine that slows down for a while hits every runner
+        for name in order:
             if name == "pool":
                 run = one_pool(levels)
             else:
@@ -143,16 +143,17 @@ def main() -> None:
             runs[name].append(run)
             print(f"  {name}: {run.trials} trials, start-up {run.startup:.1f}s, wall {run.wall:.1f}s, "
                   f"ideal {run.ideal:.1f}s, wall/ideal {run.wall / run.ideal:.3f}", flush=True)  # fmt: skip
-    medians = {name: Run(*(statistics.median(getattr(r, f.name) for r in rs) for f in dataclasses.fields(Run)))
-               for name, rs in runs.items()}  # fmt: skip
-    pool = medians.get("pool")
     print(f"\n{'runner':>13}{'parallel':>10}{'start-up s':>12}{'wall s':>9}{'ideal s':>9}{'wall/ideal':>12}{'wall/pool':>11}")
-    for name in sorted(medians, key=lambda n: n != "pool"):
-        m = medians[name]
-        vs_pool = f"{m.wall / pool.wall:>11.3f}" if pool else f"{'-':>11}"
-        print(f"{name:>13}{parallel[name]:>10}{m.startup:>12.1f}{m.wall:>9.1f}{m.ideal:>9.1f}{m.wall / m.ideal:>12.3f}{vs_pool}")
-    print("\nMedians. wall: from the first trial's start to the answer; ideal: the trials' own wall times / parallelism "
-          "(a packed trial: its share of the pack's).")
+    for name in sorted(order, key=lambda n: n != "pool"):
+        rs = runs[name]
+        median = {f.name: statistics.median(getattr(r, f.name) for r in rs) for f in dataclasses.fields(Run)}
+        over_ideal = statistics.median(r.wall / r.ideal for r in rs)
+        # Against the pool's sweep of the same round.
+        vs_pool = f"{statistics.median(r.wall / p.wall for r, p in zip(rs, runs['pool'])):>11.3f}" if "pool" in runs else f"{'-':>11}"
+        print(f"{name:>13}{parallel[name]:>10}{median['startup']:>12.1f}{median['wall']:>9.1f}{median['ideal']:>9.1f}"
+              f"{over_ideal:>12.3f}{vs_pool}")  # fmt: skip
+    print("\nMedians over the rounds (ratios: per round). wall: from the first trial's start to the answer; "
+          "ideal: the trials' own wall times / parallelism (a packed trial: its share of the pack's).")
 
 
 if __name__ == "__main__":
