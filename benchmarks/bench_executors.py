@@ -64,12 +64,10 @@ class Run:
 def one_sweep(config: SweepConfig, parallelism: int) -> tuple[Run, list[list[TrialSpec]]]:
     """One fresh sweep, and its trials' specs level by level."""
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
+        start = time.time()  # the clock of the database's timestamps
         executor = make_executor(config.executor)
-        startup = time.perf_counter() - start
         try:
             with Database(f"sqlite:///{tmp}/bench.db") as db:
-                start = time.time()
                 run_sweep(config, db, MetricsStore(f"{tmp}/store"), "bench", executor=executor,
                           console=Console(file=open(os.devnull, "w")))  # fmt: skip
                 end = time.time()
@@ -81,7 +79,7 @@ def one_sweep(config: SweepConfig, parallelism: int) -> tuple[Run, list[list[Tri
     first = min(t.started_at for t in trials).timestamp()
     levels = [[t.spec for t in trials if t.level == level] for level in sorted({t.level for t in trials})]
     ideal = sum(t.wall_time or 0.0 for t in trials) / parallelism
-    return Run(startup + first - start, end - first, ideal, len(trials)), levels
+    return Run(first - start, end - first, ideal, len(trials)), levels
 
 
 def one_pool(levels: list[list[TrialSpec]], processes: int = 2) -> Run:

@@ -7,8 +7,8 @@ import pytest
 
 from telescope.errors import ConfigError
 from telescope.proxy.train import run_trial, run_trials
-from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec
-from telescope.trials import ExecutorSettings
+from telescope.spec import ModelShape, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
+from telescope.trials import ExecutorSettings, make_executor
 from telescope.trials.packs import pack_key, plan_packs
 
 SHAPE = ModelShape(depth=2, head_dim=16, seq_len=32)
@@ -108,8 +108,6 @@ def test_pack_size_out_of_range_is_a_config_error(pack):
 
 def test_a_pack_that_raises_runs_its_trials_one_by_one_through_the_executor():
     """Out of memory as a pack, say: each trial then runs alone, its abandoned rows dropped."""
-    from telescope.spec import StepMetrics, TrialResult
-    from telescope.trials import make_executor
 
     def trial_fn(s, on_metrics):
         on_metrics(StepMetrics(step=1, tokens=1, train_loss=1.0, lr=s.lr, grad_norm=1.0, elapsed=0.0))

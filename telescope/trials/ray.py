@@ -9,9 +9,8 @@ runs under the shared retry policy; step metrics go back to the driver in batche
 through `tune.report`, keyed by trial, and the last report carries the results. A Tune
 callback forwards the reports from Tune's thread to `run`, which turns them into
 `TrialEvents` calls in the caller's thread, so the driver stays the only writer of the
-database. When a worker dies, the trials of the pack it held are queued again (each alone
-if the pack held several), up to `max_retries` times each, then `failed` with Ray's error,
-and the level goes on.
+database. When a worker dies, the trials of the pack it held are queued again, each alone, up
+to `max_retries` times each, then `failed` with Ray's error, and the level goes on.
 """
 
 from __future__ import annotations
@@ -137,7 +136,7 @@ class _WorkerPool:
                 storage_path=self._storage.name,
                 verbose=0,
                 callbacks=[_EventForwarder(self._events)],
-                # A worker that dies is started again; `run` retries the pack it held.
+                # A worker that dies is started again; `run` queues the trials it held again.
                 failure_config=tune.FailureConfig(max_failures=_WORKER_RESTARTS),
                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0),
             ),
@@ -452,9 +451,9 @@ class _Batch:
         return []
 
     def _lost(self, worker: str, error: str) -> list[_Job]:
-        """The worker's process died: its pack's trials are queued again, each alone when
-        the pack held several (the one that kills its process then does so on its own),
-        until one has lost `max_retries` + 1 workers; then it fails with Ray's error."""
+        """The worker's process died: its pack's trials are queued again, each as a pack of
+        its own (the one that kills its process then does so alone), until one has lost
+        `max_retries` + 1 workers; then it fails with Ray's error."""
         pack = self._held.pop(worker, None)
         if pack is None or pack not in self._packs:
             self._idle_deaths_left -= 1
@@ -471,8 +470,6 @@ class _Batch:
             self.unfinished.discard(key)
             message = f"failed after {attempts} attempt{'s' if attempts > 1 else ''}: {error}"
             self._events.finished(key, TrialResult(status=Status.FAILED, error=message))
-        if len(self._packs[pack]) == 1:
-            return [(pack, again)] if again else []  # the same pack, under its name
         return [self.add([trial]) for trial in again]
 
 
