@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 from typer.testing import CliRunner
@@ -189,3 +190,33 @@ def test_sweep_on_a_ray_cluster_started_separately(ray_cluster, tmp_path: Path, 
     )
     assert json.loads(exported.stdout)["sweep"] == "micro"
     assert head.poll() is None  # the sweep disconnected without stopping the cluster
+
+
+def test_the_last_level_extends_past_an_edge_best_until_it_is_interior(tmp_path: Path) -> None:
+    """The optimum doubles with the width, faster than the narrowing grid follows: the last
+    level's best sits on its sub-grid's edge, so the level grows one step at a time past it."""
+    from fake_trials import DriftingTrial
+
+    from telescope.config import parse_config
+    from telescope.sweep import run_sweep
+    from telescope.trials import make_executor
+
+    from micro import micro_config
+
+    config = parse_config(micro_config(search={"lr": {"lo": 0.001, "hi": 4.0, "points": 5},
+                                               "weight_decay": {"value": 0.1}},
+                                       narrowing={"min_points": 3}))  # fmt: skip
+    url, store = f"sqlite:///{tmp_path / 't.db'}", MetricsStore(tmp_path / "store")
+    executor = make_executor(config.executor, DriftingTrial())
+    with Database(url) as db:
+        result = run_sweep(config, db, store, "edge", executor=executor)
+        last = result["levels"][-1]
+        lrs = sorted(t.lr for t in db.trials("edge", level=last["level"]))
+        stored_at = db.get_sweep("edge").updated_at
+        again = run_sweep(config, db, store, "edge", executor=executor)  # completed: derived again, untouched
+        assert db.get_sweep("edge").updated_at == stored_at
+    assert lrs[0] < result["best"]["lr"] < lrs[-1]
+    assert len(lrs) > 3 and last["grid"] == f"{len(lrs)}"
+    assert any("extended" in w and "past it" in w for w in last["warnings"])
+    assert result["best"]["lr"] == pytest.approx(0.03 * 64 / 16, rel=0.2)
+    assert again == result

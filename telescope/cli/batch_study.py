@@ -44,7 +44,7 @@ def batch_study(
     from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.trials import make_executor
-    from telescope.trials.preflight import check_inputs
+    from telescope.runs.preflight import check_inputs
 
     cfg = load_config(config)
     overrides = {k: v for k, v in (("losses", _numbers(losses, float, "--losses")), ("seeds", seeds),

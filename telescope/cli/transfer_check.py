@@ -50,7 +50,7 @@ def transfer_check(
     from telescope.transfer_check.plot import check_plot_path
     from telescope.transfer_check.run import check_settings, run_transfer_check
     from telescope.trials import make_executor
-    from telescope.trials.preflight import check_inputs
+    from telescope.runs.preflight import check_inputs
     from telescope.cli.common import model_rules
 
     settings, executor_settings = build_settings(

@@ -51,7 +51,8 @@ def run_pending(
     sweep: str,
     level: int,
     trials: Sequence[tuple[str, TrialSpec]],
-    **callbacks: Callable,
+    on_started: Callable[[str], None] = lambda key: None,
+    on_finished: Callable[[str, TrialResult], None] = lambda key, result: None,
 ) -> int:
     """Add `trials` to the level (idempotent) and run those not finished yet; returns how
     many ran. A trial cut off mid-run by a killed driver is `running` in the database:
@@ -62,5 +63,5 @@ def run_pending(
     finished = {row.key for row in db.trials(sweep, level) if row.finished and store.exists(sweep, level, row.key)}
     todo = [(key, spec) for key, spec in trials if key not in finished]
     if todo:
-        executor.run(todo, TrialRecorder(db, store, sweep, level, **callbacks))
+        executor.run(todo, TrialRecorder(db, store, sweep, level, on_started, on_finished))
     return len(todo)
