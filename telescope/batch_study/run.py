@@ -189,12 +189,14 @@ def run_batch_study(
     executor: Executor,
     name: str | None = None,
     on_trial: Callable[[str, Any], None] | None = None,
+    new: bool = False,
 ) -> StudyResult:
-    """Run (or resume) a study and return its numbers; the result is stored with the sweep."""
+    """Run (or resume) a study and return its numbers; the result is stored with the sweep.
+    `new`: a study of this name exists, start another under the next free name."""
     check_study(settings)
     record = RunRecord(KIND, name or settings.default_name(), settings.trial_settings(), settings.muon_table,
                        settings.base_width, settings.width)  # fmt: skip
-    with open_run(db, store, executor, record, (settings.model, settings.train)) as run:
+    with open_run(db, store, executor, record, (settings.model, settings.train), new=new) as run:
         runs = {opt: {b: _best_run(settings, run, o, i, b, on_trial or (lambda key, result: None))
                       for i, b in enumerate(settings.batch_sizes)}
                 for o, opt in enumerate(settings.optimizers)}  # fmt: skip

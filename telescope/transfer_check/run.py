@@ -278,9 +278,11 @@ def run_transfer_check(
     name: str | None = None,
     on_trial: Callable[[str, Any], None] | None = None,
     plot: str | Path | None = None,
+    new: bool = False,
 ) -> CheckResult:
     """Run (or resume) a transfer check, draw its plot to `plot` (a .png) if given, and
-    store its result; see the module docstring."""
+    store its result; see the module docstring. `new`: a check of this name exists, start
+    another under the next free name."""
     from telescope.transfer_check.plot import check_plot_path, plot_transfer_check
 
     check_settings(settings)
@@ -288,7 +290,7 @@ def run_transfer_check(
         check_plot_path(plot)
     record = RunRecord(KIND, name or settings.default_name(), settings.trial_settings(), settings.parametrization,
                        settings.base, settings.widths[-1])  # fmt: skip
-    with open_run(db, store, executor, record, (settings.model, settings.train)) as run:
+    with open_run(db, store, executor, record, (settings.model, settings.train), new=new) as run:
         result = _run(settings, run, on_trial or (lambda key, result: None))
         if plot is not None:
             result.plot = str(plot_transfer_check(result, plot).resolve())
