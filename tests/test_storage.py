@@ -17,9 +17,10 @@ from telescope.cli.main import app
 from telescope.cli.common import TelescopeGroup
 from telescope.errors import StorageError
 from telescope.spec import Status, TrialResult, TrialSpec
-from telescope.storage.database import Database, config_hash, resolve_url
+from telescope.storage.database import Database
+from telescope.storage.rows import config_hash
+from telescope.storage.urls import resolve_url
 from telescope.storage.schema import SCHEMA_VERSION
-from telescope.storage.testing import db_url, pg_database  # noqa: F401 (fixtures: every test on both backends)
 
 CONFIG = {"search": {"m0": 5, "lr": [1e-3, 1e-1]}, "widths": {"base": 64, "calibration": 256}}
 

@@ -19,7 +19,6 @@ from telescope.cli.main import app
 from telescope.spec import Status
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
-from telescope.storage.testing import db_url, pg_database  # noqa: F401  (fixtures)
 from micro import run_micro_sweep, write_micro_config
 
 runner = CliRunner()

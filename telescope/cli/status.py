@@ -12,7 +12,7 @@ from telescope.cli.common import DbOption, FormatOption, OutputFormat, console, 
 from telescope.spec import FINISHED
 
 if TYPE_CHECKING:
-    from telescope.storage.database import LevelRow, SweepSummary, TrialRow
+    from telescope.storage.rows import LevelRow, SweepSummary, TrialRow
 
 
 def status(
