@@ -219,3 +219,26 @@ def test_the_last_level_extends_past_an_edge_best_until_it_is_interior(tmp_path:
     assert any("extended" in w and "past it" in w for w in last["warnings"])
     assert result["best"]["lr"] == pytest.approx(0.03 * 64 / 16, rel=0.2)
     assert again == result
+
+
+def test_a_trial_already_trained_is_reused_across_runs_unless_no_reuse(tmp_path: Path, db_url: str) -> None:
+    """A new sweep over the same trials (--new) trains nothing: each trial takes the result
+    and step metrics of the identical trial trained before, and status says where from."""
+    store = tmp_path / "store"
+    config = write_config(tmp_path, steps=4)
+    places = ["--db", db_url, "--store", str(store)]
+    assert runner.invoke(app, ["sweep", str(config), *places]).exit_code == 0
+    again = runner.invoke(app, ["sweep", str(config), *places, "--new"])
+    assert again.exit_code == 0, again.output
+    retrained = runner.invoke(app, ["sweep", str(config), *places, "--new", "--no-reuse"])
+    assert retrained.exit_code == 0, retrained.output
+    with Database(places[1], create=False) as db:
+        first, second, third = (db.trials(n) for n in ("micro", "micro-2", "micro-3"))
+    assert [t.val_loss for t in second] == [t.val_loss for t in first] == [t.val_loss for t in third]
+    assert {t.attempts for t in second} == {0} and {t.reused_from for t in second} == {f"micro/{t.key}" for t in first}
+    assert {t.attempts for t in third} == {1} and {t.reused_from for t in third} == {None}
+    metrics = MetricsStore(store)
+    assert metrics.read("micro-2")["train_loss"].tolist() == metrics.read("micro")["train_loss"].tolist()
+    assert set(metrics.read("micro-2")["trial_key"]) == {t.key for t in second}
+    status = runner.invoke(app, ["status", "micro-2", "--format", "json", "--db", places[1]])
+    assert {row["reused_from"] for row in json.loads(status.stdout)} == {f"micro/{t.key}" for t in first}

@@ -36,7 +36,8 @@ from telescope.runs.keys import default_name, trial_key
 from telescope.runs.line import LineStep, run_line
 from telescope.runs.stored import RunRecord, StoredRun, open_run
 from telescope.search import extend_line
-from telescope.storage.database import Database, TrialRow
+from telescope.storage.database import Database
+from telescope.storage.rows import TrialRow
 from telescope.storage.metrics import MetricsStore
 from telescope.trials.base import Executor
 
@@ -190,13 +191,14 @@ def run_batch_study(
     name: str | None = None,
     on_trial: Callable[[str, Any], None] | None = None,
     new: bool = False,
+    reuse: bool = True,
 ) -> StudyResult:
     """Run (or resume) a study and return its numbers; the result is stored with the sweep.
     `new`: a study of this name exists, start another under the next free name."""
     check_study(settings)
     record = RunRecord(KIND, name or settings.default_name(), settings.trial_settings(), settings.muon_table,
                        settings.base_width, settings.width)  # fmt: skip
-    with open_run(db, store, executor, record, (settings.model, settings.train), new=new) as run:
+    with open_run(db, store, executor, record, (settings.model, settings.train), new=new, reuse=reuse) as run:
         runs = {opt: {b: _best_run(settings, run, o, i, b, on_trial or (lambda key, result: None))
                       for i, b in enumerate(settings.batch_sizes)}
                 for o, opt in enumerate(settings.optimizers)}  # fmt: skip

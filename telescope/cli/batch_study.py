@@ -30,6 +30,7 @@ def batch_study(
     per_device: Annotated[int | None, typer.Option("--per-device", help="Sequences per device for the Pareto frontier. Default: the smallest batch size.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Study name. Default: batch-study-TABLE-HASH.")] = None,
     new: Annotated[bool, typer.Option("--new", help="Start a new run under the next free name if this one exists.")] = False,
+    no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
     db: DbOption = None,
     store: StoreOption = None,
     executor: Annotated[ExecutorKind | None, typer.Option("--executor", help="ray or local. Default: the config's.")] = None,
@@ -63,7 +64,7 @@ def batch_study(
     runner = make_executor(executor_settings)
     try:
         with Database(db) as database:
-            result = run_batch_study(settings, database, metrics, runner, name, trial_printer("train_loss"), new)
+            result = run_batch_study(settings, database, metrics, runner, name, trial_printer("train_loss"), new, not no_reuse)
     finally:
         runner.close()
     if plot is not None:

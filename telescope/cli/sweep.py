@@ -23,6 +23,7 @@ def sweep(
     check_transfer: Annotated[bool, typer.Option("--check-transfer", help="Run `telescope transfer-check` at the sweep's first widths before level 0.")] = False,
     check_threshold: Annotated[float, typer.Option("--check-threshold", help="The check's largest drift per doubling, in grid steps.")] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="Go on with the sweep when the transfer check fails.")] = False,
+    no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
 ) -> None:
     """Run the telescoping search; running it again resumes where it stopped."""
     from telescope.config import load_config
@@ -56,9 +57,10 @@ def sweep(
             print_plan(make_plan(cfg))
             section = None
             if check is not None:
-                section = _check_transfer(cfg, check, database, metrics, runner, sweep_name, force)
+                section = _check_transfer(cfg, check, database, metrics, runner, sweep_name, force, not no_reuse)
             result = run_sweep(
-                cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console, transfer_check=section
+                cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console, transfer_check=section,
+                reuse=not no_reuse,
             )
             payload = export_sweep(database, result["sweep"])
     finally:
@@ -66,7 +68,7 @@ def sweep(
     print_export(payload)
 
 
-def _check_transfer(cfg, check, database, metrics, runner, sweep_name: str, force: bool) -> dict:
+def _check_transfer(cfg, check, database, metrics, runner, sweep_name: str, force: bool, reuse: bool) -> dict:
     """The transfer check before level 0 (`SWEEP-transfer-check`, its plot in the metrics
     folder's `transfer-check-plots/`); on FAIL without --force the sweep is stored stopped with
     the check's section and the command exits 1."""
@@ -77,7 +79,7 @@ def _check_transfer(cfg, check, database, metrics, runner, sweep_name: str, forc
     name = f"{sweep_name}-{KIND}"
     folder = metrics.root / f"{KIND}-plots"
     folder.mkdir(parents=True, exist_ok=True)
-    result = run_transfer_check(check, database, metrics, runner, name, plot=folder / f"{name}.png")
+    result = run_transfer_check(check, database, metrics, runner, name, plot=folder / f"{name}.png", reuse=reuse)
     section = result.report_section()
     if not result.passed and not force:
         stop_before_level_zero(cfg, database, metrics, runner, sweep_name, {"transfer_check": section})

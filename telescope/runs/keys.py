@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from telescope.storage.database import config_hash
+from telescope.storage.rows import config_hash
 
 
 def trial_key(prefix: str, point: Mapping[str, float], seed: int) -> str:

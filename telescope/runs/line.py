@@ -12,7 +12,7 @@ from typing import Callable, Generic, Sequence, TypeVar
 
 from telescope.runs.stored import StoredRun
 from telescope.spec import TrialResult, TrialSpec
-from telescope.storage.database import TrialRow
+from telescope.storage.rows import TrialRow
 
 T = TypeVar("T")
 

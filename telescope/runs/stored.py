@@ -20,7 +20,8 @@ from telescope.errors import StorageError
 from telescope.runs.preflight import check_inputs
 from telescope.runs.recorder import run_pending
 from telescope.spec import ModelShape, TrainSettings, TrialResult, TrialSpec
-from telescope.storage.database import Database, SweepRow, TrialRow, config_hash
+from telescope.storage.database import Database
+from telescope.storage.rows import SweepRow, TrialRow, config_hash
 from telescope.storage.metrics import MetricsStore
 from telescope.trials.base import Executor, ExecutorSettings
 
@@ -42,9 +43,11 @@ class RunRecord:
 class StoredRun:
     """An open run, its lease held. `completed`: it had finished before it was opened."""
 
-    def __init__(self, db: Database, store: MetricsStore, executor: Executor, name: str, completed: bool) -> None:
+    def __init__(
+        self, db: Database, store: MetricsStore, executor: Executor, name: str, completed: bool, reuse: bool = True
+    ) -> None:
         self.db, self.store, self.executor = db, store, executor
-        self.name, self.completed = name, completed
+        self.name, self.completed, self.reuse = name, completed, reuse
         self.ran = 0  # trials trained since the run was opened
 
     def run_trials(
@@ -61,7 +64,8 @@ class StoredRun:
         if not self.completed:
             self.db.plan_level(self.name, level, width=width, grid=grid)
             self.db.start_level(self.name, level)
-            self.ran += run_pending(self.db, self.store, self.executor, self.name, level, trials, on_started, on_finished)
+            self.ran += run_pending(self.db, self.store, self.executor, self.name, level, trials, on_started, on_finished,
+                                   self.reuse)  # fmt: skip
         rows = {row.key: row for row in self.db.trials(self.name, level)}
         return {key: rows[key] for key, _ in trials}
 
@@ -95,11 +99,13 @@ def open_run(
     record: RunRecord,
     inputs: tuple[ModelShape, TrainSettings],
     new: bool = False,
+    reuse: bool = True,
 ) -> Iterator[StoredRun]:
     """Open `record`'s run for its driver (see the module docstring), after checking the
     trials' `inputs` (model shape and training settings: data and device) and the store.
     With `new`, a taken name becomes the next free one (`NAME-2`, `NAME-3`, ...):
-    `StoredRun.name` says which."""
+    `StoredRun.name` says which. Without `reuse`, every trial trains, even one whose
+    content key matches a trial trained before (telescope.runs.content)."""
     check_inputs(*inputs, getattr(executor, "settings", ExecutorSettings()))
     store.check_writable()
     name = _free_name(db, record.name) if new else record.name
@@ -115,7 +121,7 @@ def open_run(
         if existing is not None and not completed:
             db.reset_running(name)
             db.update_sweep(name, status="running")
-        run = StoredRun(db, store, executor, name, completed)
+        run = StoredRun(db, store, executor, name, completed, reuse)
         try:
             yield run
         except BaseException:

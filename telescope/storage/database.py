@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from sqlalchemy import bindparam, case, delete, func, select, update
+from sqlalchemy import Text, bindparam, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -150,31 +150,6 @@ class Database:
                 f"{self.display_url} was created before sweeps of kind {kind!r} existed: use a new --db for them"
             ) from None
         return sweep_row(row)
-
-    def resume_or_create(
-        self,
-        name: str,
-        config: Mapping[str, Any],
-        *,
-        kind: str,
-        parametrization: str,
-        base_width: int,
-        calibration_width: int,
-    ) -> None:
-        """Create the run `name` of `kind` (a transfer check, a batch study), or reopen it to
-        resume: same kind and same settings only, with trials cut off by a killed driver
-        put back to pending."""
-        existing = self.get_sweep(name)
-        if existing is None:
-            self.create_sweep(name, config, parametrization=parametrization, base_width=base_width,
-                              calibration_width=calibration_width, kind=kind)  # fmt: skip
-            return
-        if existing.kind != kind:
-            raise StorageError(f"{name!r} is a {existing.kind}, not a {kind}; choose another --name")
-        if existing.config_hash != config_hash(config):
-            raise StorageError(f"{kind} {name!r} was run with different settings; pick another --name (or drop --name)")
-        self.reset_running(name)
-        self.update_sweep(name, status="running")
 
     def get_sweep(self, name: str) -> SweepRow | None:
         with Session(self.engine) as session:
@@ -340,9 +315,16 @@ class Database:
 
     # -- trials ------------------------------------------------------------
 
-    def add_trials(self, sweep: str, level: int, trials: Sequence[tuple[str, TrialSpec]]) -> int:
-        """Add trials as pending; keys already in the sweep are left untouched, so calling
-        this again on resume is a no-op. Returns how many were new."""
+    def add_trials(
+        self,
+        sweep: str,
+        level: int,
+        trials: Sequence[tuple[str, TrialSpec]],
+        content_keys: Mapping[str, str] | None = None,
+    ) -> int:
+        """Add trials as pending, with their content keys (by trial key) where given; keys
+        already in the sweep are left untouched, so calling this again on resume is a no-op.
+        Returns how many were new."""
         keys = [check_trial_key(key) for key, _ in trials]
         if len(set(keys)) != len(keys):
             raise ValueError(f"duplicate trial keys in one batch for sweep {sweep!r}")
@@ -364,6 +346,7 @@ class Database:
                     "status": Status.PENDING.value,
                     "attempts": 0,
                     "spec_json": canonical_json(spec.to_dict()),
+                    "content_key": (content_keys or {}).get(key),
                     "created_at": now,
                 }
                 for key, spec in trials
@@ -392,9 +375,13 @@ class Database:
                 )
             )
 
-    def record_results(self, sweep: str, results: Iterable[tuple[str, TrialResult]]) -> None:
+    def record_results(
+        self, sweep: str, results: Iterable[tuple[str, TrialResult]], reused_from: Mapping[str, str] | None = None
+    ) -> None:
         """Store finished trials' results in one transaction. Non-finite losses are stored
-        as NULL; the result's status (diverged, failed...) says why."""
+        as NULL; the result's status (diverged, failed...) says why. A trial in `reused_from`
+        (key -> "SWEEP/TRIAL_KEY") took that trial's result untrained: 0 attempts."""
+        reused_from = reused_from or {}
         results = list(results)
         if not results:
             return
@@ -415,6 +402,7 @@ class Database:
                     "error": result.error,
                     "fingerprint": canonical_json(result.fingerprint) if result.fingerprint else None,
                     "finished_at": now,
+                    "reused_from": reused_from.get(key),
                 }
                 for key, result in results
             ]
@@ -429,10 +417,28 @@ class Database:
                 .values(
                     {name: bindparam(f"new_{name}") for name in fields}
                     # a result without a start (an executor that never called started) is one attempt
-                    | {"attempts": case((table.c.attempts < 1, 1), else_=table.c.attempts)}
+                    | {"attempts": case((bindparam("new_reused_from", type_=Text).is_not(None), 0),
+                                        (table.c.attempts < 1, 1), else_=table.c.attempts)}  # fmt: skip
                 )
             )
             session.execute(statement, params)
+
+    def reusable(self, content_keys: Iterable[str]) -> dict[str, TrialRow]:
+        """The first finished trial (completed or diverged, in any run) with each of these
+        content keys that was trained rather than reused, by content key."""
+        wanted = sorted(set(content_keys))
+        found: dict[str, TrialRow] = {}
+        with Session(self.engine) as session:
+            for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
+                rows = session.scalars(
+                    select(TrialModel)
+                    .where(TrialModel.content_key.in_(chunk), TrialModel.reused_from.is_(None),
+                           TrialModel.status.in_([Status.COMPLETED.value, Status.DIVERGED.value]))
+                    .order_by(TrialModel.id)
+                )  # fmt: skip
+                for r in rows:
+                    found.setdefault(r.content_key, trial_row(r))
+        return found
 
     def trials(
         self, sweep: str, level: int | None = None, status: Status | Iterable[Status] | None = None

@@ -10,14 +10,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy import Engine, create_engine, event, inspect, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from telescope.errors import StorageError
 from telescope.storage.locks import CREATE_LOCK_KEY, ProcessLocks
-from telescope.storage.schema import DATA_TABLES, SCHEMA_VERSION, VERSION_TABLE, Base, SchemaVersionModel
+from telescope.storage.schema import DATA_TABLES, SCHEMA_VERSION, UPGRADES, VERSION_TABLE, Base, SchemaVersionModel
 from telescope.storage.urls import error_line, read_only_uri, safe_url
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -93,6 +93,10 @@ def check_schema(engine: Engine, url: URL, locks: ProcessLocks, create: bool) ->
                 _create_tables(engine, url)
                 tables, version = _schema(engine, url)
     if VERSION_TABLE in tables:
+        if version is not None and version < SCHEMA_VERSION and all(v in UPGRADES for v in range(version, SCHEMA_VERSION)):
+            with locks.exclusive(CREATE_LOCK_KEY, wait=True):
+                _upgrade(engine, url)
+            _, version = _schema(engine, url)
         if version != SCHEMA_VERSION:
             raise StorageError(_incompatible_message(display_url, version))
         return
@@ -114,6 +118,19 @@ def _schema(engine: Engine, url: URL) -> tuple[set[str], int | None]:
             return tables, session.scalar(select(SchemaVersionModel.schema_version))
     except (DBAPIError, SQLAlchemyError) as e:
         raise StorageError(f"cannot open database {safe_url(url)}: {error_line(e, url)}") from None
+
+
+def _upgrade(engine: Engine, url: URL) -> None:
+    """Bring an older schema to SCHEMA_VERSION, one version per transaction (another
+    driver that upgraded it first leaves nothing to do)."""
+    try:
+        while (version := _schema(engine, url)[1]) is not None and version < SCHEMA_VERSION:
+            with engine.begin() as conn:
+                for statement in UPGRADES[version]:
+                    conn.exec_driver_sql(statement)
+                conn.execute(update(SchemaVersionModel).values(schema_version=version + 1))
+    except (DBAPIError, SQLAlchemyError) as e:
+        raise StorageError(f"cannot upgrade {safe_url(url)} to schema version {SCHEMA_VERSION}: {error_line(e, url)}") from None
 
 
 def _create_tables(engine: Engine, url: URL) -> None:

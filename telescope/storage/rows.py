@@ -91,6 +91,8 @@ class TrialRow:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    content_key: str | None = None
+    reused_from: str | None = None  # "SWEEP/TRIAL_KEY" whose result this trial took, untrained
 
     @property
     def finished(self) -> bool:
@@ -200,4 +202,6 @@ def trial_row(r: TrialModel) -> TrialRow:
         created_at=r.created_at,
         started_at=r.started_at,
         finished_at=r.finished_at,
+        content_key=r.content_key,
+        reused_from=r.reused_from,
     )

@@ -27,7 +27,8 @@ from telescope.numbers import finite_or_none
 from telescope.runs import keys
 from telescope.runs.line import LineStep, run_line
 from telescope.runs.stored import RunRecord, StoredRun, open_run
-from telescope.storage.database import Database, TrialRow
+from telescope.storage.database import Database
+from telescope.storage.rows import TrialRow
 from telescope.storage.metrics import MetricsStore
 from telescope.transfer_check.analysis import (
     DEFAULT_EXTENSION_POINTS,
@@ -279,6 +280,7 @@ def run_transfer_check(
     on_trial: Callable[[str, Any], None] | None = None,
     plot: str | Path | None = None,
     new: bool = False,
+    reuse: bool = True,
 ) -> CheckResult:
     """Run (or resume) a transfer check, draw its plot to `plot` (a .png) if given, and
     store its result; see the module docstring. `new`: a check of this name exists, start
@@ -290,7 +292,7 @@ def run_transfer_check(
         check_plot_path(plot)
     record = RunRecord(KIND, name or settings.default_name(), settings.trial_settings(), settings.parametrization,
                        settings.base, settings.widths[-1])  # fmt: skip
-    with open_run(db, store, executor, record, (settings.model, settings.train), new=new) as run:
+    with open_run(db, store, executor, record, (settings.model, settings.train), new=new, reuse=reuse) as run:
         result = _run(settings, run, on_trial or (lambda key, result: None))
         if plot is not None:
             result.plot = str(plot_transfer_check(result, plot).resolve())
