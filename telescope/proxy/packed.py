@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from telescope.parametrization import (
     ADAMW_BETAS,
@@ -36,6 +37,12 @@ from telescope.proxy.model import build_model
 from telescope.proxy.muon import adjusted_lr, momentum_update, zeropower_via_newtonschulz5
 from telescope.proxy.optim import param_groups
 from telescope.spec import TrialSpec
+
+# Under vmap on CUDA (torch 2.11, H200), the cuDNN attention kernel's backward returns NaN
+# gradients and the memory-efficient one fails ("LSE is not correctly aligned"); flash
+# attention and the plain math are right. Flash first (bf16), math otherwise (fp32).
+VMAP_SAFE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+
 
 class PackedProxies:
     """k proxies, one per spec (all with the same `pack_key`), with their optimizers."""
@@ -66,7 +73,7 @@ class PackedProxies:
         """Each trial's mean cross-entropy, (k,). `inputs` is (B, T), shared by every
         trial, or (k, B, T), one batch per trial."""
         batched = 0 if inputs.ndim == 3 else None
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sdpa_kernel(VMAP_SAFE_ATTENTION):
             # CPU flash attention has no vmap rule: torch runs it once per trial, and says so each step.
             warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule", category=UserWarning)
             return vmap(self._loss, in_dims=(0, batched, batched))(self.params, inputs, targets)
