@@ -1,0 +1,159 @@
+"""Copy telescope's stored runs into an Optuna storage, adding only what is new.
+
+Each Optuna study keeps its name (`telescope.dashboard.studies`); each Optuna trial
+carries its telescope trial key as a system attribute, so mirroring again finds what it
+wrote before: a trial already there and finished is left alone, one that was waiting or
+running and has moved on since is updated in place (never added twice), and a new one is
+created whole, with its loss curve, in one transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Sequence
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
+from optuna.study._frozen import FrozenStudy
+from optuna.trial import FrozenTrial, TrialState
+
+from telescope.dashboard.studies import StudyPlan, TrialPlan, run_studies
+from telescope.storage.database import Database
+from telescope.storage.metrics import MetricsStore
+
+KEY_ATTR = "telescope:trial_key"
+SWEEP_ATTR = "telescope:sweep"
+MAX_CURVE_POINTS = 200
+
+
+@dataclass
+class MirrorCounts:
+    """What one mirror pass wrote."""
+
+    studies: int = 0  # studies created
+    trials: int = 0  # trials created
+    updated: int = 0  # trials moved on (waiting -> running -> finished)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.studies or self.trials or self.updated)
+
+
+def mirror(db: Database, store: MetricsStore, storage: BaseStorage, sweeps: Sequence[str] | None = None) -> MirrorCounts:
+    """Mirror the named runs (default: every stored run) into `storage`."""
+    names = list(sweeps) if sweeps else [s.name for s in db.list_sweeps()]
+    existing = {s.study_name: s for s in storage.get_all_studies()}
+    counts = MirrorCounts()
+    curves = _Curves(store)
+    for name in names:
+        sweep = db.get_sweep(name)
+        if sweep is None:  # deleted since it was named
+            continue
+        for plan in run_studies(db, sweep):
+            _sync_study(storage, existing.get(plan.name), plan, curves, counts)
+    return counts
+
+
+def _sync_study(
+    storage: BaseStorage, study: FrozenStudy | None, plan: StudyPlan, curves: "_Curves", counts: MirrorCounts
+) -> None:
+    if study is None:
+        study_id = storage.create_new_study([StudyDirection.MINIMIZE], plan.name)
+        storage.set_study_system_attr(study_id, SWEEP_ATTR, plan.sweep)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.load_study(study_name=plan.name, storage=storage).set_metric_names([plan.objective])
+        counts.studies += 1
+        user_attrs: dict = {}
+    else:
+        study_id, user_attrs = study._study_id, study.user_attrs
+    for key, value in plan.user_attrs.items():
+        if user_attrs.get(key) != value:
+            storage.set_study_user_attr(study_id, key, value)
+    mirrored = {t.system_attrs.get(KEY_ATTR): t for t in storage.get_all_trials(study_id, deepcopy=False)}
+    for trial in plan.trials:
+        before = mirrored.get(trial.key)
+        if before is None:
+            storage.create_new_trial(study_id, template_trial=_frozen(trial, plan.sweep, curves))
+            counts.trials += 1
+        elif not before.state.is_finished() and before.state != trial.state:
+            try:
+                _move_on(storage, before, trial, plan.sweep, curves)
+            except UpdateFinishedTrialError:  # finished by hand in the dashboard meanwhile
+                continue
+            counts.updated += 1
+
+
+def _frozen(trial: TrialPlan, sweep: str, curves: "_Curves") -> FrozenTrial:
+    finished = trial.state.is_finished()
+    started = _local(trial.started) or (_local(trial.finished) if finished else None)
+    if trial.state is TrialState.RUNNING and started is None:
+        started = datetime.now()
+    return FrozenTrial(
+        number=0,  # the storage numbers it
+        state=trial.state,
+        value=trial.value,
+        values=None,
+        datetime_start=started,
+        datetime_complete=_local(trial.finished) if finished else None,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs=trial.user_attrs,
+        system_attrs={KEY_ATTR: trial.key},
+        intermediate_values=curves.of(sweep, trial) if finished else {},
+        trial_id=0,
+    )
+
+
+def _move_on(storage: BaseStorage, before: FrozenTrial, trial: TrialPlan, sweep: str, curves: "_Curves") -> None:
+    """Bring a waiting or running Optuna trial up to its telescope trial's new state."""
+    trial_id = before._trial_id
+    if trial.state.is_finished():
+        for step, loss in curves.of(sweep, trial).items():
+            storage.set_trial_intermediate_value(trial_id, step, loss)
+    for key, value in trial.user_attrs.items():
+        if before.user_attrs.get(key) != value:
+            storage.set_trial_user_attr(trial_id, key, value)
+    # waiting -> running, running -> finished, or running -> waiting (a killed driver's trial)
+    storage.set_trial_state_values(trial_id, trial.state, [trial.value] if trial.value is not None else None)
+
+
+def _local(moment: datetime | None) -> datetime | None:
+    """Optuna keeps naive local times; telescope keeps aware UTC ones."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=moment.tzinfo or timezone.utc).astimezone().replace(tzinfo=None)
+
+
+class _Curves:
+    """Step losses from the Parquet metrics, read once per level and pass."""
+
+    def __init__(self, store: MetricsStore) -> None:
+        self.store = store
+        self._levels: dict[tuple[str, int], dict[str, dict[int, float]]] = {}
+
+    def of(self, sweep: str, trial: TrialPlan) -> dict[int, float]:
+        """The trial's train loss by step, at most MAX_CURVE_POINTS of them, the last kept."""
+        level = self._levels.get((sweep, trial.level))
+        if level is None:
+            frame = self.store.read(sweep, trial.level)
+            level = {
+                str(key): _subsample(rows["step"].tolist(), rows["train_loss"].tolist())
+                for key, rows in frame.groupby("trial_key", sort=False)
+            }
+            self._levels[(sweep, trial.level)] = level
+        return level.get(trial.key, {})
+
+
+def _subsample(steps: list[int], losses: list[float]) -> dict[int, float]:
+    points = [(int(s), float(v)) for s, v in zip(steps, losses) if math.isfinite(v)]
+    if len(points) > MAX_CURVE_POINTS:
+        last = len(points) - 1
+        picks = sorted({round(i * last / (MAX_CURVE_POINTS - 1)) for i in range(MAX_CURVE_POINTS)})
+        points = [points[i] for i in picks]
+    return dict(points)
