@@ -61,11 +61,14 @@ def serve_mirror(
 ) -> Iterator[str]:
     """Mirror `sweeps` (default: every run) now, then serve the dashboard and mirror again
     every `refresh` seconds until the block ends; prints and yields the dashboard's URL."""
+    import optuna
+
     from telescope.dashboard.location import mirror_url, open_mirror
     from telescope.dashboard.mirror import mirror
     from telescope.dashboard.server import serving
     from telescope.storage.database import safe_url
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created
     target = mirror_url(database.url, storage)
     optuna_storage = open_mirror(target)
     try:
@@ -85,5 +88,33 @@ def serve_mirror(
         with serving(server, optuna_storage, mirror_again, refresh, warn) as url:
             err_console.print(f"dashboard: {url}", highlight=False)
             yield url
+        mirror_again()  # the final state, for whoever opens the mirror later
     finally:
         optuna_storage.engine.dispose()
+
+
+def bind_for_sweep(port: int) -> "DashboardServer":
+    """The socket of `telescope sweep --dashboard`, bound before the sweep writes anything."""
+    from telescope.dashboard.server import bind
+
+    return bind(DEFAULT_HOST, port)
+
+
+@contextmanager
+def sweep_dashboard(server: "DashboardServer | None", database: "Database", store: "MetricsStore") -> Iterator[None]:
+    """Serve the dashboard on every run of `database` while the block runs (a sweep), and
+    show its address in the sweep's live view; nothing without a server."""
+    if server is None:
+        yield
+        return
+    from telescope.progress import SweepProgress
+
+    try:
+        with serve_mirror(server, database, store) as url:
+            SweepProgress.dashboard = url
+            try:
+                yield
+            finally:
+                SweepProgress.dashboard = None
+    finally:
+        server.server_close()

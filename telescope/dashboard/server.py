@@ -13,12 +13,13 @@ import socket
 import threading
 from contextlib import contextmanager
 from socketserver import ThreadingMixIn
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from optuna.storages import BaseStorage
-
 from telescope.errors import TelescopeError
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -63,7 +64,7 @@ def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> DashboardServer:
 @contextmanager
 def serving(
     server: DashboardServer,
-    storage: BaseStorage,
+    storage: "BaseStorage",
     refresh: Callable[[], None],
     every: float = REFRESH_S,
     on_error: Callable[[str], None] = lambda line: None,
