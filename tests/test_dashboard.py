@@ -12,13 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from micro import SMALLEST, micro_config, run_micro_sweep, write_micro_config
+from micro import SMALLEST, micro_config, write_micro_config
 from telescope.cli.dashboard import serve_mirror
 from telescope.cli.main import app
 from telescope.config import parse_config
