@@ -255,6 +255,10 @@ def test_bad_input_is_one_line_and_writes_nothing(smallest_sweep_db: str, tmp_pa
         taken.listen()
         port = taken.getsockname()[1]
         assert "in use" in one_line_exit_2([*db, "--storage", str(mirror_file), "--port", str(port)])
+        config = write_micro_config(tmp_path.parent / f"{tmp_path.name}.toml", **SMALLEST)
+        sweep = runner.invoke(app, ["sweep", str(config), "--db", str(tmp_path / "t.db"), "--store", str(tmp_path / "s"),
+                                    "--dashboard", "--port", str(port)])  # fmt: skip
+        assert sweep.exit_code == 2 and "in use" in sweep.stderr and len(sweep.stderr.strip().splitlines()) == 1, sweep.output
     assert "no sweep named 'nope'" in one_line_exit_2(["nope", *db, *where])
     assert "not an address of this machine" in one_line_exit_2([*db, *where, "--host", "192.0.2.1"])
     assert "not a known address" in one_line_exit_2([*db, *where, "--host", "no-such-host.invalid"])

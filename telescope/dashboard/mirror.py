@@ -46,7 +46,7 @@ class MirrorCounts:
 
 def mirror(db: Database, store: MetricsStore, storage: BaseStorage, sweeps: Sequence[str] | None = None) -> MirrorCounts:
     """Mirror the named runs (default: every stored run) into `storage`."""
-    names = list(sweeps) if sweeps else [s.name for s in db.list_sweeps()]
+    names = list(dict.fromkeys(sweeps)) if sweeps else [s.name for s in db.list_sweeps()]
     existing = {s.study_name: s for s in storage.get_all_studies()}
     counts = MirrorCounts()
     curves = _Curves(store)
