@@ -64,7 +64,7 @@ def serve_mirror(
     import optuna
 
     from telescope.dashboard.location import mirror_url, open_mirror
-    from telescope.dashboard.mirror import mirror
+    from telescope.dashboard.mirror import Mirror
     from telescope.dashboard.server import serving
     from telescope.storage.database import safe_url
 
@@ -72,7 +72,8 @@ def serve_mirror(
     target = mirror_url(database.url, storage)
     optuna_storage = open_mirror(target)
     try:
-        counts = mirror(database, store, optuna_storage, sweeps)
+        mirror = Mirror(database, store, optuna_storage, sweeps)
+        counts = mirror.run()
         total = len(optuna_storage.get_all_studies())
         err_console.print(
             f"mirror: {safe_url(target)} ({total} studies; {counts.studies} new, {counts.trials} new trials)",
@@ -82,13 +83,10 @@ def serve_mirror(
         def warn(line: str) -> None:
             err_console.print(styled("warning:", "yellow", f" {line}"), highlight=False)
 
-        def mirror_again() -> None:
-            mirror(database, store, optuna_storage, sweeps)
-
-        with serving(server, optuna_storage, mirror_again, refresh, warn) as url:
+        with serving(server, optuna_storage, mirror.run, refresh, warn) as url:
             err_console.print(f"dashboard: {url}", highlight=False)
             yield url
-        mirror_again()  # the final state, for whoever opens the mirror later
+        mirror.run()  # the final state, for whoever opens the mirror later
     finally:
         optuna_storage.engine.dispose()
 

@@ -44,49 +44,82 @@ class MirrorCounts:
         return bool(self.studies or self.trials or self.updated)
 
 
-def mirror(db: Database, store: MetricsStore, storage: BaseStorage, sweeps: Sequence[str] | None = None) -> MirrorCounts:
-    """Mirror the named runs (default: every stored run) into `storage`."""
-    names = list(dict.fromkeys(sweeps)) if sweeps else [s.name for s in db.list_sweeps()]
-    existing = {s.study_name: s for s in storage.get_all_studies()}
-    counts = MirrorCounts()
-    curves = _Curves(store)
-    for name in names:
-        sweep = db.get_sweep(name)
-        if sweep is None:  # deleted since it was named
-            continue
-        for plan in run_studies(db, sweep):
-            _sync_study(storage, existing.get(plan.name), plan, curves, counts)
-    return counts
+class Mirror:
+    """Mirrors the named runs (default: every stored run) into `storage`, pass after pass.
 
+    It remembers what each study holds (trial ids and states by telescope key), so a pass
+    that finds nothing new reads the telescope database and the study list, not every
+    Optuna trial with its curve; a study it has not seen, or one recreated meanwhile, is
+    read from the storage once.
+    """
 
-def _sync_study(
-    storage: BaseStorage, study: FrozenStudy | None, plan: StudyPlan, curves: "_Curves", counts: MirrorCounts
-) -> None:
-    if study is None:
-        study_id = storage.create_new_study([StudyDirection.MINIMIZE], plan.name)
-        storage.set_study_system_attr(study_id, SWEEP_ATTR, plan.sweep)
+    def __init__(self, db: Database, store: MetricsStore, storage: BaseStorage, sweeps: Sequence[str] | None = None) -> None:
+        self.db, self.store, self.storage = db, store, storage
+        self.sweeps = list(dict.fromkeys(sweeps)) if sweeps else None
+        self._studies: dict[str, tuple[int, dict[str, tuple[int, TrialState]]]] = {}
+
+    def run(self) -> MirrorCounts:
+        """One pass: create what is new, move on what has changed; returns what it wrote."""
+        names = self.sweeps or [s.name for s in self.db.list_sweeps()]
+        existing = {s.study_name: s for s in self.storage.get_all_studies()}
+        counts = MirrorCounts()
+        curves = _Curves(self.store)
+        for name in names:
+            sweep = self.db.get_sweep(name)
+            if sweep is None:  # deleted since it was named
+                continue
+            for plan in run_studies(self.db, sweep):
+                self._sync(existing.get(plan.name), plan, curves, counts)
+        return counts
+
+    def _sync(self, study: FrozenStudy | None, plan: StudyPlan, curves: "_Curves", counts: MirrorCounts) -> None:
+        storage = self.storage
+        if study is None:
+            study_id = self._create_study(plan)
+            counts.studies += 1
+            user_attrs: dict = {}
+        else:
+            study_id, user_attrs = study._study_id, study.user_attrs
+        for key, value in plan.user_attrs.items():
+            if user_attrs.get(key) != value:
+                storage.set_study_user_attr(study_id, key, value)
+        known = self._trials(plan.name, study_id)
+        for trial in plan.trials:
+            before = known.get(trial.key)
+            if before is None:
+                trial_id = storage.create_new_trial(study_id, template_trial=_frozen(trial, plan.sweep, curves))
+                known[trial.key] = (trial_id, trial.state)
+                counts.trials += 1
+            elif not before[1].is_finished() and before[1] != trial.state:
+                try:
+                    _move_on(storage, before[0], trial, plan.sweep, curves)
+                    counts.updated += 1
+                except UpdateFinishedTrialError:  # finished by hand in the dashboard meanwhile
+                    pass
+                known[trial.key] = (before[0], trial.state)
+
+    def _create_study(self, plan: StudyPlan) -> int:
+        study_id = self.storage.create_new_study([StudyDirection.MINIMIZE], plan.name)
+        self.storage.set_study_system_attr(study_id, SWEEP_ATTR, plan.sweep)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.load_study(study_name=plan.name, storage=storage).set_metric_names([plan.objective])
-        counts.studies += 1
-        user_attrs: dict = {}
-    else:
-        study_id, user_attrs = study._study_id, study.user_attrs
-    for key, value in plan.user_attrs.items():
-        if user_attrs.get(key) != value:
-            storage.set_study_user_attr(study_id, key, value)
-    mirrored = {t.system_attrs.get(KEY_ATTR): t for t in storage.get_all_trials(study_id, deepcopy=False)}
-    for trial in plan.trials:
-        before = mirrored.get(trial.key)
-        if before is None:
-            storage.create_new_trial(study_id, template_trial=_frozen(trial, plan.sweep, curves))
-            counts.trials += 1
-        elif not before.state.is_finished() and before.state != trial.state:
-            try:
-                _move_on(storage, before, trial, plan.sweep, curves)
-            except UpdateFinishedTrialError:  # finished by hand in the dashboard meanwhile
-                continue
-            counts.updated += 1
+            optuna.load_study(study_name=plan.name, storage=self.storage).set_metric_names([plan.objective])
+        self._studies[plan.name] = (study_id, {})
+        return study_id
+
+    def _trials(self, name: str, study_id: int) -> dict[str, tuple[int, TrialState]]:
+        """The study's trials by telescope key: remembered, or read once from the storage."""
+        cached = self._studies.get(name)
+        if cached is None or cached[0] != study_id:
+            trials = self.storage.get_all_trials(study_id, deepcopy=False)
+            cached = (study_id, {t.system_attrs.get(KEY_ATTR): (t._trial_id, t.state) for t in trials})
+            self._studies[name] = cached
+        return cached[1]
+
+
+def mirror(db: Database, store: MetricsStore, storage: BaseStorage, sweeps: Sequence[str] | None = None) -> MirrorCounts:
+    """One pass of a new Mirror: what is in `storage` already is read from it."""
+    return Mirror(db, store, storage, sweeps).run()
 
 
 def _frozen(trial: TrialPlan, sweep: str, curves: "_Curves") -> FrozenTrial:
@@ -110,15 +143,13 @@ def _frozen(trial: TrialPlan, sweep: str, curves: "_Curves") -> FrozenTrial:
     )
 
 
-def _move_on(storage: BaseStorage, before: FrozenTrial, trial: TrialPlan, sweep: str, curves: "_Curves") -> None:
+def _move_on(storage: BaseStorage, trial_id: int, trial: TrialPlan, sweep: str, curves: "_Curves") -> None:
     """Bring a waiting or running Optuna trial up to its telescope trial's new state."""
-    trial_id = before._trial_id
     if trial.state.is_finished():
         for step, loss in curves.of(sweep, trial).items():
             storage.set_trial_intermediate_value(trial_id, step, loss)
     for key, value in trial.user_attrs.items():
-        if before.user_attrs.get(key) != value:
-            storage.set_trial_user_attr(trial_id, key, value)
+        storage.set_trial_user_attr(trial_id, key, value)
     # waiting -> running, running -> finished, or running -> waiting (a killed driver's trial)
     storage.set_trial_state_values(trial_id, trial.state, [trial.value] if trial.value is not None else None)
 

@@ -65,7 +65,7 @@ def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> DashboardServer:
 def serving(
     server: DashboardServer,
     storage: "BaseStorage",
-    refresh: Callable[[], None],
+    refresh: Callable[[], object],
     every: float = REFRESH_S,
     on_error: Callable[[str], None] = lambda line: None,
 ) -> Iterator[str]:
