@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from micro import SMALLEST, micro_config, write_micro_config
+from pg import fresh_postgres_schema
 from telescope.cli.dashboard import serve_mirror
 from telescope.cli.main import app
 from telescope.config import parse_config
@@ -28,7 +29,6 @@ from telescope.progress import SweepProgress
 from telescope.spec import Status, TrialResult
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
-from telescope.storage.testing import fresh_postgres_schema, pg_database  # noqa: F401 (fixture)
 
 runner = CliRunner()
 STATES = {Status.COMPLETED: TrialState.COMPLETE, Status.DIVERGED: TrialState.FAIL, Status.FAILED: TrialState.FAIL,
@@ -188,7 +188,7 @@ def test_the_server_answers_with_the_studies_and_the_page(smallest_sweep_db: str
                 assert page.status == 200 and b"bundle.js" in page.read()
 
 
-def test_the_mirror_lives_in_its_own_postgres_schema(pg_database) -> None:  # noqa: F811
+def test_the_mirror_lives_in_its_own_postgres_schema(pg_database) -> None:
     url = fresh_postgres_schema(pg_database)
     schema = make_url(url).query["options"].removeprefix("-csearch_path=")
     with Database(url) as db:

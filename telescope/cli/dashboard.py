@@ -66,7 +66,7 @@ def serve_mirror(
     from telescope.dashboard.location import mirror_url, open_mirror
     from telescope.dashboard.mirror import Mirror
     from telescope.dashboard.server import serving
-    from telescope.storage.database import safe_url
+    from telescope.storage.urls import safe_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created
     target = mirror_url(database.url, storage)

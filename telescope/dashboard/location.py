@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from telescope.errors import StorageError
-from telescope.storage.database import SQLITE_SUFFIXES, error_line, resolve_url, safe_url
+from telescope.storage.urls import SQLITE_SUFFIXES, error_line, resolve_url, safe_url
 from telescope.storage.schema import VERSION_TABLE
 
 DEFAULT_SCHEMA = "telescope_optuna"

@@ -19,8 +19,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from telescope.config import parse_config
-from telescope.spec import SWEEPABLE, Status
-from telescope.storage.database import Database, LevelRow, SweepRow, TrialRow
+from telescope.spec import SWEEPABLE, Status, objective_value
+from telescope.storage.database import Database
+from telescope.storage.rows import LevelRow, SweepRow, TrialRow
 
 SEPARATOR = " · "
 LINE_KINDS = ("transfer-check", "batch-study")
@@ -192,7 +193,7 @@ _STATES = {
 
 
 def _trial_plan(t: TrialRow, objective: str, distributions: dict[str, FloatDistribution]) -> TrialPlan:
-    value = t.val_loss if objective == "val_loss" else t.train_loss
+    value = objective_value(t, objective)
     state = _STATES[t.status]
     attrs: dict[str, Any] = {
         "trial_key": t.key,
@@ -207,6 +208,7 @@ def _trial_plan(t: TrialRow, objective: str, distributions: dict[str, FloatDistr
         "device": t.device,
         "fingerprint": t.fingerprint,
         "parametrization": t.parametrization,
+        "reused_from": t.reused_from,
     }
     # the hyperparameters this study does not sweep: fixed for the level or line
     attrs |= {name: float(getattr(t, name)) for name in SWEEPABLE if name not in distributions}
