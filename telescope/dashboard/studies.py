@@ -18,13 +18,15 @@ from typing import Any, Callable
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from telescope.batch_study.run import KIND as BATCH_STUDY
 from telescope.config import parse_config
 from telescope.spec import SWEEPABLE, Status, objective_value
 from telescope.storage.database import Database
 from telescope.storage.rows import LevelRow, SweepRow, TrialRow
+from telescope.transfer_check.run import KIND as TRANSFER_CHECK
 
 SEPARATOR = " · "
-LINE_KINDS = ("transfer-check", "batch-study")
+LINE_KINDS = (TRANSFER_CHECK, BATCH_STUDY)
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,10 @@ def _objective(db: Database, sweep: SweepRow) -> str:
     """The loss a run minimises. A batch study ranks by train loss; a transfer check keeps
     its objective out of its stored settings: it is its sweep's when the sweep ran it
     (`SWEEP-transfer-check`), else the command's only one, val_loss."""
-    if sweep.kind == "batch-study":
+    if sweep.kind == BATCH_STUDY:
         return "train_loss"
-    if sweep.kind == "transfer-check":
-        parent = db.get_sweep(sweep.name.removesuffix("-transfer-check"))
+    if sweep.kind == TRANSFER_CHECK:
+        parent = db.get_sweep(sweep.name.removesuffix(f"-{TRANSFER_CHECK}"))
         if parent is not None and parent.kind == "sweep":
             return str(parent.config.get("objective", "val_loss"))
         return "val_loss"
@@ -123,8 +125,8 @@ def _sweep_answer(sweep: SweepRow) -> dict[str, Any] | None:
 
 
 _LINE_LABELS: dict[str, Callable[[TrialRow], str]] = {
-    "transfer-check": lambda t: f"width {t.width}",
-    "batch-study": lambda t: f"{t.parametrization}{SEPARATOR}batch {t.spec.train.batch_size}",
+    TRANSFER_CHECK: lambda t: f"width {t.width}",
+    BATCH_STUDY: lambda t: f"{t.parametrization}{SEPARATOR}batch {t.spec.train.batch_size}",
 }
 
 
@@ -161,7 +163,7 @@ def _line_answer(sweep: SweepRow) -> dict[str, Any] | None:
     result = sweep.result
     if not result:
         return None
-    if sweep.kind == "transfer-check":
+    if sweep.kind == TRANSFER_CHECK:
         return _present({k: result.get(k) for k in ("verdict", "passed", "reasons", "threshold_steps")})
     targets = result.get("targets") or []
     return {"token_optimal_batch": {str(t["loss"]): t.get("token_optimal_batch") for t in targets}} if targets else None
