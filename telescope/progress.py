@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -56,6 +57,8 @@ class SweepProgress:
     `seconds = a + b * flops` fitted to the trials finished in this run, divided by the
     parallelism observed so far (trial seconds per wall second).
     """
+
+    dashboard: ClassVar[str | None] = None  # set by `telescope sweep --dashboard` while it serves
 
     planned: list[tuple[int, float]]  # per level: trials, training FLOPs of one trial
     console: Console = field(default_factory=Console)
@@ -159,6 +162,8 @@ class SweepProgress:
         )
         table.add_row("time", f"{_clock(time.monotonic() - self._started)} elapsed, ~{_clock(self.eta())} remaining")
         table.add_row("best", self.best)
+        if self.dashboard:
+            table.add_row("dashboard", self.dashboard)
         return Group(Text("telescope sweep", style="bold"), table)
 
     def _refresh(self) -> None:

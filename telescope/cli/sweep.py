@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from telescope.cli.common import DbOption, ExecutorKind, StoreOption, err_console
+from telescope.cli.dashboard import DEFAULT_PORT, PortOption, bind_for_sweep, sweep_dashboard
 from telescope.cli.export import print_export
 from telescope.cli.plan import print_plan
 
@@ -24,6 +25,8 @@ def sweep(
     check_threshold: Annotated[float, typer.Option("--check-threshold", help="The check's largest drift per doubling, in grid steps.")] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="Go on with the sweep when the transfer check fails.")] = False,
     no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
+    dashboard: Annotated[bool, typer.Option("--dashboard", help="Serve `telescope dashboard` on 127.0.0.1 for the sweep's life.")] = False,
+    port: PortOption = DEFAULT_PORT,
 ) -> None:
     """Run the telescoping search; running it again resumes where it stopped."""
     from telescope.config import load_config
@@ -51,9 +54,10 @@ def sweep(
 
         check = settings_from_config(cfg, threshold=check_threshold)
         check_settings(check)
+    server = bind_for_sweep(port) if dashboard else None  # a port in use stops it here
     runner = make_executor(settings)  # connects to Ray now: a bad address fails before anything is written
     try:
-        with Database(db) as database:
+        with Database(db) as database, sweep_dashboard(server, database, metrics):
             print_plan(make_plan(cfg))
             section = None
             if check is not None:
