@@ -1,6 +1,6 @@
 """What a sweep costs before it runs: exact parameter counts, training FLOPs, the plan.
 
-The proxy family (DESIGN §3): token embedding vocab x d; per block an RMSNorm gain (d),
+The proxy family (docs/design.md §3): token embedding vocab x d; per block an RMSNorm gain (d),
 q (d x d), k and v (d x d/kv_ratio each), o (d x d), QK-norm gains (head_dim each for q
 and k), an RMSNorm gain (d), a gated MLP of three d x h matrices (h = mlp_ratio * d);
 a final RMSNorm gain (d); the unembedding d x vocab unless tied. No biases.

@@ -1,6 +1,6 @@
 """Parametrizations as data: per-role tables, their fingerprint, and the transfer to a width.
 
-Every parameter has a role (DESIGN §2): `embedding`, `hidden`, `output` or `vector`.
+Every parameter has a role (docs/design.md §2): `embedding`, `hidden`, `output` or `vector`.
 A table gives, per role and as a function of the width multiplier m = width / base_width,
 the forward multiplier, the init std, the optimizer, the learning-rate factor and whether
 weight decay applies. Factors are power laws m**exponent, so a table is a handful of
@@ -23,7 +23,7 @@ from telescope.errors import ConfigError
 Role = Literal["embedding", "hidden", "output", "vector"]
 ROLES: tuple[Role, ...] = ("embedding", "hidden", "output", "vector")
 
-# Optimizer settings shared by every table (DESIGN §2); part of the fingerprint.
+# Optimizer settings shared by every table (docs/design.md §2); part of the fingerprint.
 MUON_VARIANT = "telescope.proxy.muon.Muon"  # batched NS, numerically torch.optim.Muon
 MUON_MOMENTUM = 0.95
 MUON_NESTEROV = True

@@ -1,6 +1,6 @@
 """Which role each parameter plays: the one classifier for the proxy and for any user model.
 
-A role (`embedding`, `hidden`, `output`, `vector`; DESIGN §2) comes from ordered rules,
+A role (`embedding`, `hidden`, `output`, `vector`; docs/design.md §2) comes from ordered rules,
 first match wins, no implicit default: a parameter no rule covers is an error naming it.
 A rule matches a parameter by its full name (`NameRule`, a regular expression) or by what
 it is (`KindRule`: a vector, an `nn.Embedding`'s weight, a matrix, a bank of expert

@@ -1,4 +1,4 @@
-"""The telescoping search (DESIGN §1) as pure functions: grids, narrowing, edge rule, drift fit.
+"""The telescoping search (docs/design.md §1) as pure functions: grids, narrowing, edge rule, drift fit.
 
 Level 0 runs a full log-spaced grid at the base width. Each next level doubles the
 width, centres a sub-grid on the previous level's best point, halves the spacing and

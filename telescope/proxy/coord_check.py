@@ -34,7 +34,7 @@ class CoordCheckSettings:
     parametrization: str = "paper"
     widths: tuple[int, ...] = (64, 128, 256, 512)
     steps: int = 10
-    # A moderate LR: update sizes comparable to DESIGN's calibration (Muon 0.02 "original",
+    # A moderate LR: update sizes comparable to the calibration in docs/design.md §2 (Muon 0.02 "original",
     # AdamW 3e-3). At a table's tuned LR (~0.03) the first updates of the narrowest width
     # rival its init, and `paper`'s 1/m hidden LR then shows up as a negative slope.
     lr: float = DEFAULT_LR

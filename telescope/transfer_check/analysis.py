@@ -9,7 +9,7 @@ highest lr means the optimum lies outside the line: the caller runs `extend_line
 on that side and locates again, up to a cap; the optimum is never extrapolated.
 
 Positions and drifts are measured in grid steps: log(lr2 / lr1) / log(step). Telescoping
-(DESIGN §1) halves the grid spacing per doubling of the width, so it can follow an optimum
+(docs/design.md §1) halves the grid spacing per doubling of the width, so it can follow an optimum
 that moves by about one step per doubling; that is the default PASS threshold.
 """
 
