@@ -75,7 +75,7 @@ def in_process_ray():
     """One Ray for the file, started the way `telescope sweep` starts it."""
     pytest.importorskip("ray")
     import ray.cloudpickle
-    from telescope.trials.ray import _connect
+    from telescope.trials.ray_cluster import connect as _connect
 
     ray.cloudpickle.register_pickle_by_value(fake_trials)  # workers cannot import tests/
     _connect(None)  # no executor of its own: its idle workers would hold the CPUs the tests need

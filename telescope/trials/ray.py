@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import itertools
 import logging
 import os
 import queue
 import re
-import socket
 import tempfile
 import threading
 import time
@@ -37,10 +35,10 @@ from telescope.spec import StepMetrics, Status, TrialResult, TrialSpec
 from telescope.trials.attempts import run_pack_with_retries
 from telescope.trials.base import ExecutorSettings, PackFn, TrialEvents, TrialFn
 from telescope.trials.packs import pack_key, plan_packs
+from telescope.trials.ray_cluster import check_resources, connect, logger_level
 from telescope.trials.threads import limit_threads, threads_for
 
 REPORT_INTERVAL_S = 0.5  # how often a running trial sends its new step rows to the driver
-CONNECT_TIMEOUT_S = 5.0
 _STOP_TIMEOUT_S = 30.0
 _WORKER_RESTARTS = 10_000  # Tune's cap; packs lost with their worker are capped by max_retries
 _IDLE_DEATHS_PER_SLOT = 3  # a worker dying before it takes a pack: a broken worker, not a trial
@@ -60,7 +58,6 @@ _QUIET_TUNE_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # the new console output prints a config table even at verbose=0
 }
 _ANALYSIS_LOGGER = logging.getLogger("ray.tune.analysis.experiment_analysis")
-_AUTH_MODULE = "ray._private.authentication.authentication_token_setup"
 
 
 class RayExecutor:
@@ -76,9 +73,9 @@ class RayExecutor:
         self._pack_fn = pack_fn
         self._report_interval_s = report_interval_s
         self._pool: _WorkerPool | None = None
-        self._owns_connection = _connect(settings.ray_address)
+        self._owns_connection = connect(settings.ray_address)
         try:
-            self._slots = _check_resources(settings)
+            self._slots = check_resources(settings)
         except TelescopeError:
             self.close()
             raise
@@ -152,7 +149,7 @@ class _WorkerPool:
 
     def _fit(self) -> None:
         # Without result files Tune's end-of-run analysis warns about every trial.
-        with _environment(_QUIET_TUNE_ENV), _logger_level(_ANALYSIS_LOGGER, logging.ERROR):
+        with _environment(_QUIET_TUNE_ENV), logger_level(_ANALYSIS_LOGGER, logging.ERROR):
             try:
                 self._tuner.fit()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
@@ -185,131 +182,6 @@ class _WorkerPool:
         finished = self._ran and not self._interrupted
         self._thread.join(timeout=_STOP_TIMEOUT_S if finished else 1.0)
         self._storage.cleanup()
-
-
-# --- connecting ---------------------------------------------------------------
-
-
-def _connect(address: str | None) -> bool:
-    """Start or join Ray; return whether `close` should shut it down (False when
-    this process was already connected before us)."""
-    if address is not None:
-        _check_reachable(address)
-    if ray.is_initialized():
-        current = ray.get_runtime_context().gcs_address
-        if address not in (None, "auto") and not _same_address(address, current):
-            raise TelescopeError(f"this process is already connected to Ray at {current}, not {address}")
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
-    if address is None:
-        # "local" always starts a fresh instance, never joins a `ray start` cluster by accident.
-        # Ray enables token authentication for it and says so: not worth a warning.
-        with _logger_level(logging.getLogger(_AUTH_MODULE), logging.ERROR):
-            ray.init(address="local", num_cpus=_machine_cpus(), include_dashboard=False, **quiet)
-        return True
-    _use_token_auth_if_available()
-    try:
-        ray.init(address=address, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise TelescopeError(
-            f"cannot connect to the Ray cluster at {address}: {_first_line(exc)} "
-            "(a cluster with token authentication needs its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
-        ) from None
-    return True
-
-
-def _use_token_auth_if_available() -> None:
-    """Send the auth token when one is available, as `ray.init()` does for a
-    cluster it finds itself but not for an explicit address (Ray >= 2.52)."""
-    try:
-        auth = importlib.import_module(_AUTH_MODULE)
-    except ImportError:  # a Ray without token authentication
-        return
-    with _logger_level(auth.logger, logging.ERROR):
-        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
-def _check_reachable(address: str) -> None:
-    """Fail in seconds on an address nobody listens on; `ray.init` alone retries for about a minute."""
-    if address == "auto":
-        return
-    if address.startswith("ray://"):
-        raise TelescopeError(
-            f"Ray Client addresses are not supported ({address}): run telescope on a node of the "
-            "cluster and give the head's GCS address, host:port"
-        )
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit():
-        raise TelescopeError(f"Ray address {address!r} is not host:port (or 'auto')")
-    try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as conn:
-            speaks_grpc = os.environ.get("RAY_USE_TLS", "0") not in ("0", "") or _answers_http2(conn)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise TelescopeError(f"cannot reach the Ray cluster at {address}: {reason}") from None
-    if not speaks_grpc:  # ray.init would wait for minutes on, say, a database's port
-        raise TelescopeError(
-            f"{address} answers, but not as a Ray cluster (no gRPC there): give the head's GCS "
-            "address, the --port of `ray start --head` (default 6379)"
-        )
-
-
-# The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4): a gRPC server, such as
-# Ray's GCS, answers with a SETTINGS frame of its own.
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-_HTTP2_SETTINGS = 4
-
-
-def _answers_http2(conn: socket.socket) -> bool:
-    try:
-        conn.sendall(_HTTP2_PREFACE)
-        header = b""
-        while len(header) < 9:
-            chunk = conn.recv(9 - len(header))
-            if not chunk:
-                return False
-            header += chunk
-    except OSError:  # silence until the timeout, or a reset
-        return False
-    return header[3] == _HTTP2_SETTINGS
-
-
-def _same_address(a: str, b: str) -> bool:
-    def resolve(address: str) -> tuple[str, str]:
-        host, _, port = address.rpartition(":")
-        try:
-            host = socket.gethostbyname(host.strip("[]"))
-        except OSError:
-            pass
-        return host, port
-
-    return resolve(a) == resolve(b)
-
-
-def _check_resources(settings: ExecutorSettings) -> int:
-    """Tune waits forever for a trial the cluster can never place: refuse it up front.
-    Return how many trials the cluster runs at once (the slots packs are spread over)."""
-    total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    if settings.cpus_per_trial > cpus:
-        raise TelescopeError(f"cpus_per_trial={settings.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs")
-    if settings.gpus_per_trial > gpus:
-        if gpus == 0:
-            raise TelescopeError(f"gpus_per_trial={settings.gpus_per_trial:g} but the Ray cluster has no GPU")
-        raise TelescopeError(f"gpus_per_trial={settings.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs")
-    slots = int(cpus // settings.cpus_per_trial)
-    if settings.gpus_per_trial:
-        slots = min(slots, int(gpus // settings.gpus_per_trial))
-    return max(1, min(slots, settings.max_concurrent or slots))
-
-
-def _machine_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # --- the worker side ----------------------------------------------------------
@@ -498,21 +370,6 @@ def _ray_error_line(trial: Any) -> str:
 
 def _trial_dirname(trial: Any) -> str:
     return trial.trial_id
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _logger_level(logger: logging.Logger, level: int) -> Iterator[None]:
-    saved = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(saved)
 
 
 @contextlib.contextmanager
