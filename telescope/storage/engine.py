@@ -10,14 +10,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy import Engine, create_engine, event, inspect, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from telescope.errors import StorageError
 from telescope.storage.locks import CREATE_LOCK_KEY, ProcessLocks
-from telescope.storage.schema import DATA_TABLES, SCHEMA_VERSION, VERSION_TABLE, Base, SchemaVersionModel
+from telescope.storage.retry import is_transient
+from telescope.storage.schema import DATA_TABLES, LEASE_TABLE, SCHEMA_VERSION, VERSION_TABLE, Base, SchemaVersionModel
 from telescope.storage.urls import error_line, read_only_uri, safe_url
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -112,13 +113,22 @@ def _schema(engine: Engine, url: URL) -> tuple[set[str], int | None]:
             return tables, None
         with Session(engine) as session:
             return tables, session.scalar(select(SchemaVersionModel.schema_version))
-    except (DBAPIError, SQLAlchemyError) as e:
+    except DBAPIError as e:
+        if is_transient(e) and not _refused(e):
+            raise  # a server restarting: retried by the caller
         raise StorageError(f"cannot open database {safe_url(url)}: {error_line(e, url)}") from None
+    except SQLAlchemyError as e:
+        raise StorageError(f"cannot open database {safe_url(url)}: {error_line(e, url)}") from None
+
+
+def _refused(error: DBAPIError) -> bool:
+    # Nothing listening at all is more likely a wrong URL than a restart: said at once.
+    return "connection refused" in str(error.orig).lower()
 
 
 def _create_tables(engine: Engine, url: URL) -> None:
     try:
-        Base.metadata.create_all(engine)
+        Base.metadata.create_all(engine, tables=[t for t in Base.metadata.sorted_tables if t.name != LEASE_TABLE])
         with Session(engine) as session, session.begin():
             session.add(
                 SchemaVersionModel(
@@ -153,3 +163,15 @@ def _library_version() -> str:
         return metadata.version("telescope")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def check_writable(engine: Engine, url: URL) -> None:
+    """Refuse, before any work, a database this process cannot write: a read-only or
+    immutable file or folder, a read-only server or user. Writes a row unchanged."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(update(SchemaVersionModel).values(library_version=SchemaVersionModel.library_version))
+    except DBAPIError as e:
+        if is_transient(e):
+            raise
+        raise StorageError(f"cannot write to database {safe_url(url)}: {error_line(e, url)}") from None
