@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from telescope.cli.common import DbOption, ExecutorKind, StoreOption, console, print_rows, trial_printer
+from telescope.cli.common import (
+    DEFAULT_RETRY_SECONDS,
+    DbOption,
+    DbRetryOption,
+    ExecutorKind,
+    StoreOption,
+    console,
+    open_database,
+    print_rows,
+    trial_printer,
+)
 from telescope.errors import TelescopeError
 
 
@@ -30,6 +40,7 @@ def batch_study(
     per_device: Annotated[int | None, typer.Option("--per-device", help="Sequences per device for the Pareto frontier. Default: the smallest batch size.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Study name. Default: batch-study-TABLE-HASH.")] = None,
     db: DbOption = None,
+    db_retry_seconds: DbRetryOption = DEFAULT_RETRY_SECONDS,
     store: StoreOption = None,
     executor: Annotated[ExecutorKind | None, typer.Option("--executor", help="ray or local. Default: the config's.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write tokens-to-loss.png, ratio.png and pareto.png here.")] = None,
@@ -41,7 +52,6 @@ def batch_study(
     from telescope.batch_study.run import check_study, run_batch_study, settings_from_config
     from telescope.config import load_config
     from telescope.files import check_writable_folder
-    from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.trials import make_executor
     from telescope.trials.preflight import check_inputs
@@ -61,7 +71,7 @@ def batch_study(
         check_writable_folder(plot)
     runner = make_executor(executor_settings)
     try:
-        with Database(db) as database:
+        with open_database(db, db_retry_seconds) as database:
             result = run_batch_study(settings, database, metrics, runner, name, trial_printer("train_loss"))
     finally:
         runner.close()

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from telescope.cli.common import DbOption, ExecutorKind, StoreOption, err_console
+from telescope.cli.common import (
+    DEFAULT_RETRY_SECONDS,
+    DbOption,
+    DbRetryOption,
+    ExecutorKind,
+    StoreOption,
+    err_console,
+    open_database,
+)
 from telescope.cli.export import print_export
 from telescope.cli.plan import print_plan
 
@@ -16,6 +24,7 @@ def sweep(
     config: Annotated[Path, typer.Argument(help="Sweep config (TOML), e.g. examples/tiny-cpu.toml.")],
     name: Annotated[str | None, typer.Option("--name", help="Sweep name. Default: the config's name, else its file name.")] = None,
     db: DbOption = None,
+    db_retry_seconds: DbRetryOption = DEFAULT_RETRY_SECONDS,
     store: StoreOption = None,
     executor: Annotated[ExecutorKind | None, typer.Option("--executor", help="Override the config: ray or local.")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Connect to this Ray cluster instead of starting one.")] = None,
@@ -28,7 +37,6 @@ def sweep(
     from telescope.config import load_config
     from telescope.cost import plan as make_plan
     from telescope.export import export_sweep
-    from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.sweep import run_sweep
     from telescope.trials.preflight import check_inputs
@@ -53,7 +61,7 @@ def sweep(
         check_settings(check)
     runner = make_executor(settings)  # connects to Ray now: a bad address fails before anything is written
     try:
-        with Database(db) as database:
+        with open_database(db, db_retry_seconds) as database:
             print_plan(make_plan(cfg))
             result = run_sweep(
                 cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console, check=check, force=force

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from telescope.cli.common import DbOption, ExecutorKind, StoreOption, console, print_rows, styled, trial_printer
+from telescope.cli.common import (
+    DEFAULT_RETRY_SECONDS,
+    DbOption,
+    DbRetryOption,
+    ExecutorKind,
+    StoreOption,
+    console,
+    open_database,
+    print_rows,
+    styled,
+    trial_printer,
+)
 
 
 
@@ -38,6 +49,7 @@ def transfer_check(
     executor: Annotated[ExecutorKind | None, typer.Option(help="ray or local. Default: the config's, else ray.")] = None,
     name: Annotated[str | None, typer.Option(help="Check name in the database. Default: from the settings.")] = None,
     db: DbOption = None,
+    db_retry_seconds: DbRetryOption = DEFAULT_RETRY_SECONDS,
     store: StoreOption = None,
     plot: Annotated[Path | None, typer.Option(help="Draw loss vs lr per width, optima marked, to this PNG.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole result as one JSON object.")] = False,
@@ -45,7 +57,6 @@ def transfer_check(
     """Line-sweep the learning rate at each width, locate the optima and judge whether they
     stay put: exit 0 on PASS, 1 on FAIL, 2 on bad input. Trials are stored and resumable."""
     from telescope.cli.coord_check import parse_widths
-    from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.transfer_check.plot import check_plot_path
     from telescope.transfer_check.run import check_settings, run_transfer_check
@@ -69,7 +80,7 @@ def transfer_check(
     metrics.check_writable()
     runner = make_executor(executor_settings)
     try:
-        with Database(db) as database:
+        with open_database(db, db_retry_seconds) as database:
             result = run_transfer_check(settings, database, metrics, runner, name, trial_printer(settings.objective), plot)
     finally:
         runner.close()
