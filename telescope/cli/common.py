@@ -84,6 +84,8 @@ def open_database(db: str | None, retry_seconds: float) -> Any:
         raise TelescopeError(f"invalid --db-retry-seconds {retry_seconds}: it must be a number of seconds, 0 or more")
     database = Database(db, retry_seconds=retry_seconds)
     database.retrier.on_wait = lambda waited: database_waiting(waited, err_console)
+    for line in database.notices:
+        err_console.print(line, highlight=False, soft_wrap=True)
     return database
 
 

@@ -30,3 +30,5 @@ from telescope.cli import transfer_check  # noqa: E402
 app.command("transfer-check")(transfer_check.transfer_check)
 from telescope.cli import batch_study  # noqa: E402
 app.command("batch-study")(batch_study.batch_study)
+from telescope.cli import db  # noqa: E402
+app.add_typer(db.app, name="db")

@@ -32,6 +32,7 @@ from telescope.spec import FINISHED, SWEEPABLE, Status, TrialResult, TrialSpec
 from telescope.storage.engine import check_schema, check_sqlite_target, check_writable, make_engine
 from telescope.storage.lease import LeaseLost, PostgresLease
 from telescope.storage.locks import ProcessLocks, Taken, lease_key
+from telescope.storage.reader import grant_reader
 from telescope.storage.metrics import check_sweep_name, check_trial_key
 from telescope.storage.rows import (
     LevelRow,
@@ -96,13 +97,24 @@ class Database:
         self._leases: dict[str, PostgresLease] = {}
         # Set `retrier.on_wait` to show that the database is away (see telescope.progress).
         self.retrier = Retrier(retry_seconds, describe=self._describe, reconnect=self.engine.dispose)
+        self.notices: list[str] = []  # lines for the user: what opening the database did
         try:
-            self._run(lambda: check_schema(self.engine, self.url, self._locks, create))
+            created = self._run(lambda: check_schema(self.engine, self.url, self._locks, create))
             if create:
                 self._run(lambda: check_writable(self.engine, self.url))
+            if created and self.url.get_backend_name() == "postgresql":
+                self.notices.append(self._run(self._offer_reader))
         except BaseException:
             self.close()
             raise
+
+    def _offer_reader(self) -> str:
+        """Set up the least-privilege role of `telescope query` where this user may."""
+        with self.engine.connect() as conn:
+            try:
+                return grant_reader(conn)
+            except StorageError as e:
+                return str(e)
 
     @contextmanager
     def lease(self, sweep: str) -> Iterator[None]:

@@ -78,12 +78,13 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def check_schema(engine: Engine, url: URL, locks: ProcessLocks, create: bool) -> None:
+def check_schema(engine: Engine, url: URL, locks: ProcessLocks, create: bool) -> bool:
     """Create the tables of a fresh database (with `create`), then refuse a database that
-    is not telescope's or has another schema version."""
+    is not telescope's or has another schema version. Returns whether it created them."""
     display_url = safe_url(url)
     tables, version = _schema(engine, url)
     foreign = VERSION_TABLE not in tables and tables & set(DATA_TABLES)
+    created = False
     if create and version is None and not foreign:
         # Two drivers starting on a fresh database would both create the tables (a duplicate
         # key in PostgreSQL's catalog, "table already exists" in SQLite): they take turns,
@@ -92,11 +93,12 @@ def check_schema(engine: Engine, url: URL, locks: ProcessLocks, create: bool) ->
             tables, version = _schema(engine, url)
             if VERSION_TABLE not in tables:
                 _create_tables(engine, url)
+                created = True
                 tables, version = _schema(engine, url)
     if VERSION_TABLE in tables:
         if version != SCHEMA_VERSION:
             raise StorageError(_incompatible_message(display_url, version))
-        return
+        return created
     if tables & set(DATA_TABLES):
         raise StorageError(
             f"{display_url} is not a telescope database (it has tables named "

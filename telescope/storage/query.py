@@ -5,7 +5,9 @@ Read-only is a property of the connection, not of the query text:
 - SQLite is opened with a `file:...?mode=ro` URI, `PRAGMA query_only`, and an
   authorizer that allows reading and nothing else (so ATTACH and PRAGMA writes
   are refused too);
-- PostgreSQL: a read-only transaction alone lets through `COPY ... TO PROGRAM`,
+- PostgreSQL: the statement runs as the role telescope_reader, which may read
+  telescope's tables and nothing else (telescope.storage.reader). A read-only
+  transaction alone lets through `COPY ... TO PROGRAM`,
   `LOCK`, `NOTIFY` and functions with side effects (`pg_read_file`,
   `set_config`, `pg_terminate_backend`, advisory locks). So the server itself
   vets the statement first: it parses it as one prepared statement (more than
@@ -47,6 +49,7 @@ from sqlalchemy.engine import URL
 from telescope.errors import StorageError
 from telescope.storage.engine import SQLITE_BUSY_TIMEOUT_S
 from telescope.storage.urls import error_line, read_only_uri, resolve_url, safe_url
+from telescope.storage.reader import reader_role
 from telescope.storage.metrics import DEFAULT_STORE, PARTITION_SCHEMA, STEP_SCHEMA, readable_metrics_files
 from telescope.storage.schema import DATA_TABLES, Base, UTCDateTime
 
@@ -114,6 +117,14 @@ class _Connection:
     url: URL
     timeout: float
     denied: list[str]  # what the SQLite authorizer refused, for the message
+    role: str | None = None  # PostgreSQL: the role every transaction reads as (telescope.storage.reader)
+
+    def begin_reading(self) -> None:
+        """Start a PostgreSQL transaction as the reader role and take its snapshot, after
+        which PostgreSQL refuses `SET TRANSACTION READ WRITE` in it."""
+        if self.role is not None:
+            self.dbapi.execute(f"SET LOCAL ROLE {self.role}")
+        self.dbapi.execute("SELECT 1")
 
 
 @contextmanager
@@ -216,13 +227,18 @@ def _open_postgres(url: URL, timeout: float) -> _Connection:
         # prepare_threshold must not be None: that would silently turn prepare=True off.
         dbapi = psycopg.connect(make_conninfo(**args), autocommit=False, prepare_threshold=5)
         dbapi.read_only = True
-        with dbapi.cursor() as cursor:
-            # The first query takes the transaction's snapshot; after it PostgreSQL
-            # refuses `SET TRANSACTION READ WRITE` inside this transaction.
-            cursor.execute("SELECT 1")
+        try:
+            with dbapi.cursor() as cursor:
+                role = reader_role(cursor, safe_url(url))
+        except StorageError:
+            dbapi.close()
+            raise
+        dbapi.rollback()
+        connection = _Connection(dbapi, "postgresql", url, timeout, [], role)
+        connection.begin_reading()
     except psycopg.Error as e:
         raise StorageError(f"cannot connect to {safe_url(url)}: {error_line(e, url)}") from None
-    return _Connection(dbapi, "postgresql", url, timeout, [])
+    return connection
 
 
 # ---------------------------------------------------------------------------
@@ -248,6 +264,9 @@ def _run_in_database(sql: str, connection: _Connection, limit: int) -> QueryResu
 
 # Volatile functions that read nothing and change nothing; every other volatile one is refused.
 _HARMLESS_VOLATILE = {"random", "random_normal", "clock_timestamp", "timeofday", "gen_random_uuid"}
+# Built-in functions that run SQL given as text, where the checks below cannot see it.
+_RUNS_SQL_TEXT = {"query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml",
+                  "cursor_to_xmlschema", "ts_stat"}  # fmt: skip
 _CHECK_VIEW = "pg_temp.telescope_query_check"
 # Fields of a stored query tree (pg_node_tree) that hold function and operator OIDs. User
 # text never reaches them: constants are stored as bytes and names with escaped blanks.
@@ -265,7 +284,7 @@ def _run_in_postgres(sql: str, connection: _Connection, limit: int) -> QueryResu
             _vet_postgres_statement(sql, connection)
         finally:
             dbapi.rollback()  # the check's temporary view goes
-        dbapi.execute("SELECT 1")  # a snapshot: this read-only transaction cannot be made read-write
+        connection.begin_reading()
         # A named cursor is DECLARE ... CURSOR FOR, which takes nothing but a query.
         with dbapi.cursor(name="telescope_query") as cursor:
             cursor.execute(sql)
@@ -307,13 +326,19 @@ def _vet_postgres_statement(sql: str, connection: _Connection) -> None:
         functions = [int(oid) for oid in _FUNCTION_FIELDS.findall(tree)]
         operators = [int(oid) for oid in _OPERATOR_FIELDS.findall(tree)]
         cursor.execute(
-            "SELECT DISTINCT p.proname, p.oid::regprocedure::text FROM pg_proc p WHERE p.provolatile = 'v' "
-            "AND (p.oid = ANY(%s) OR p.oid IN (SELECT oprcode FROM pg_operator WHERE oid = ANY(%s)))",
+            "SELECT DISTINCT p.proname, p.oid::regprocedure::text, p.provolatile = 'v', "
+            "p.pronamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) FROM pg_proc p "
+            "WHERE p.oid = ANY(%s) OR p.oid IN (SELECT oprcode FROM pg_operator WHERE oid = ANY(%s))",
             [functions, operators],
         )
-        refused = sorted(signature for name, signature in cursor.fetchall() if name not in _HARMLESS_VOLATILE)
-    if refused:
-        raise StorageError(f"{READ_ONLY_REFUSAL} (calls {', '.join(refused)}, which may have side effects)")
+        called = cursor.fetchall()
+    side_effects = sorted(sig for name, sig, volatile, _ in called if volatile and name not in _HARMLESS_VOLATILE)
+    if side_effects:
+        raise StorageError(f"{READ_ONLY_REFUSAL} (calls {', '.join(side_effects)}, which may have side effects)")
+    # A function someone created may do anything, whatever its volatility says.
+    others = sorted(sig for name, sig, _, built_in in called if not built_in or name in _RUNS_SQL_TEXT)
+    if others:
+        raise StorageError(f"{READ_ONLY_REFUSAL} (calls {', '.join(others)}: only built-in functions run)")
 
 
 def _query_error(error: Exception, connection: _Connection) -> StorageError:
