@@ -49,6 +49,7 @@ def batch_study(
     """For each optimizer (the config's Muon table and adamw) and batch size: an LR line at the
     calibration width on the same tokens, then T_L(B), R_L(B) = T_adamw / T_muon, B_tok and
     the compute-time Pareto frontier (arXiv 2505.02222 §2)."""
+    from telescope.cli.checks import check_widths_fit
     from telescope.batch_study.run import check_study, run_batch_study, settings_from_config
     from telescope.config import load_config
     from telescope.files import check_writable_folder
@@ -65,6 +66,8 @@ def batch_study(
         check_sweep_name(name)
     executor_settings = cfg.executor if executor is None else dataclasses.replace(cfg.executor, kind=executor.value)
     check_inputs(settings.model, settings.train, executor_settings)
+    if executor_settings.ray_address is None:
+        check_widths_fit(settings.model, [settings.width], settings.train.device, "the calibration width")
     metrics = MetricsStore(store)
     metrics.check_writable()
     if plot is not None:

@@ -74,6 +74,13 @@ StoreOption = Annotated[
 ]
 
 
+def positive_number(value: float, option: str) -> float:
+    """`value` if it is a finite number above 0; else one line naming `option`."""
+    if not (math.isfinite(value) and value > 0):
+        raise TelescopeError(f"{option} must be a finite number above 0, got {value}")
+    return value
+
+
 def open_database(db: str | None, retry_seconds: float) -> Any:
     """The Database a command writes to, waiting up to `retry_seconds` for it while it is
     unavailable, and saying so in the live view."""

@@ -34,6 +34,7 @@ def sweep(
     force: Annotated[bool, typer.Option("--force", help="Go on with the sweep when the transfer check fails.")] = False,
 ) -> None:
     """Run the telescoping search; running it again resumes where it stopped."""
+    from telescope.cli.checks import check_widths_fit
     from telescope.config import load_config
     from telescope.cost import plan as make_plan
     from telescope.export import export_sweep
@@ -51,6 +52,8 @@ def sweep(
         settings = dataclasses.replace(settings, kind="ray", ray_address=ray_address)
     sweep_name = check_sweep_name(name or cfg.name or config.stem)
     check_inputs(cfg.model, cfg.train, settings)
+    if settings.ray_address is None:
+        check_widths_fit(cfg.model, [cfg.widths.calibration], cfg.train.device, "widths.calibration")
     metrics = MetricsStore(store)
     metrics.check_writable()
     check = None

@@ -56,6 +56,7 @@ def transfer_check(
 ) -> None:
     """Line-sweep the learning rate at each width, locate the optima and judge whether they
     stay put: exit 0 on PASS, 1 on FAIL, 2 on bad input. Trials are stored and resumable."""
+    from telescope.cli.checks import check_plot_file, check_widths_fit
     from telescope.cli.coord_check import parse_widths
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.transfer_check.plot import check_plot_path
@@ -73,9 +74,11 @@ def transfer_check(
     if name is not None:
         check_sweep_name(name)
     if plot is not None:
-        check_plot_path(plot)
+        check_plot_file(check_plot_path(plot))
     check_settings(settings)
     check_inputs(settings.model, settings.train, executor_settings)
+    if settings.model_factory is None and executor_settings.ray_address is None:
+        check_widths_fit(settings.model, settings.widths, settings.train.device, "--widths")
     metrics = MetricsStore(store)
     metrics.check_writable()
     runner = make_executor(executor_settings)

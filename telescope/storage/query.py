@@ -50,11 +50,13 @@ from telescope.errors import StorageError
 from telescope.storage.engine import SQLITE_BUSY_TIMEOUT_S
 from telescope.storage.urls import error_line, read_only_uri, resolve_url, safe_url
 from telescope.storage.reader import reader_role
-from telescope.storage.metrics import DEFAULT_STORE, PARTITION_SCHEMA, STEP_SCHEMA, readable_metrics_files
+from telescope.storage.metrics import PARTITION_SCHEMA, STEP_SCHEMA, MetricsStore, readable_metrics_files
 from telescope.storage.schema import DATA_TABLES, Base, UTCDateTime
 
 DEFAULT_LIMIT = 1000
 DEFAULT_TIMEOUT_S = 30.0
+MAX_LIMIT = 1_000_000_000  # rows are held in memory; FETCH takes a 64-bit count
+MAX_TIMEOUT_S = 2_000_000  # PostgreSQL's statement_timeout holds at most 2^31 - 1 ms (24.8 days)
 
 READ_ONLY_REFUSAL = "refused: telescope query is read-only"
 ONE_STATEMENT = "refused: telescope query runs one statement at a time"
@@ -93,16 +95,17 @@ def run_query(
     failure is a StorageError with one line."""
     if not sql.strip():
         raise StorageError("empty query: pass a SQL statement, or - to read it from stdin")
-    if limit < 1:
-        raise StorageError(f"invalid --limit {limit}: it must be at least 1")
-    if not timeout > 0:
-        raise StorageError(f"invalid --timeout {timeout}: it must be more than 0 seconds")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise StorageError(f"invalid --limit {limit}: it must be from 1 to {MAX_LIMIT:,}")
+    if not 0 < timeout <= MAX_TIMEOUT_S:
+        raise StorageError(f"invalid --timeout {timeout}: it must be more than 0 and at most {MAX_TIMEOUT_S:,} seconds")
+    root = MetricsStore(store).root  # a file where the store should be is refused, as `sweep` refuses it
     url = resolve_url(db)
     use_duckdb = mentions_metrics(sql) if metrics is None else metrics
     deadline = time.monotonic() + timeout
     with _read_only_connection(url, timeout, deadline) as connection:
         if use_duckdb:
-            return _run_in_duckdb(sql, connection, Path(store or DEFAULT_STORE), limit, deadline)
+            return _run_in_duckdb(sql, connection, root, limit, deadline)
         return _run_in_database(sql, connection, limit)
 
 
