@@ -60,6 +60,7 @@ MAX_TIMEOUT_S = 2_000_000  # PostgreSQL's statement_timeout holds at most 2^31 -
 
 READ_ONLY_REFUSAL = "refused: telescope query is read-only"
 ONE_STATEMENT = "refused: telescope query runs one statement at a time"
+READER_REFUSAL = "refused: telescope query reads telescope's own tables and nothing else"
 
 
 @dataclass(frozen=True)
@@ -267,9 +268,9 @@ def _run_in_database(sql: str, connection: _Connection, limit: int) -> QueryResu
 
 # Volatile functions that read nothing and change nothing; every other volatile one is refused.
 _HARMLESS_VOLATILE = {"random", "random_normal", "clock_timestamp", "timeofday", "gen_random_uuid"}
-# Built-in functions that run SQL given as text, where the checks below cannot see it.
-_RUNS_SQL_TEXT = {"query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml",
-                  "cursor_to_xmlschema", "ts_stat"}  # fmt: skip
+# Built-in functions that run SQL the checks below cannot see: given as text (query_to_xml,
+# ts_stat), or over every table and view of a relation, schema or database (table_to_xml...).
+_RUNS_SQL = re.compile(r"(.*_to_xml(schema|_and_xmlschema)?|ts_stat)")
 _CHECK_VIEW = "pg_temp.telescope_query_check"
 # Fields of a stored query tree (pg_node_tree) that hold function and operator OIDs. User
 # text never reaches them: constants are stored as bytes and names with escaped blanks.
@@ -339,7 +340,7 @@ def _vet_postgres_statement(sql: str, connection: _Connection) -> None:
     if side_effects:
         raise StorageError(f"{READ_ONLY_REFUSAL} (calls {', '.join(side_effects)}, which may have side effects)")
     # A function someone created may do anything, whatever its volatility says.
-    others = sorted(sig for name, sig, _, built_in in called if not built_in or name in _RUNS_SQL_TEXT)
+    others = sorted(sig for name, sig, _, built_in in called if not built_in or _RUNS_SQL.fullmatch(name))
     if others:
         raise StorageError(f"{READ_ONLY_REFUSAL} (calls {', '.join(others)}: only built-in functions run)")
 
@@ -361,6 +362,8 @@ def _query_error(error: Exception, connection: _Connection) -> StorageError:
     code = getattr(error, "sqlstate", None)
     if code == "25006":  # read_only_sql_transaction
         return StorageError(f"{READ_ONLY_REFUSAL} ({message})")
+    if code == "42501":  # insufficient_privilege: telescope_reader may read telescope's tables only
+        return StorageError(f"{READER_REFUSAL} ({message})")
     if code == "57014":  # query_canceled: statement_timeout
         return _timeout_error(connection.timeout)
     return StorageError(f"query failed: {message}")

@@ -85,8 +85,9 @@ def reader_role(cursor: Any, display_url: str) -> str | None:
     superuser, user, has_tables, role_exists = cursor.fetchone()
     if role_exists and has_tables:
         cursor.execute(
-            "SELECT pg_has_role(current_user, %(role)s, 'MEMBER') AND has_table_privilege(%(role)s, 'sweeps', 'SELECT')",
-            {"role": READER_ROLE},
+            "SELECT pg_has_role(current_user, %(role)s, 'MEMBER') AND bool_and(has_table_privilege(%(role)s, t, 'SELECT')) "
+            "FROM unnest(%(tables)s::text[]) t",
+            {"role": READER_ROLE, "tables": list(READ_TABLES)},
         )
         if cursor.fetchone()[0]:
             return READER_ROLE
