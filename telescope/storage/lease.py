@@ -1,16 +1,16 @@
-"""The lease of a sweep on PostgreSQL: a row that survives server restarts.
+"""The lease of a sweep on PostgreSQL: it survives server restarts.
 
 A session advisory lock vanishes when the server restarts, while the driver that held it
-lives on and reconnects: a second driver could then run the same sweep. So the lease is a
-row in `telescope_leases`, written by the holder's own session (kept open while it holds
-the lease) and refreshed by a heartbeat. Another driver takes a lease over only when
-- its holder's session has ended while the server kept running (the holder died), or
-- the server restarted since the holder's last heartbeat and the lease has expired:
-  `expires_at` is the last heartbeat plus the holder's own --db-retry-seconds and a
-  margin, so a holder still waiting for the database is never overtaken.
-The holder's session also holds an advisory lock on the sweep, so that a live holder is
-seen by every user (pg_stat_activity hides other users' sessions); the row tells a holder
-that died from one cut off by a restart. The holder re-claims its row after a restart. Before each write the database checks, in
+lives on and reconnects: a second driver could then run the same sweep. So the lease is
+two things: the advisory lock, held by a session the holder keeps open (a live holder is
+seen at once, by every user), and a row in `telescope_leases`, kept fresh by a heartbeat,
+that outlives a restart. Another driver takes the lease only with the lock, and then
+- when the row's holder died while the server kept running (the lock went with it), or
+- when the server restarted since the holder's last heartbeat, and the holder's process
+  has ended (when it ran on this machine) or its lease has expired: `expires_at` is the
+  last heartbeat plus the holder's own --db-retry-seconds and a margin, so a holder still
+  waiting for the database is never overtaken.
+The holder claims both again after a restart. Before each write the database checks, in
 the write's own transaction, that the row is still its own; a driver that lost it stops.
 """
 
@@ -20,6 +20,7 @@ import os
 import secrets
 import socket
 import threading
+from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -32,20 +33,16 @@ EXPIRY_MARGIN_S = 30.0
 
 _READ = text(
     f"""
-    SELECT owner, holder, server_started_at = pg_postmaster_start_time() AS same_server,
+    SELECT owner, host, pid, server_started_at = pg_postmaster_start_time() AS same_server,
            ceil(extract(epoch FROM expires_at - now())) AS expires_in
     FROM {LEASE_TABLE} WHERE sweep = :sweep FOR UPDATE
     """
 )
 _WRITE = text(
     f"""
-    INSERT INTO {LEASE_TABLE} (sweep, owner, holder, backend_pid, backend_start, server_started_at,
-                               heartbeat_at, expires_at)
-    SELECT :sweep, :owner, :holder, pg_backend_pid(), a.backend_start, pg_postmaster_start_time(),
-           now(), now() + make_interval(secs => :expiry)
-    FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()
-    ON CONFLICT (sweep) DO UPDATE SET owner = excluded.owner, holder = excluded.holder,
-        backend_pid = excluded.backend_pid, backend_start = excluded.backend_start,
+    INSERT INTO {LEASE_TABLE} (sweep, owner, host, pid, server_started_at, heartbeat_at, expires_at)
+    VALUES (:sweep, :owner, :host, :pid, pg_postmaster_start_time(), now(), now() + make_interval(secs => :expiry))
+    ON CONFLICT (sweep) DO UPDATE SET owner = excluded.owner, host = excluded.host, pid = excluded.pid,
         server_started_at = excluded.server_started_at, heartbeat_at = excluded.heartbeat_at,
         expires_at = excluded.expires_at
     """
@@ -68,7 +65,7 @@ class PostgresLease:
     def __init__(self, engine: Engine, sweep: str, retry_seconds: float) -> None:
         self.engine, self.sweep = engine, sweep
         self.owner = secrets.token_hex(16)
-        self.holder = f"{socket.gethostname()} pid {os.getpid()}"
+        self.host, self.pid = socket.gethostname(), os.getpid()
         self.expiry_s = retry_seconds + EXPIRY_MARGIN_S
         self.lost_to: str | None = None  # what became of the lease, once lost
         self._connection: Connection | None = None
@@ -92,16 +89,18 @@ class PostgresLease:
         try:
             if not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), key):
                 row = conn.execute(_READ, {"sweep": self.sweep}).first()
-                holder = f" ({row.holder})" if row is not None else ""
+                holder = f" ({_holder(row)})" if row is not None else ""
                 raise Taken(f"is being run by another telescope process{holder}")
             row = conn.execute(_READ, {"sweep": self.sweep}).first()
             if row is not None and row.owner != self.owner and not row.same_server and row.expires_in > 0:
-                raise Taken(
-                    f"was being run by {row.holder} when the database restarted, and that driver may still be "
-                    f"reconnecting (its lease expires in {row.expires_in:.0f} s)"
-                )
+                if not _ended_here(row.host, row.pid):
+                    raise Taken(
+                        f"was being run by {_holder(row)} when the database restarted, and that driver may still "
+                        f"be reconnecting (its lease expires in {row.expires_in:.0f} s)"
+                    )
             conn.execute(
-                _WRITE, {"sweep": self.sweep, "owner": self.owner, "holder": self.holder, "expiry": self.expiry_s}
+                _WRITE,
+                {"sweep": self.sweep, "owner": self.owner, "host": self.host, "pid": self.pid, "expiry": self.expiry_s},
             )
             conn.commit()
         except BaseException:
@@ -142,10 +141,10 @@ class PostgresLease:
         if self.lost_to is not None:
             raise LeaseLost(self.lost_to)
         row = conn.execute(
-            text(f"SELECT owner, holder FROM {LEASE_TABLE} WHERE sweep = :sweep FOR SHARE"), {"sweep": self.sweep}
+            text(f"SELECT owner, host, pid FROM {LEASE_TABLE} WHERE sweep = :sweep FOR SHARE"), {"sweep": self.sweep}
         ).first()
         if row is None or row.owner != self.owner:
-            self.lost_to = f"was taken over by {row.holder}" if row is not None else "was released by someone else"
+            self.lost_to = f"was taken over by {_holder(row)}" if row is not None else "was released by someone else"
             raise LeaseLost(self.lost_to)
 
     def release(self) -> None:
@@ -175,6 +174,24 @@ class PostgresLease:
             except DBAPIError:
                 pass
             self._connection = None
+
+
+def _holder(row: Any) -> str:
+    return f"{row.host} pid {row.pid}"
+
+
+def _ended_here(host: str, pid: int) -> bool:
+    """Whether the holder ran on this machine and its process has ended (it cannot be
+    reconnecting, so its lease need not expire first)."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
 
 
 def _ensure_table(engine: Engine) -> None:

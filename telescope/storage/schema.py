@@ -188,9 +188,8 @@ class LeaseModel(Base):
 
     sweep: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))  # a random token per driver
-    holder: Mapped[str] = mapped_column(String(300))  # "host pid N", for messages
-    backend_pid: Mapped[int] = mapped_column(Integer)  # the holder's session, while it lives
-    backend_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    host: Mapped[str] = mapped_column(String(255))  # the holder's machine and process
+    pid: Mapped[int] = mapped_column(Integer)
     server_started_at: Mapped[datetime] = mapped_column(UTCDateTime)  # pg_postmaster_start_time() then
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
