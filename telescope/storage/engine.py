@@ -5,6 +5,7 @@ another program or another version refused with a message that names the fix).""
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +33,11 @@ def check_sqlite_target(path: Path, create: bool) -> None:
         raise StorageError(f"cannot create database {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise StorageError(f"database path {path} is a folder, not a file")
+    if create:  # SQLite writes its journal and the lock file beside the database
+        try:
+            tempfile.TemporaryFile(dir=path.parent).close()
+        except OSError as e:
+            raise StorageError(f"cannot write to database {path}: its folder {path.parent} takes no files ({e.strerror})") from None
     if path.exists():
         _check_sqlite_file(path)
 
@@ -46,6 +52,8 @@ def _check_sqlite_file(path: Path) -> None:
         finally:
             connection.close()
     except sqlite3.DatabaseError as e:
+        if e.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN:  # e.g. a WAL file that cannot be made beside it
+            raise StorageError(f"cannot open database {path} ({e}): check that it and its folder may be read and written") from None
         problems = [str(e)]
     if problems != ["ok"]:
         raise StorageError(
