@@ -17,22 +17,17 @@ server.
 
 from __future__ import annotations
 
-import functools
 import math
-from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import bindparam, case, delete, func, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from telescope.errors import StorageError
 from telescope.spec import FINISHED, SWEEPABLE, Status, TrialResult, TrialSpec
-from telescope.storage.engine import check_schema, check_sqlite_target, check_writable, make_engine
-from telescope.storage.lease import LeaseLost, PostgresLease
-from telescope.storage.locks import ProcessLocks, Taken, lease_key
-from telescope.storage.reader import grant_reader
+from telescope.storage.connection import OpenDatabase, retried
 from telescope.storage.metrics import check_sweep_name, check_trial_key
 from telescope.storage.rows import (
     LevelRow,
@@ -47,21 +42,6 @@ from telescope.storage.rows import (
     trial_row,
 )
 from telescope.storage.schema import LEVEL_STATUSES, SWEEP_KINDS, SWEEP_STATUSES, LevelModel, SweepModel, TrialModel
-from telescope.storage.retry import DEFAULT_RETRY_SECONDS, Retrier
-from telescope.storage.urls import error_line, resolve_url, safe_url, sqlite_path
-
-
-T = TypeVar("T")
-
-
-def _retried(method: Callable[..., T]) -> Callable[..., T]:
-    """A Database operation run through Database._run."""
-
-    @functools.wraps(method)
-    def run(self: "Database", *args: Any, **kwargs: Any) -> T:
-        return self._run(lambda: method(self, *args, **kwargs))
-
-    return run
 
 
 def _now() -> datetime:
@@ -75,114 +55,13 @@ def _finite(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class Database:
-    """Read/write access to one telescope database (SQLite file or PostgreSQL).
-
-    `create=True` creates the file and tables when missing; `create=False`
-    (for commands that only read) refuses a missing database. Either way a
-    database of another program or another schema version is refused with a
-    StorageError that names the fix, before anything is written.
-    """
-
-    def __init__(
-        self, url: str | None = None, *, create: bool = True, retry_seconds: float = DEFAULT_RETRY_SECONDS
-    ) -> None:
-        self.url = resolve_url(url)
-        self.display_url = safe_url(self.url)
-        path = sqlite_path(self.url)
-        if path is not None:
-            check_sqlite_target(path, create)
-        self.engine = make_engine(self.url)
-        self._locks = ProcessLocks(self.url, self.engine)
-        self._leases: dict[str, PostgresLease] = {}
-        # Set `retrier.on_wait` to show that the database is away (see telescope.progress).
-        self.retrier = Retrier(retry_seconds, describe=self._describe, reconnect=self.engine.dispose)
-        self.notices: list[str] = []  # lines for the user: what opening the database did
-        try:
-            created = self._run(lambda: check_schema(self.engine, self.url, self._locks, create))
-            if create:
-                self._run(lambda: check_writable(self.engine, self.url))
-            if created and self.url.get_backend_name() == "postgresql":
-                self.notices.append(self._run(self._offer_reader))
-        except BaseException:
-            self.close()
-            raise
-
-    def _offer_reader(self) -> str:
-        """Set up the least-privilege role of `telescope query` where this user may."""
-        with self.engine.connect() as conn:
-            try:
-                return grant_reader(conn)
-            except StorageError as e:
-                return str(e)
-
-    @contextmanager
-    def lease(self, sweep: str) -> Iterator[None]:
-        """Hold the right to run `sweep`: a second driver on the same sweep is refused with a
-        StorageError instead of training every trial again. On SQLite the lease is a lock the
-        kernel drops only when its process ends; on PostgreSQL a row that survives server
-        restarts (telescope.storage.lease). Every write to the sweep checks it first."""
-        try:
-            if self.url.get_backend_name() != "postgresql":
-                with self._locks.exclusive(lease_key(sweep), wait=False):
-                    yield
-                return
-            lease = PostgresLease(self.engine, sweep, self.retrier.retry_seconds)
-            self._run(lease.acquire)
-        except Taken as taken:
-            reason = str(taken) or "is being run by another telescope process"
-            raise StorageError(f"sweep {sweep!r} {reason} on {self.display_url}; wait for it to end") from None
-        self._leases[sweep] = lease
-        try:
-            yield
-        finally:
-            del self._leases[sweep]
-            lease.release()
-
-    @contextmanager
-    def _writing(self, sweep: str) -> Iterator[Session]:
-        """One write transaction on `sweep`; refused when this driver leased the sweep and
-        has lost the lease since."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            lease = self._leases.get(sweep)
-            if lease is not None:
-                try:
-                    lease.check(session.connection())
-                except LeaseLost as lost:
-                    raise StorageError(
-                        f"sweep {sweep!r} {lost} while this driver could not reach {self.display_url}: "
-                        "this driver stops here (what it finished is stored)"
-                    ) from None
-            yield session
-
-    def _run(self, operation: Callable[[], T]) -> T:
-        """Run one operation, again while the database is unavailable (telescope.storage.retry);
-        any other database error is one line."""
-        try:
-            return self.retrier.run(operation)
-        except DBAPIError as e:
-            raise StorageError(self._describe(e)) from None
-
-    def _describe(self, error: BaseException) -> str:
-        return f"database {self.display_url}: {error_line(error, self.url)}"
-
-    def close(self) -> None:
-        """Release every connection (on SQLite this also checkpoints the WAL into the file)."""
-        self.engine.dispose()
-        self._locks.close()
-
-    def __enter__(self) -> "Database":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Database({self.display_url!r})"
+class Database(OpenDatabase):
+    """Read/write access to one telescope database (SQLite file or PostgreSQL): sweeps,
+    levels and trials. Every method is one transaction (see OpenDatabase for opening)."""
 
     # -- sweeps ------------------------------------------------------------
 
-    @_retried
+    @retried
     def create_sweep(
         self,
         name: str,
@@ -224,7 +103,7 @@ class Database:
             ) from None
         return sweep_row(row)
 
-    @_retried
+    @retried
     def resume_or_create(
         self,
         name: str,
@@ -250,13 +129,13 @@ class Database:
         self.reset_running(name)
         self.update_sweep(name, status="running")
 
-    @_retried
+    @retried
     def get_sweep(self, name: str) -> SweepRow | None:
         with Session(self.engine) as session:
             row = session.scalar(select(SweepModel).where(SweepModel.name == name))
             return sweep_row(row) if row is not None else None
 
-    @_retried
+    @retried
     def require_sweep(self, name: str) -> SweepRow:
         """The sweep, or a StorageError naming it and the sweeps that do exist."""
         sweep = self.get_sweep(name)
@@ -264,14 +143,14 @@ class Database:
             raise StorageError(self._unknown_sweep_message(name))
         return sweep
 
-    @_retried
+    @retried
     def list_sweeps(self) -> list[SweepRow]:
         """All sweeps, oldest first."""
         with Session(self.engine) as session:
             rows = session.scalars(select(SweepModel).order_by(SweepModel.created_at, SweepModel.id))
             return [sweep_row(r) for r in rows]
 
-    @_retried
+    @retried
     def update_sweep(
         self, name: str, *, status: str | None = None, result: Mapping[str, Any] | None = None
     ) -> None:
@@ -286,7 +165,7 @@ class Database:
             if changed.rowcount == 0:
                 raise StorageError(self._unknown_sweep_message(name))
 
-    @_retried
+    @retried
     def delete_sweep(self, name: str) -> None:
         """Remove a sweep with its levels and trials (metrics files are the store's business)."""
         with self._writing(name) as session:
@@ -295,7 +174,7 @@ class Database:
             if session.execute(delete(SweepModel).where(SweepModel.name == name)).rowcount == 0:
                 raise StorageError(self._unknown_sweep_message(name))
 
-    @_retried
+    @retried
     def sweep_detail(self, name: str) -> SweepDetail:
         """A sweep with all its levels and trials; StorageError naming the known sweeps if absent."""
         sweep = self.require_sweep(name)
@@ -307,7 +186,7 @@ class Database:
         known = f"known sweeps: {', '.join(names)}" if names else "the database has no sweeps yet"
         return f"no sweep named {name!r} in {self.display_url} ({known})"
 
-    @_retried
+    @retried
     def sweep_summaries(self) -> list[SweepSummary]:
         """Every sweep with its level and trial progress, oldest first (three queries in all)."""
         with Session(self.engine) as session:
@@ -346,7 +225,7 @@ class Database:
 
     # -- levels ------------------------------------------------------------
 
-    @_retried
+    @retried
     def plan_level(self, sweep: str, level: int, *, width: int, grid: Sequence[Mapping[str, Any]]) -> None:
         """Store a level's plan (its width and grid points); re-planning a level replaces
         the plan and keeps its outcome and times."""
@@ -373,7 +252,7 @@ class Database:
                 existing.grid_json = grid_json
                 existing.n_points = len(grid)
 
-    @_retried
+    @retried
     def start_level(self, sweep: str, level: int) -> None:
         """Mark a planned level running; the first start time is kept across resumes."""
         now = _now()
@@ -384,7 +263,7 @@ class Database:
             if row.started_at is None:
                 row.started_at = now
 
-    @_retried
+    @retried
     def finish_level(
         self,
         sweep: str,
@@ -412,13 +291,13 @@ class Database:
             row.status = status
             row.finished_at = _now() if status == "completed" else None
 
-    @_retried
+    @retried
     def levels(self, sweep: str) -> list[LevelRow]:
         with Session(self.engine) as session:
             rows = session.scalars(select(LevelModel).where(LevelModel.sweep == sweep).order_by(LevelModel.level))
             return [level_row(r) for r in rows]
 
-    @_retried
+    @retried
     def get_level(self, sweep: str, level: int) -> LevelRow | None:
         with Session(self.engine) as session:
             row = session.scalar(select(LevelModel).where(LevelModel.sweep == sweep, LevelModel.level == level))
@@ -426,7 +305,7 @@ class Database:
 
     # -- trials ------------------------------------------------------------
 
-    @_retried
+    @retried
     def add_trials(self, sweep: str, level: int, trials: Sequence[tuple[str, TrialSpec]]) -> int:
         """Add trials as pending; keys already in the sweep are left untouched, so calling
         this again on resume is a no-op. Returns how many were new."""
@@ -460,7 +339,7 @@ class Database:
                 session.execute(TrialModel.__table__.insert(), new_rows)
         return len(new_rows)
 
-    @_retried
+    @retried
     def mark_running(self, sweep: str, keys: Sequence[str]) -> None:
         """Mark trials running (one more attempt each, start time now)."""
         if not keys:
@@ -480,7 +359,7 @@ class Database:
                 )
             )
 
-    @_retried
+    @retried
     def record_results(self, sweep: str, results: Iterable[tuple[str, TrialResult]]) -> None:
         """Store finished trials' results in one transaction. Non-finite losses are stored
         as NULL; the result's status (diverged, failed...) says why."""
@@ -523,7 +402,7 @@ class Database:
             )
             session.execute(statement, params)
 
-    @_retried
+    @retried
     def trials(
         self, sweep: str, level: int | None = None, status: Status | Iterable[Status] | None = None
     ) -> list[TrialRow]:
@@ -539,7 +418,7 @@ class Database:
             rows = session.scalars(query.order_by(TrialModel.level, TrialModel.id))
             return [trial_row(r) for r in rows]
 
-    @_retried
+    @retried
     def trial_counts(self, sweep: str, level: int | None = None) -> dict[Status, int]:
         """Number of trials per status (every status present, zeros included)."""
         query = select(TrialModel.status, func.count()).where(TrialModel.sweep == sweep)
@@ -551,7 +430,7 @@ class Database:
                 counts[Status(status)] = count
         return counts
 
-    @_retried
+    @retried
     def reset_running(self, sweep: str) -> int:
         """Put trials left `running` by a killed driver back to pending; returns how many."""
         with self._writing(sweep) as session:
