@@ -130,7 +130,8 @@ class TelescopeGroup(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except NoArgsIsHelpError as e:
-            e.show()  # the help, as typer prints it
+            if e.format_message():  # typer's rich help is printed already, click's is the message
+                e.show()
             sys.exit(e.exit_code)
         except UsageError as e:  # a bad option or argument: the parser's 5-line box, in one line
             where = f"{e.ctx.command_path} --help" if e.ctx is not None else "telescope --help"
