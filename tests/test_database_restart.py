@@ -38,13 +38,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster():
     """(pg_ctlcluster's version and name, the URL of its `postgres` database), dropped at the end."""
-    versions = sorted(Path("/usr/lib/postgresql").iterdir(), key=lambda p: int(p.name)) if Path("/usr/lib/postgresql").is_dir() else []
+    binaries = Path("/usr/lib/postgresql")
+    versions = sorted(binaries.iterdir(), key=lambda p: int(p.name)) if binaries.is_dir() else []
     if not versions:
         pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
     version, name, port = versions[-1].name, f"telescope_{secrets.token_hex(4)}", _free_port()
     data = Path("/tmp") / f"{name}-data"
-    subprocess.run(["pg_createcluster", version, name, "-p", str(port), "-d", str(data), "--", "-A", "trust", "--no-sync"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["pg_createcluster", version, name, "-p", str(port), "-d", str(data), "--", "-A", "trust", "--no-sync"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     try:
         subprocess.run(["pg_ctlcluster", version, name, "start"], check=True, capture_output=True)
         yield (version, name), f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -90,8 +93,9 @@ def _attempts(url: str, sweep: str) -> list[tuple[str, int]]:
 def config(tmp_path: Path) -> Path:
     # 2x2 then 1 trial, one at a time and not packed, so that one trial is in flight when the server goes.
     search = {"lr": {"lo": 0.01, "hi": 0.04, "points": 2}, "weight_decay": {"lo": 0.05, "hi": 0.1, "points": 2}}
-    return write_micro_config(tmp_path / "sweep.toml", **{**SMALLEST, "train": {**SMALLEST["train"], "steps": 6},
-                                                          "search": search, "executor": {"max_concurrent": 1, "pack": 1}})  # fmt: skip
+    sections = {**SMALLEST, "train": {**SMALLEST["train"], "steps": 6}, "search": search,
+                "executor": {"max_concurrent": 1, "pack": 1}}  # fmt: skip
+    return write_micro_config(tmp_path / "sweep.toml", **sections)
 
 
 def test_a_sweep_rides_through_a_restart_and_a_second_driver_is_refused(cluster, config, tmp_path):

@@ -27,7 +27,8 @@ def run(*args: str):
 
 def assert_one_line_exit_2(result, *phrases: str) -> None:
     lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (result.exit_code, result.stderr, result.output)
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for phrase in phrases:
         assert phrase in lines[0], lines[0]
 
@@ -72,8 +73,8 @@ def test_transfer_check_refuses_a_plot_it_cannot_write_before_training(tmp_path)
 
 @pytest.mark.parametrize("command", ["transfer-check", "coord-check"])
 def test_widths_that_cannot_fit_in_memory_are_refused_before_training(tmp_path, command):
-    extra = ["--executor", "local", "--db", str(tmp_path / "t.db"), "--store", str(tmp_path / "store")] if command == "transfer-check" else []
-    result = run(command, "--widths", "32,1048576", *extra)
+    outputs = ["--executor", "local", "--db", str(tmp_path / "t.db"), "--store", str(tmp_path / "store")]
+    result = run(command, "--widths", "32,1048576", *(outputs if command == "transfer-check" else []))
     assert_one_line_exit_2(result, "width 1048576", "GiB")
     assert not (tmp_path / "t.db").exists() and not (tmp_path / "store").exists()
 
@@ -117,8 +118,8 @@ def test_query_limits(db_url, args, phrase):
 def test_query_refuses_a_file_as_its_store_as_sweep_does(smallest_sweep_db, tmp_path):
     store = tmp_path / "store"
     store.write_text("not a folder")
-    assert_one_line_exit_2(run("query", "SELECT count(*) FROM metrics", "--db", smallest_sweep_db, "--store", str(store)),
-                           "is a file, not a folder")  # fmt: skip
+    result = run("query", "SELECT count(*) FROM metrics", "--db", smallest_sweep_db, "--store", str(store))
+    assert_one_line_exit_2(result, "is a file, not a folder")
 
 
 # -- a user's model -------------------------------------------------------------------
@@ -181,7 +182,8 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(args):
 
 def test_usage_errors_through_the_console_script():
     script = Path(sys.executable).with_name("telescope")
-    result = subprocess.run([str(script), "sweep", "x.toml", "--executor", "k8s"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(script), "sweep", "x.toml", "--executor", "k8s"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (
         "error: Invalid value for '--executor': 'k8s' is not one of 'ray', 'local'. (try `telescope sweep --help`)\n"

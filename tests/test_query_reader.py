@@ -121,7 +121,8 @@ def test_objects_made_earlier_are_refused_with_nothing_changed(attack, name):
 
 
 def test_telescope_tables_still_read(attack):
-    result = run_query("SELECT t.trial_key, t.val_loss, s.name FROM trials t JOIN sweeps s ON s.name = t.sweep", attack["url"])
+    sql = "SELECT t.trial_key, t.val_loss, s.name FROM trials t JOIN sweeps s ON s.name = t.sweep"
+    result = run_query(sql, attack["url"])
     assert result.rows == [("k", 2.0, "demo")]
     assert run_query("SELECT current_user", attack["url"]).rows == [("telescope_reader",)]
 

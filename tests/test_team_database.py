@@ -62,7 +62,7 @@ def test_the_retrier_waits_then_stops_in_one_line():
     def down():
         raise _operational("Connection refused")
 
-    with pytest.raises(StorageError, match="unavailable for 1 s, so this run stopped; rerun the same command") as stopped:
+    with pytest.raises(StorageError, match="unavailable for 1 s, so this run stopped; rerun the same") as stopped:
         Retrier(1, describe=lambda e: "database X").run(down)
     assert "\n" not in str(stopped.value)
 

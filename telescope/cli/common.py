@@ -136,10 +136,10 @@ class TelescopeGroup(TyperGroup):
         except UsageError as e:  # a bad option or argument: the parser's 5-line box, in one line
             where = f"{e.ctx.command_path} --help" if e.ctx is not None else "telescope --help"
             message = " ".join(e.format_message().replace("Value error, ", "").split())
-            err_console.print(styled("error:", "bold red", f" {message} (try `{where}`)"), highlight=False, soft_wrap=True)
+            _print_error(f"{message} (try `{where}`)")
             sys.exit(2)
         except ClickException as e:
-            err_console.print(styled("error:", "bold red", f" {' '.join(e.format_message().split())}"), highlight=False, soft_wrap=True)
+            _print_error(" ".join(e.format_message().split()))
             sys.exit(e.exit_code)
         except typer.Abort:
             err_console.print("Aborted!")
@@ -150,8 +150,12 @@ class TelescopeGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except TelescopeError as e:
-            err_console.print(styled("error:", "bold red", f" {e}"), highlight=False, soft_wrap=True)
+            _print_error(str(e))
             raise typer.Exit(2) from None
+
+
+def _print_error(message: str) -> None:
+    err_console.print(styled("error:", "bold red", f" {message}"), highlight=False, soft_wrap=True)
 
 
 def _plain(value: Any) -> Any:

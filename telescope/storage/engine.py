@@ -37,7 +37,9 @@ def check_sqlite_target(path: Path, create: bool) -> None:
         try:
             tempfile.TemporaryFile(dir=path.parent).close()
         except OSError as e:
-            raise StorageError(f"cannot write to database {path}: its folder {path.parent} takes no files ({e.strerror})") from None
+            raise StorageError(
+                f"cannot write to database {path}: its folder {path.parent} takes no files ({e.strerror})"
+            ) from None
     if path.exists():
         _check_sqlite_file(path)
 
@@ -53,7 +55,9 @@ def _check_sqlite_file(path: Path) -> None:
             connection.close()
     except sqlite3.DatabaseError as e:
         if e.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN:  # e.g. a WAL file that cannot be made beside it
-            raise StorageError(f"cannot open database {path} ({e}): check that it and its folder may be read and written") from None
+            raise StorageError(
+                f"cannot open database {path} ({e}): check that it and its folder may be read and written"
+            ) from None
         problems = [str(e)]
     if problems != ["ok"]:
         raise StorageError(

@@ -38,7 +38,9 @@ def grant_reader(conn: Connection) -> str:
     try:
         if not exists:
             _create_role(conn)
-        schema = conn.scalar(text("SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'sweeps'::regclass"))
+        schema = conn.scalar(
+            text("SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'sweeps'::regclass")
+        )
         conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}"))
         tables = ", ".join(f"{schema}.{t}" for t in READ_TABLES)
         conn.execute(text(f"GRANT SELECT ON {tables} TO {READER_ROLE}"))
@@ -55,7 +57,10 @@ def grant_reader(conn: Connection) -> str:
             f"ask a database administrator to run `{GRANT_COMMAND}` with this --db"
         ) from None
     created = "created the role" if not exists else "granted the role"
-    return f"{created} {READER_ROLE}: telescope query reads {', '.join(READ_TABLES)} of schema {schema} under it, nothing else"
+    return (
+        f"{created} {READER_ROLE}: telescope query reads {', '.join(READ_TABLES)} "
+        f"of schema {schema} under it, nothing else"
+    )
 
 
 def _create_role(conn: Connection) -> None:
@@ -85,8 +90,8 @@ def reader_role(cursor: Any, display_url: str) -> str | None:
     superuser, user, has_tables, role_exists = cursor.fetchone()
     if role_exists and has_tables:
         cursor.execute(
-            "SELECT pg_has_role(current_user, %(role)s, 'MEMBER') AND bool_and(has_table_privilege(%(role)s, t, 'SELECT')) "
-            "FROM unnest(%(tables)s::text[]) t",
+            "SELECT pg_has_role(current_user, %(role)s, 'MEMBER') "
+            "AND bool_and(has_table_privilege(%(role)s, t, 'SELECT')) FROM unnest(%(tables)s::text[]) t",
             {"role": READER_ROLE, "tables": list(READ_TABLES)},
         )
         if cursor.fetchone()[0]:
