@@ -8,12 +8,14 @@ import math
 from typing import Any, Literal
 
 from telescope.config import parse_config
+from telescope.cost import param_counts
 from telescope.errors import TelescopeError
 from telescope.parametrization import fingerprint, transfer
 from telescope.proxy.model import parameter_roles
 from telescope.storage.database import Database
 
 ExportFormat = Literal["json", "yaml", "toml"]
+MAX_TARGET_PARAMETERS = 10**15  # beyond any model anyone trains; far beyond it, torch cannot index the weights
 
 
 def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> dict[str, Any]:
@@ -27,6 +29,11 @@ def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> d
     width = target_width or result["target_width"]
     if width % config.model.head_dim:
         raise TelescopeError(f"--target-width {width} is not a multiple of head_dim {config.model.head_dim}")
+    if param_counts(config.model, width).total > MAX_TARGET_PARAMETERS:
+        raise TelescopeError(
+            f"--target-width {width} makes a model of {param_counts(config.model, width).total:.3g} parameters, "
+            f"more than {MAX_TARGET_PARAMETERS:.0e}: pass the width of the model you will train"
+        )
     if width < result["calibration_width"]:
         # The drift fit x* - alpha/n blows up below the widths it was fitted on, and a
         # narrower model is tuned directly by the sweep's own levels.

@@ -101,9 +101,12 @@ def load_factory(spec: str) -> Callable[[int], nn.Module]:
 
 def make_model(factory: Callable[[int], nn.Module], width: int, name: str | None = None) -> nn.Module:
     """`factory(width)`, checked to be an nn.Module."""
-    model = factory(width)
+    label = name or getattr(factory, "__qualname__", repr(factory))
+    try:
+        model = factory(width)
+    except Exception as e:  # noqa: BLE001 - the user's factory failed (or takes no width); say how, in one line
+        raise TelescopeError(f"model factory {label} failed when called with width {width}: {_one_line(e)}") from None
     if not isinstance(model, nn.Module):
-        label = name or getattr(factory, "__qualname__", repr(factory))
         raise TelescopeError(f"model factory {label} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
 

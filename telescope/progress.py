@@ -71,6 +71,7 @@ class SweepProgress:
     _observed: list[tuple[float, float]] = field(default_factory=list)
     _started: float = field(default_factory=lambda: time.monotonic())
     _live: Live | None = None
+    notice: str = ""  # e.g. "database unavailable, retrying (23 s)"
 
     def __post_init__(self) -> None:
         self._left = [trials for trials, _ in self.planned]
@@ -80,12 +81,14 @@ class SweepProgress:
         return len(self.planned)
 
     def __enter__(self) -> "SweepProgress":
+        _open_views.append(self)
         if self.console.is_terminal:
             self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        _open_views.remove(self)
         if self._live is not None:
             self._live.update(self._render())
             self._live.__exit__(*exc)
@@ -164,8 +167,25 @@ class SweepProgress:
         table.add_row("best", self.best)
         if self.dashboard:
             table.add_row("dashboard", self.dashboard)
+        if self.notice:
+            table.add_row("", Text(self.notice, style="yellow"))
         return Group(Text("telescope sweep", style="bold"), table)
 
     def _refresh(self) -> None:
         if self._live is not None:
             self._live.update(self._render())
+
+
+_open_views: list[SweepProgress] = []
+
+
+def database_waiting(waited: float | None, console: Console | None = None) -> None:
+    """The hook for `Database.retrier.on_wait`: `database unavailable, retrying (23 s)` in
+    the open live view (None clears it), or as a line on `console` when there is none."""
+    notice = f"database unavailable, retrying ({waited:.0f} s)" if waited is not None else ""
+    live = [view for view in _open_views if view._live is not None]
+    for view in live:
+        view.notice = notice
+        view._refresh()
+    if not live and notice:
+        (console or Console(stderr=True)).print(notice, markup=False, highlight=False)

@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from telescope.cli.common import DbOption, ExecutorKind, StoreOption, console, print_rows, trial_printer
+from telescope.cli.common import (
+    DEFAULT_RETRY_SECONDS,
+    DbOption,
+    DbRetryOption,
+    ExecutorKind,
+    StoreOption,
+    console,
+    open_database,
+    print_rows,
+    trial_printer,
+)
 from telescope.errors import TelescopeError
 
 
@@ -32,6 +42,7 @@ def batch_study(
     new: Annotated[bool, typer.Option("--new", help="Start a new run under the next free name if this one exists.")] = False,
     no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
     db: DbOption = None,
+    db_retry_seconds: DbRetryOption = DEFAULT_RETRY_SECONDS,
     store: StoreOption = None,
     executor: Annotated[ExecutorKind | None, typer.Option("--executor", help="ray or local. Default: the config's.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write tokens-to-loss.png, ratio.png and pareto.png here.")] = None,
@@ -40,10 +51,10 @@ def batch_study(
     """For each optimizer (the config's Muon table and adamw) and batch size: an LR line at the
     calibration width on the same tokens, then T_L(B), R_L(B) = T_adamw / T_muon, B_tok and
     the compute-time Pareto frontier (arXiv 2505.02222 §2)."""
+    from telescope.cli.checks import check_widths_fit
     from telescope.batch_study.run import check_study, run_batch_study, settings_from_config
     from telescope.config import load_config
     from telescope.files import check_writable_folder
-    from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.trials import make_executor
     from telescope.runs.preflight import check_inputs
@@ -57,13 +68,15 @@ def batch_study(
         check_sweep_name(name)
     executor_settings = cfg.executor if executor is None else dataclasses.replace(cfg.executor, kind=executor.value)
     check_inputs(settings.model, settings.train, executor_settings)
+    if executor_settings.ray_address is None:
+        check_widths_fit(settings.model, [settings.width], settings.train.device, "the calibration width")
     metrics = MetricsStore(store)
     metrics.check_writable()
     if plot is not None:
         check_writable_folder(plot)
     runner = make_executor(executor_settings)
     try:
-        with Database(db) as database:
+        with open_database(db, db_retry_seconds) as database:
             result = run_batch_study(settings, database, metrics, runner, name, trial_printer("train_loss"), new, not no_reuse)
     finally:
         runner.close()

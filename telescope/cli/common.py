@@ -16,6 +16,11 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+try:  # newer typer carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
 from telescope.errors import TelescopeError
 
 # No markup: sweep names, stored errors, SQL results and paths are printed as they are
@@ -51,6 +56,14 @@ DbOption = Annotated[
         envvar="TELESCOPE_DB",
     ),
 ]
+DEFAULT_RETRY_SECONDS = 120.0  # telescope.storage.retry's, repeated so `--help` needs no database driver
+DbRetryOption = Annotated[
+    float,
+    typer.Option(
+        "--db-retry-seconds",
+        help="How long to wait for a database that is unavailable (restarting, failing over) before stopping.",
+    ),
+]
 StoreOption = Annotated[
     str | None,
     typer.Option(
@@ -59,6 +72,28 @@ StoreOption = Annotated[
         envvar="TELESCOPE_STORE",
     ),
 ]
+
+
+def positive_number(value: float, option: str) -> float:
+    """`value` if it is a finite number above 0; else one line naming `option`."""
+    if not (math.isfinite(value) and value > 0):
+        raise TelescopeError(f"{option} must be a finite number above 0, got {value}")
+    return value
+
+
+def open_database(db: str | None, retry_seconds: float) -> Any:
+    """The Database a command writes to, waiting up to `retry_seconds` for it while it is
+    unavailable, and saying so in the live view."""
+    from telescope.progress import database_waiting
+    from telescope.storage.database import Database
+
+    if not (math.isfinite(retry_seconds) and retry_seconds >= 0):
+        raise TelescopeError(f"invalid --db-retry-seconds {retry_seconds}: it must be a number of seconds, 0 or more")
+    database = Database(db, retry_seconds=retry_seconds)
+    database.retrier.on_wait = lambda waited: database_waiting(waited, err_console)
+    for line in database.notices:
+        err_console.print(line, highlight=False, soft_wrap=True)
+    return database
 
 
 def trial_printer(objective: str) -> Callable[[str, Any], None]:
@@ -86,14 +121,41 @@ def model_rules(path: Path | None, model: str | None) -> tuple[tuple[str, str], 
 
 
 class TelescopeGroup(TyperGroup):
-    """Turns user-input errors raised anywhere below a command into one line and exit 2."""
+    """Turns user-input errors raised anywhere below a command, and the option parser's
+    usage errors, into one line and exit 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:
+            if e.format_message():  # typer's rich help is printed already, click's is the message
+                e.show()
+            sys.exit(e.exit_code)
+        except UsageError as e:  # a bad option or argument: the parser's 5-line box, in one line
+            where = f"{e.ctx.command_path} --help" if e.ctx is not None else "telescope --help"
+            message = " ".join(e.format_message().replace("Value error, ", "").split())
+            _print_error(f"{message} (try `{where}`)")
+            sys.exit(2)
+        except ClickException as e:
+            _print_error(" ".join(e.format_message().split()))
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err_console.print("Aborted!")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except TelescopeError as e:
-            err_console.print(styled("error:", "bold red", f" {e}"), highlight=False, soft_wrap=True)
+            _print_error(str(e))
             raise typer.Exit(2) from None
+
+
+def _print_error(message: str) -> None:
+    err_console.print(styled("error:", "bold red", f" {message}"), highlight=False, soft_wrap=True)
 
 
 def _plain(value: Any) -> Any:

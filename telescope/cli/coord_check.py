@@ -47,16 +47,22 @@ def coord_check(
 ) -> None:
     """Train each width a few steps and check that every layer's activation size is
     width-independent. Exit 0 if every layer passes, 1 otherwise."""
-    from telescope.cli.common import model_rules
+    from telescope.cli.checks import check_plot_file, check_widths_fit
+    from telescope.cli.common import model_rules, positive_number
     from telescope.proxy.coord_check import CoordCheckSettings, coord_check as run_coord_check, plot_coord_check
 
+    shape = ModelShape(depth=depth, head_dim=head_dim)
+    if model is None:
+        check_widths_fit(shape, parse_widths(widths), "cpu", "--widths")
+    if plot:
+        check_plot_file(Path(plot))
     settings = CoordCheckSettings(
         parametrization=parametrization,
         widths=parse_widths(widths),
         steps=steps,
-        lr=lr,
-        threshold=threshold,
-        shape=ModelShape(depth=depth, head_dim=head_dim),
+        lr=positive_number(lr, "--lr"),
+        threshold=positive_number(threshold, "--threshold"),
+        shape=shape,
         data=data,
         seed=seed,
         model_factory=model,

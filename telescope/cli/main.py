@@ -32,3 +32,5 @@ from telescope.cli import batch_study  # noqa: E402
 app.command("batch-study")(batch_study.batch_study)
 from telescope.cli import dashboard  # noqa: E402
 app.command("dashboard")(dashboard.dashboard)
+from telescope.cli import db  # noqa: E402
+app.add_typer(db.app, name="db")

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from telescope.cli.common import DbOption, ExecutorKind, StoreOption, err_console
+from telescope.cli.common import (
+    DEFAULT_RETRY_SECONDS,
+    DbOption,
+    DbRetryOption,
+    ExecutorKind,
+    StoreOption,
+    err_console,
+    open_database,
+)
 from telescope.cli.dashboard import DEFAULT_PORT, PortOption, bind_for_sweep, sweep_dashboard
 from telescope.cli.export import print_export
 from telescope.cli.plan import print_plan
@@ -17,6 +25,7 @@ def sweep(
     config: Annotated[Path, typer.Argument(help="Sweep config (TOML), e.g. examples/tiny-cpu.toml.")],
     name: Annotated[str | None, typer.Option("--name", help="Sweep name. Default: the config's name, else its file name.")] = None,
     db: DbOption = None,
+    db_retry_seconds: DbRetryOption = DEFAULT_RETRY_SECONDS,
     store: StoreOption = None,
     executor: Annotated[ExecutorKind | None, typer.Option("--executor", help="Override the config: ray or local.")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Connect to this Ray cluster instead of starting one.")] = None,
@@ -29,10 +38,10 @@ def sweep(
     port: PortOption = DEFAULT_PORT,
 ) -> None:
     """Run the telescoping search; running it again resumes where it stopped."""
+    from telescope.cli.checks import check_widths_fit
     from telescope.config import load_config
     from telescope.cost import plan as make_plan
     from telescope.export import export_sweep
-    from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.runs.preflight import check_inputs
     from telescope.sweep import run_sweep
@@ -46,6 +55,8 @@ def sweep(
         settings = dataclasses.replace(settings, kind="ray", ray_address=ray_address)
     sweep_name = check_sweep_name(name or cfg.name or config.stem)
     check_inputs(cfg.model, cfg.train, settings)  # before Ray starts and the plan prints
+    if settings.ray_address is None:
+        check_widths_fit(cfg.model, [cfg.widths.calibration], cfg.train.device, "widths.calibration")
     metrics = MetricsStore(store)
     metrics.check_writable()
     check = None
@@ -57,7 +68,7 @@ def sweep(
     server = bind_for_sweep(port) if dashboard else None  # a port in use stops it here
     runner = make_executor(settings)  # connects to Ray now: a bad address fails before anything is written
     try:
-        with Database(db) as database, sweep_dashboard(server, database, metrics):
+        with open_database(db, db_retry_seconds) as database, sweep_dashboard(server, database, metrics):
             print_plan(make_plan(cfg))
             section = None
             if check is not None:

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from telescope.cli.common import DbOption, ExecutorKind, StoreOption, console, print_rows, styled, trial_printer
+from telescope.cli.common import (
+    DEFAULT_RETRY_SECONDS,
+    DbOption,
+    DbRetryOption,
+    ExecutorKind,
+    StoreOption,
+    console,
+    open_database,
+    print_rows,
+    styled,
+    trial_printer,
+)
 
 
 
@@ -40,14 +51,15 @@ def transfer_check(
     new: Annotated[bool, typer.Option("--new", help="Start a new run under the next free name if this one exists.")] = False,
     no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
     db: DbOption = None,
+    db_retry_seconds: DbRetryOption = DEFAULT_RETRY_SECONDS,
     store: StoreOption = None,
     plot: Annotated[Path | None, typer.Option(help="Draw loss vs lr per width, optima marked, to this PNG.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole result as one JSON object.")] = False,
 ) -> None:
     """Line-sweep the learning rate at each width, locate the optima and judge whether they
     stay put: exit 0 on PASS, 1 on FAIL, 2 on bad input. Trials are stored and resumable."""
+    from telescope.cli.checks import check_plot_file, check_widths_fit
     from telescope.cli.coord_check import parse_widths
-    from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.transfer_check.plot import check_plot_path
     from telescope.transfer_check.run import check_settings, run_transfer_check
@@ -64,14 +76,16 @@ def transfer_check(
     if name is not None:
         check_sweep_name(name)
     if plot is not None:
-        check_plot_path(plot)
+        check_plot_file(check_plot_path(plot))
     check_settings(settings)
     check_inputs(settings.model, settings.train, executor_settings)
+    if settings.model_factory is None and executor_settings.ray_address is None:
+        check_widths_fit(settings.model, settings.widths, settings.train.device, "--widths")
     metrics = MetricsStore(store)
     metrics.check_writable()
     runner = make_executor(executor_settings)
     try:
-        with Database(db) as database:
+        with open_database(db, db_retry_seconds) as database:
             result = run_transfer_check(settings, database, metrics, runner, name, trial_printer(settings.objective), plot, new,
                                         not no_reuse)  # fmt: skip
     finally:

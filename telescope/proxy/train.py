@@ -16,7 +16,7 @@ from torch import Tensor
 from torch import nn
 
 from telescope.config import check_token_count
-from telescope.errors import ConfigError
+from telescope.errors import ConfigError, TelescopeError
 from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.data import load_data
 from telescope.proxy.model import build_model
@@ -132,6 +132,11 @@ def logits_of(output: Any) -> torch.Tensor:
 
 def loss_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = logits_of(model(inputs))
+    if not isinstance(logits, torch.Tensor):
+        raise TelescopeError(
+            f"the model returned a {type(logits).__name__}, not logits: its forward must return the logits "
+            "tensor (batch, sequence, vocabulary), or an output with a .logits field"
+        )
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 

@@ -18,9 +18,8 @@ server.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import Text, bindparam, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,8 +27,7 @@ from sqlalchemy.orm import Session
 
 from telescope.errors import StorageError
 from telescope.spec import FINISHED, SWEEPABLE, Status, TrialResult, TrialSpec
-from telescope.storage.engine import check_schema, check_sqlite_target, make_engine
-from telescope.storage.locks import ProcessLocks, Taken, lease_key
+from telescope.storage.connection import OpenDatabase, retried
 from telescope.storage.metrics import check_sweep_name, check_trial_key
 from telescope.storage.rows import (
     LevelRow,
@@ -44,7 +42,6 @@ from telescope.storage.rows import (
     trial_row,
 )
 from telescope.storage.schema import LEVEL_STATUSES, SWEEP_KINDS, SWEEP_STATUSES, LevelModel, SweepModel, TrialModel
-from telescope.storage.urls import resolve_url, safe_url, sqlite_path
 
 
 def _now() -> datetime:
@@ -58,58 +55,13 @@ def _finite(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class Database:
-    """Read/write access to one telescope database (SQLite file or PostgreSQL).
-
-    `create=True` creates the file and tables when missing; `create=False`
-    (for commands that only read) refuses a missing database. Either way a
-    database of another program or another schema version is refused with a
-    StorageError that names the fix, before anything is written.
-    """
-
-    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
-        self.url = resolve_url(url)
-        self.display_url = safe_url(self.url)
-        path = sqlite_path(self.url)
-        if path is not None:
-            check_sqlite_target(path, create)
-        self.engine = make_engine(self.url)
-        self._locks = ProcessLocks(self.url, self.engine)
-        try:
-            check_schema(self.engine, self.url, self._locks, create)
-        except BaseException:
-            self.close()
-            raise
-
-    @contextmanager
-    def lease(self, sweep: str) -> Iterator[None]:
-        """Hold the right to run `sweep`: a second driver on the same sweep is refused with a
-        StorageError instead of training every trial again. The lease goes with the process
-        that holds it, however it ends."""
-        try:
-            with self._locks.exclusive(lease_key(sweep), wait=False):
-                yield
-        except Taken:
-            raise StorageError(
-                f"sweep {sweep!r} is being run by another telescope process on {self.display_url}; wait for it to end"
-            ) from None
-
-    def close(self) -> None:
-        """Release every connection (on SQLite this also checkpoints the WAL into the file)."""
-        self.engine.dispose()
-        self._locks.close()
-
-    def __enter__(self) -> "Database":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Database({self.display_url!r})"
+class Database(OpenDatabase):
+    """Read/write access to one telescope database (SQLite file or PostgreSQL): sweeps,
+    levels and trials. Every method is one transaction (see OpenDatabase for opening)."""
 
     # -- sweeps ------------------------------------------------------------
 
+    @retried
     def create_sweep(
         self,
         name: str,
@@ -141,7 +93,7 @@ class Database:
             target_width=target_width,
         )
         try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            with self._writing(name) as session:
                 session.add(row)
         except IntegrityError:
             if self.get_sweep(name) is not None:
@@ -151,11 +103,13 @@ class Database:
             ) from None
         return sweep_row(row)
 
+    @retried
     def get_sweep(self, name: str) -> SweepRow | None:
         with Session(self.engine) as session:
             row = session.scalar(select(SweepModel).where(SweepModel.name == name))
             return sweep_row(row) if row is not None else None
 
+    @retried
     def require_sweep(self, name: str) -> SweepRow:
         """The sweep, or a StorageError naming it and the sweeps that do exist."""
         sweep = self.get_sweep(name)
@@ -163,12 +117,14 @@ class Database:
             raise StorageError(self._unknown_sweep_message(name))
         return sweep
 
+    @retried
     def list_sweeps(self) -> list[SweepRow]:
         """All sweeps, oldest first."""
         with Session(self.engine) as session:
             rows = session.scalars(select(SweepModel).order_by(SweepModel.created_at, SweepModel.id))
             return [sweep_row(r) for r in rows]
 
+    @retried
     def update_sweep(
         self, name: str, *, status: str | None = None, result: Mapping[str, Any] | None = None
     ) -> None:
@@ -178,19 +134,21 @@ class Database:
             values["status"] = _check_choice("sweep status", status, SWEEP_STATUSES)
         if result is not None:
             values["result_json"] = canonical_json(result)
-        with Session(self.engine) as session, session.begin():
+        with self._writing(name) as session:
             changed = session.execute(update(SweepModel).where(SweepModel.name == name).values(**values))
             if changed.rowcount == 0:
                 raise StorageError(self._unknown_sweep_message(name))
 
+    @retried
     def delete_sweep(self, name: str) -> None:
         """Remove a sweep with its levels and trials (metrics files are the store's business)."""
-        with Session(self.engine) as session, session.begin():
+        with self._writing(name) as session:
             session.execute(delete(TrialModel).where(TrialModel.sweep == name))
             session.execute(delete(LevelModel).where(LevelModel.sweep == name))
             if session.execute(delete(SweepModel).where(SweepModel.name == name)).rowcount == 0:
                 raise StorageError(self._unknown_sweep_message(name))
 
+    @retried
     def sweep_detail(self, name: str) -> SweepDetail:
         """A sweep with all its levels and trials; StorageError naming the known sweeps if absent."""
         sweep = self.require_sweep(name)
@@ -202,6 +160,7 @@ class Database:
         known = f"known sweeps: {', '.join(names)}" if names else "the database has no sweeps yet"
         return f"no sweep named {name!r} in {self.display_url} ({known})"
 
+    @retried
     def sweep_summaries(self) -> list[SweepSummary]:
         """Every sweep with its level and trial progress, oldest first (three queries in all)."""
         with Session(self.engine) as session:
@@ -240,11 +199,12 @@ class Database:
 
     # -- levels ------------------------------------------------------------
 
+    @retried
     def plan_level(self, sweep: str, level: int, *, width: int, grid: Sequence[Mapping[str, Any]]) -> None:
         """Store a level's plan (its width and grid points); re-planning a level replaces
         the plan and keeps its outcome and times."""
         grid_json = canonical_json([dict(p) for p in grid])
-        with Session(self.engine) as session, session.begin():
+        with self._writing(sweep) as session:
             self._require_sweep_in(session, sweep)
             existing = session.scalar(
                 select(LevelModel).where(LevelModel.sweep == sweep, LevelModel.level == level)
@@ -266,16 +226,18 @@ class Database:
                 existing.grid_json = grid_json
                 existing.n_points = len(grid)
 
+    @retried
     def start_level(self, sweep: str, level: int) -> None:
         """Mark a planned level running; the first start time is kept across resumes."""
         now = _now()
-        with Session(self.engine) as session, session.begin():
+        with self._writing(sweep) as session:
             row = self._require_level_in(session, sweep, level)
             row.status = "running"
             row.finished_at = None
             if row.started_at is None:
                 row.started_at = now
 
+    @retried
     def finish_level(
         self,
         sweep: str,
@@ -293,7 +255,7 @@ class Database:
         unknown = set(best) - set(SWEEPABLE)
         if unknown:
             raise ValueError(f"best point has unknown hyperparameters {sorted(unknown)}; known: {SWEEPABLE}")
-        with Session(self.engine) as session, session.begin():
+        with self._writing(sweep) as session:
             row = self._require_level_in(session, sweep, level)
             row.best_lr = _finite(best.get("lr"))
             row.best_weight_decay = _finite(best.get("weight_decay"))
@@ -303,11 +265,13 @@ class Database:
             row.status = status
             row.finished_at = _now() if status == "completed" else None
 
+    @retried
     def levels(self, sweep: str) -> list[LevelRow]:
         with Session(self.engine) as session:
             rows = session.scalars(select(LevelModel).where(LevelModel.sweep == sweep).order_by(LevelModel.level))
             return [level_row(r) for r in rows]
 
+    @retried
     def get_level(self, sweep: str, level: int) -> LevelRow | None:
         with Session(self.engine) as session:
             row = session.scalar(select(LevelModel).where(LevelModel.sweep == sweep, LevelModel.level == level))
@@ -315,6 +279,7 @@ class Database:
 
     # -- trials ------------------------------------------------------------
 
+    @retried
     def add_trials(
         self,
         sweep: str,
@@ -329,7 +294,7 @@ class Database:
         if len(set(keys)) != len(keys):
             raise ValueError(f"duplicate trial keys in one batch for sweep {sweep!r}")
         now = _now()
-        with Session(self.engine) as session, session.begin():
+        with self._writing(sweep) as session:
             self._require_sweep_in(session, sweep)
             existing = set(session.scalars(select(TrialModel.trial_key).where(TrialModel.sweep == sweep)))
             new_rows = [
@@ -356,12 +321,13 @@ class Database:
                 session.execute(TrialModel.__table__.insert(), new_rows)
         return len(new_rows)
 
+    @retried
     def mark_running(self, sweep: str, keys: Sequence[str]) -> None:
         """Mark trials running (one more attempt each, start time now)."""
         if not keys:
             return
         now = _now()
-        with Session(self.engine) as session, session.begin():
+        with self._writing(sweep) as session:
             self._require_keys_in(session, sweep, keys)
             session.execute(
                 update(TrialModel)
@@ -375,6 +341,7 @@ class Database:
                 )
             )
 
+    @retried
     def record_results(
         self, sweep: str, results: Iterable[tuple[str, TrialResult]], reused_from: Mapping[str, str] | None = None
     ) -> None:
@@ -387,7 +354,7 @@ class Database:
             return
         now = _now()
         table = TrialModel.__table__
-        with Session(self.engine) as session, session.begin():
+        with self._writing(sweep) as session:
             ids = self._require_keys_in(session, sweep, [key for key, _ in results])
             params = [
                 {
@@ -423,6 +390,7 @@ class Database:
             )
             session.execute(statement, params)
 
+    @retried
     def reusable(self, content_keys: Iterable[str]) -> dict[str, TrialRow]:
         """The first finished trial (completed or diverged, in any run) with each of these
         content keys that was trained rather than reused, by content key."""
@@ -440,6 +408,7 @@ class Database:
                     found.setdefault(r.content_key, trial_row(r))
         return found
 
+    @retried
     def trials(
         self, sweep: str, level: int | None = None, status: Status | Iterable[Status] | None = None
     ) -> list[TrialRow]:
@@ -455,6 +424,7 @@ class Database:
             rows = session.scalars(query.order_by(TrialModel.level, TrialModel.id))
             return [trial_row(r) for r in rows]
 
+    @retried
     def trial_counts(self, sweep: str, level: int | None = None) -> dict[Status, int]:
         """Number of trials per status (every status present, zeros included)."""
         query = select(TrialModel.status, func.count()).where(TrialModel.sweep == sweep)
@@ -466,9 +436,10 @@ class Database:
                 counts[Status(status)] = count
         return counts
 
+    @retried
     def reset_running(self, sweep: str) -> int:
         """Put trials left `running` by a killed driver back to pending; returns how many."""
-        with Session(self.engine) as session, session.begin():
+        with self._writing(sweep) as session:
             changed = session.execute(
                 update(TrialModel)
                 .where(TrialModel.sweep == sweep, TrialModel.status == Status.RUNNING.value)

@@ -5,6 +5,7 @@ another program or another version refused with a message that names the fix).""
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -17,7 +18,16 @@ from sqlalchemy.orm import Session
 
 from telescope.errors import StorageError
 from telescope.storage.locks import CREATE_LOCK_KEY, ProcessLocks
-from telescope.storage.schema import DATA_TABLES, SCHEMA_VERSION, UPGRADES, VERSION_TABLE, Base, SchemaVersionModel
+from telescope.storage.retry import is_transient
+from telescope.storage.schema import (
+    DATA_TABLES,
+    LEASE_TABLE,
+    SCHEMA_VERSION,
+    UPGRADES,
+    VERSION_TABLE,
+    Base,
+    SchemaVersionModel,
+)
 from telescope.storage.urls import error_line, read_only_uri, safe_url
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -31,6 +41,13 @@ def check_sqlite_target(path: Path, create: bool) -> None:
         raise StorageError(f"cannot create database {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise StorageError(f"database path {path} is a folder, not a file")
+    if create:  # SQLite writes its journal and the lock file beside the database
+        try:
+            tempfile.TemporaryFile(dir=path.parent).close()
+        except OSError as e:
+            raise StorageError(
+                f"cannot write to database {path}: its folder {path.parent} takes no files ({e.strerror})"
+            ) from None
     if path.exists():
         _check_sqlite_file(path)
 
@@ -45,6 +62,10 @@ def _check_sqlite_file(path: Path) -> None:
         finally:
             connection.close()
     except sqlite3.DatabaseError as e:
+        if e.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN:  # e.g. a WAL file that cannot be made beside it
+            raise StorageError(
+                f"cannot open database {path} ({e}): check that it and its folder may be read and written"
+            ) from None
         problems = [str(e)]
     if problems != ["ok"]:
         raise StorageError(
@@ -77,12 +98,13 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def check_schema(engine: Engine, url: URL, locks: ProcessLocks, create: bool) -> None:
+def check_schema(engine: Engine, url: URL, locks: ProcessLocks, create: bool) -> bool:
     """Create the tables of a fresh database (with `create`), then refuse a database that
-    is not telescope's or has another schema version."""
+    is not telescope's or has another schema version. Returns whether it created them."""
     display_url = safe_url(url)
     tables, version = _schema(engine, url)
     foreign = VERSION_TABLE not in tables and tables & set(DATA_TABLES)
+    created = False
     if create and version is None and not foreign:
         # Two drivers starting on a fresh database would both create the tables (a duplicate
         # key in PostgreSQL's catalog, "table already exists" in SQLite): they take turns,
@@ -91,6 +113,7 @@ def check_schema(engine: Engine, url: URL, locks: ProcessLocks, create: bool) ->
             tables, version = _schema(engine, url)
             if VERSION_TABLE not in tables:
                 _create_tables(engine, url)
+                created = True
                 tables, version = _schema(engine, url)
     if VERSION_TABLE in tables:
         if version is not None and version < SCHEMA_VERSION and all(v in UPGRADES for v in range(version, SCHEMA_VERSION)):
@@ -99,7 +122,7 @@ def check_schema(engine: Engine, url: URL, locks: ProcessLocks, create: bool) ->
             _, version = _schema(engine, url)
         if version != SCHEMA_VERSION:
             raise StorageError(_incompatible_message(display_url, version))
-        return
+        return created
     if tables & set(DATA_TABLES):
         raise StorageError(
             f"{display_url} is not a telescope database (it has tables named "
@@ -116,8 +139,17 @@ def _schema(engine: Engine, url: URL) -> tuple[set[str], int | None]:
             return tables, None
         with Session(engine) as session:
             return tables, session.scalar(select(SchemaVersionModel.schema_version))
-    except (DBAPIError, SQLAlchemyError) as e:
+    except DBAPIError as e:
+        if is_transient(e) and not _refused(e):
+            raise  # a server restarting: retried by the caller
         raise StorageError(f"cannot open database {safe_url(url)}: {error_line(e, url)}") from None
+    except SQLAlchemyError as e:
+        raise StorageError(f"cannot open database {safe_url(url)}: {error_line(e, url)}") from None
+
+
+def _refused(error: DBAPIError) -> bool:
+    # Nothing listening at all is more likely a wrong URL than a restart: said at once.
+    return "connection refused" in str(error.orig).lower()
 
 
 def _upgrade(engine: Engine, url: URL) -> None:
@@ -135,7 +167,7 @@ def _upgrade(engine: Engine, url: URL) -> None:
 
 def _create_tables(engine: Engine, url: URL) -> None:
     try:
-        Base.metadata.create_all(engine)
+        Base.metadata.create_all(engine, tables=[t for t in Base.metadata.sorted_tables if t.name != LEASE_TABLE])
         with Session(engine) as session, session.begin():
             session.add(
                 SchemaVersionModel(
@@ -170,3 +202,15 @@ def _library_version() -> str:
         return metadata.version("telescope")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def check_writable(engine: Engine, url: URL) -> None:
+    """Refuse, before any work, a database this process cannot write: a read-only or
+    immutable file or folder, a read-only server or user. Writes a row unchanged."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(update(SchemaVersionModel).values(library_version=SchemaVersionModel.library_version))
+    except DBAPIError as e:
+        if is_transient(e):
+            raise
+        raise StorageError(f"cannot write to database {safe_url(url)}: {error_line(e, url)}") from None

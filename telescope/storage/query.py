@@ -5,7 +5,9 @@ Read-only is a property of the connection, not of the query text:
 - SQLite is opened with a `file:...?mode=ro` URI, `PRAGMA query_only`, and an
   authorizer that allows reading and nothing else (so ATTACH and PRAGMA writes
   are refused too);
-- PostgreSQL: a read-only transaction alone lets through `COPY ... TO PROGRAM`,
+- PostgreSQL: the statement runs as the role telescope_reader, which may read
+  telescope's tables and nothing else (telescope.storage.reader). A read-only
+  transaction alone lets through `COPY ... TO PROGRAM`,
   `LOCK`, `NOTIFY` and functions with side effects (`pg_read_file`,
   `set_config`, `pg_terminate_backend`, advisory locks). So the server itself
   vets the statement first: it parses it as one prepared statement (more than
@@ -47,14 +49,18 @@ from sqlalchemy.engine import URL
 from telescope.errors import StorageError
 from telescope.storage.engine import SQLITE_BUSY_TIMEOUT_S
 from telescope.storage.urls import error_line, read_only_uri, resolve_url, safe_url
-from telescope.storage.metrics import DEFAULT_STORE, PARTITION_SCHEMA, STEP_SCHEMA, readable_metrics_files
+from telescope.storage.reader import reader_role
+from telescope.storage.metrics import PARTITION_SCHEMA, STEP_SCHEMA, MetricsStore, readable_metrics_files
 from telescope.storage.schema import DATA_TABLES, Base, UTCDateTime
 
 DEFAULT_LIMIT = 1000
 DEFAULT_TIMEOUT_S = 30.0
+MAX_LIMIT = 1_000_000_000  # rows are held in memory; FETCH takes a 64-bit count
+MAX_TIMEOUT_S = 2_000_000  # PostgreSQL's statement_timeout holds at most 2^31 - 1 ms (24.8 days)
 
 READ_ONLY_REFUSAL = "refused: telescope query is read-only"
 ONE_STATEMENT = "refused: telescope query runs one statement at a time"
+READER_REFUSAL = "refused: telescope query reads telescope's own tables and nothing else"
 
 
 @dataclass(frozen=True)
@@ -90,16 +96,17 @@ def run_query(
     failure is a StorageError with one line."""
     if not sql.strip():
         raise StorageError("empty query: pass a SQL statement, or - to read it from stdin")
-    if limit < 1:
-        raise StorageError(f"invalid --limit {limit}: it must be at least 1")
-    if not timeout > 0:
-        raise StorageError(f"invalid --timeout {timeout}: it must be more than 0 seconds")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise StorageError(f"invalid --limit {limit}: it must be from 1 to {MAX_LIMIT:,}")
+    if not 0 < timeout <= MAX_TIMEOUT_S:
+        raise StorageError(f"invalid --timeout {timeout}: it must be more than 0 and at most {MAX_TIMEOUT_S:,} seconds")
+    root = MetricsStore(store).root  # a file where the store should be is refused, as `sweep` refuses it
     url = resolve_url(db)
     use_duckdb = mentions_metrics(sql) if metrics is None else metrics
     deadline = time.monotonic() + timeout
     with _read_only_connection(url, timeout, deadline) as connection:
         if use_duckdb:
-            return _run_in_duckdb(sql, connection, Path(store or DEFAULT_STORE), limit, deadline)
+            return _run_in_duckdb(sql, connection, root, limit, deadline)
         return _run_in_database(sql, connection, limit)
 
 
@@ -114,6 +121,14 @@ class _Connection:
     url: URL
     timeout: float
     denied: list[str]  # what the SQLite authorizer refused, for the message
+    role: str | None = None  # PostgreSQL: the role every transaction reads as (telescope.storage.reader)
+
+    def begin_reading(self) -> None:
+        """Start a PostgreSQL transaction as the reader role and take its snapshot, after
+        which PostgreSQL refuses `SET TRANSACTION READ WRITE` in it."""
+        if self.role is not None:
+            self.dbapi.execute(f"SET LOCAL ROLE {self.role}")
+        self.dbapi.execute("SELECT 1")
 
 
 @contextmanager
@@ -216,13 +231,18 @@ def _open_postgres(url: URL, timeout: float) -> _Connection:
         # prepare_threshold must not be None: that would silently turn prepare=True off.
         dbapi = psycopg.connect(make_conninfo(**args), autocommit=False, prepare_threshold=5)
         dbapi.read_only = True
-        with dbapi.cursor() as cursor:
-            # The first query takes the transaction's snapshot; after it PostgreSQL
-            # refuses `SET TRANSACTION READ WRITE` inside this transaction.
-            cursor.execute("SELECT 1")
+        try:
+            with dbapi.cursor() as cursor:
+                role = reader_role(cursor, safe_url(url))
+        except StorageError:
+            dbapi.close()
+            raise
+        dbapi.rollback()
+        connection = _Connection(dbapi, "postgresql", url, timeout, [], role)
+        connection.begin_reading()
     except psycopg.Error as e:
         raise StorageError(f"cannot connect to {safe_url(url)}: {error_line(e, url)}") from None
-    return _Connection(dbapi, "postgresql", url, timeout, [])
+    return connection
 
 
 # ---------------------------------------------------------------------------
@@ -248,6 +268,9 @@ def _run_in_database(sql: str, connection: _Connection, limit: int) -> QueryResu
 
 # Volatile functions that read nothing and change nothing; every other volatile one is refused.
 _HARMLESS_VOLATILE = {"random", "random_normal", "clock_timestamp", "timeofday", "gen_random_uuid"}
+# Built-in functions that run SQL the checks below cannot see: given as text (query_to_xml,
+# ts_stat), or over every table and view of a relation, schema or database (table_to_xml...).
+_RUNS_SQL = re.compile(r"(.*_to_xml(schema|_and_xmlschema)?|ts_stat)")
 _CHECK_VIEW = "pg_temp.telescope_query_check"
 # Fields of a stored query tree (pg_node_tree) that hold function and operator OIDs. User
 # text never reaches them: constants are stored as bytes and names with escaped blanks.
@@ -265,7 +288,7 @@ def _run_in_postgres(sql: str, connection: _Connection, limit: int) -> QueryResu
             _vet_postgres_statement(sql, connection)
         finally:
             dbapi.rollback()  # the check's temporary view goes
-        dbapi.execute("SELECT 1")  # a snapshot: this read-only transaction cannot be made read-write
+        connection.begin_reading()
         # A named cursor is DECLARE ... CURSOR FOR, which takes nothing but a query.
         with dbapi.cursor(name="telescope_query") as cursor:
             cursor.execute(sql)
@@ -307,13 +330,19 @@ def _vet_postgres_statement(sql: str, connection: _Connection) -> None:
         functions = [int(oid) for oid in _FUNCTION_FIELDS.findall(tree)]
         operators = [int(oid) for oid in _OPERATOR_FIELDS.findall(tree)]
         cursor.execute(
-            "SELECT DISTINCT p.proname, p.oid::regprocedure::text FROM pg_proc p WHERE p.provolatile = 'v' "
-            "AND (p.oid = ANY(%s) OR p.oid IN (SELECT oprcode FROM pg_operator WHERE oid = ANY(%s)))",
+            "SELECT DISTINCT p.proname, p.oid::regprocedure::text, p.provolatile = 'v', "
+            "p.pronamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) FROM pg_proc p "
+            "WHERE p.oid = ANY(%s) OR p.oid IN (SELECT oprcode FROM pg_operator WHERE oid = ANY(%s))",
             [functions, operators],
         )
-        refused = sorted(signature for name, signature in cursor.fetchall() if name not in _HARMLESS_VOLATILE)
-    if refused:
-        raise StorageError(f"{READ_ONLY_REFUSAL} (calls {', '.join(refused)}, which may have side effects)")
+        called = cursor.fetchall()
+    side_effects = sorted(sig for name, sig, volatile, _ in called if volatile and name not in _HARMLESS_VOLATILE)
+    if side_effects:
+        raise StorageError(f"{READ_ONLY_REFUSAL} (calls {', '.join(side_effects)}, which may have side effects)")
+    # A function someone created may do anything, whatever its volatility says.
+    others = sorted(sig for name, sig, _, built_in in called if not built_in or _RUNS_SQL.fullmatch(name))
+    if others:
+        raise StorageError(f"{READ_ONLY_REFUSAL} (calls {', '.join(others)}: only built-in functions run)")
 
 
 def _query_error(error: Exception, connection: _Connection) -> StorageError:
@@ -333,6 +362,8 @@ def _query_error(error: Exception, connection: _Connection) -> StorageError:
     code = getattr(error, "sqlstate", None)
     if code == "25006":  # read_only_sql_transaction
         return StorageError(f"{READ_ONLY_REFUSAL} ({message})")
+    if code == "42501":  # insufficient_privilege: telescope_reader may read telescope's tables only
+        return StorageError(f"{READER_REFUSAL} ({message})")
     if code == "57014":  # query_canceled: statement_timeout
         return _timeout_error(connection.timeout)
     return StorageError(f"query failed: {message}")

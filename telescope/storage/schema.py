@@ -37,6 +37,7 @@ from telescope.spec import Status
 
 SCHEMA_VERSION = 2
 VERSION_TABLE = "telescope_version"
+LEASE_TABLE = "telescope_leases"  # PostgreSQL only, created on first use (telescope.storage.lease)
 DATA_TABLES = ("sweeps", "levels", "trials")
 
 SWEEP_KINDS = ("sweep", "transfer-check", "batch-study")
@@ -192,3 +193,18 @@ class TrialModel(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class LeaseModel(Base):
+    """Who runs a sweep, on PostgreSQL: one row per sweep being run (telescope.storage.lease).
+    Not part of the data: an older telescope ignores it, so adding it needs no new version."""
+
+    __tablename__ = LEASE_TABLE
+
+    sweep: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))  # a random token per driver
+    host: Mapped[str] = mapped_column(String(255))  # the holder's machine and process
+    pid: Mapped[int] = mapped_column(Integer)
+    server_started_at: Mapped[datetime] = mapped_column(UTCDateTime)  # pg_postmaster_start_time() then
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
