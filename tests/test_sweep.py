@@ -72,7 +72,8 @@ def test_sweep_with_local_executor_stores_every_trial_and_exports(tmp_path: Path
 
 def _sweep_process(config: Path, url: str, store: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "telescope", "sweep", str(config), "--db", url, "--store", str(store), "--name", name],
+        [sys.executable, "-m", "telescope", "sweep", str(config), "--db", url, "--store", str(store), "--name", name,
+         "--no-reuse"],  # trains: the reference sweep beside it in the database must not stand in
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

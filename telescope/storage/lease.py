@@ -88,9 +88,7 @@ class PostgresLease:
         key = {"key": lease_key(self.sweep)}
         try:
             if not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), key):
-                row = conn.execute(_READ, {"sweep": self.sweep}).first()
-                holder = f" ({_holder(row)})" if row is not None else ""
-                raise Taken(f"is being run by another telescope process{holder}")
+                raise Taken("is being run by another telescope process")
             row = conn.execute(_READ, {"sweep": self.sweep}).first()
             if row is not None and row.owner != self.owner and not row.same_server and row.expires_in > 0:
                 if not _ended_here(row.host, row.pid):
