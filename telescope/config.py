@@ -21,13 +21,18 @@ from typing import Any, Callable, Literal, Mapping
 
 from telescope.errors import ConfigError
 from telescope.search import Axis, LevelPlan, Narrowing, Widths, plan_levels
-from telescope.spec import SWEEPABLE, ModelShape, TrainSettings, TrialSpec
+from telescope.spec import (
+    SWEEPABLE,
+    ModelShape,
+    TrainSettings,
+    TrialSpec,
+    check_token_count,
+)
 from telescope.trials.base import ExecutorSettings
 
 # Names of the tables in telescope.parametrization.TABLES, kept here so loading a config
 # does not import torch (a test checks the two agree).
 PARAMETRIZATIONS = ("paper", "muon", "adamw", "sp")
-DEFAULT_PARAMETRIZATION = "paper"
 Objective = Literal["val_loss", "train_loss"]
 
 # Searched when the config does not mention them; the lr range is centred on the
@@ -136,14 +141,6 @@ def load_config(path: str | Path) -> SweepConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {_one_line(str(e))}") from None
     return parse_config(data)
-
-
-def check_token_count(train: TrainSettings, seq_len: int) -> None:
-    """A ConfigError when a trial's token count would not fit the 64-bit counters it is kept in."""
-    if train.steps * train.batch_size * seq_len >= 2**63:
-        raise ConfigError(
-            f"train.steps: {train.steps} steps of {train.batch_size} x {seq_len} tokens overflow a 64-bit count"
-        )
 
 
 def parse_config(data: Mapping[str, Any]) -> SweepConfig:

@@ -17,7 +17,6 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Sequence
 
-from telescope.config import DEFAULT_PARAMETRIZATION
 from telescope.errors import ConfigError
 
 Role = Literal["embedding", "hidden", "output", "vector"]
@@ -139,7 +138,7 @@ TABLES: dict[str, Table] = {
         ),
     )
 }
-DEFAULT_TABLE = DEFAULT_PARAMETRIZATION
+DEFAULT_PARAMETRIZATION = DEFAULT_TABLE = "paper"
 
 
 def get_table(name: str) -> Table:

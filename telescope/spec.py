@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+from telescope.errors import ConfigError
+
 
 class Status(str, enum.Enum):
     PENDING = "pending"
@@ -53,6 +55,14 @@ class TrainSettings:
     data: str = "stdlib"  # "stdlib" (default corpus) or a path
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     divergence_factor: float = 2.0  # loss above factor * initial loss counts as diverged
+
+
+def check_token_count(train: TrainSettings, seq_len: int) -> None:
+    """A ConfigError when a trial's token count would not fit the 64-bit counters it is kept in."""
+    if train.steps * train.batch_size * seq_len >= 2**63:
+        raise ConfigError(
+            f"train.steps: {train.steps} steps of {train.batch_size} x {seq_len} tokens overflow a 64-bit count"
+        )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from telescope.cli.common import console, print_rows
-from telescope.config import DEFAULT_PARAMETRIZATION
+from telescope.parametrization import DEFAULT_PARAMETRIZATION
 from telescope.errors import ConfigError
 from telescope.spec import ModelShape
 

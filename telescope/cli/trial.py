@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from telescope.cli.common import print_rows
-from telescope.config import DEFAULT_PARAMETRIZATION
+from telescope.parametrization import DEFAULT_PARAMETRIZATION
 from telescope.spec import ModelShape, TrainSettings, TrialSpec
 
 RESULT_COLUMNS = ["status", "train_loss", "val_loss", "steps", "tokens", "flops", "wall_time", "device"]

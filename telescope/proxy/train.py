@@ -12,10 +12,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch import nn
+from torch import Tensor, nn
 
-from telescope.config import check_token_count
 from telescope.errors import ConfigError, TelescopeError
 from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.data import load_data
@@ -23,8 +21,16 @@ from telescope.proxy.model import build_model
 from telescope.proxy.optim import Optimizers, build_optimizers
 from telescope.proxy.packed import PackedProxies
 from telescope.roles import with_defaults
+from telescope.spec import (
+    MetricsCallback,
+    Status,
+    StepMetrics,
+    TrainSettings,
+    TrialResult,
+    TrialSpec,
+    check_token_count,
+)
 from telescope.trials.packs import pack_key
-from telescope.spec import MetricsCallback, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
 
 SMOOTHING_STEPS = 10  # the reported train loss is the mean over this many final steps
 HOST_SYNC_STEPS = 16  # on an accelerator, losses are read (and divergence checked) every this many steps
