@@ -37,7 +37,7 @@ def trial(
 ) -> None:
     """Train one proxy model and print its losses, tokens, FLOPs and wall time."""
     from telescope.parametrization import get_table
-    from telescope.proxy.data import load_data
+    from telescope.data import load_data
     from telescope.proxy.train import run_trial
 
     spec = TrialSpec(

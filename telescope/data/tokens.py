@@ -1,0 +1,172 @@
+"""Token files: memory-mapped, never copied, scanned once for their token range.
+
+Every token reader returns `TokenFile`s: a 1-D token sequence over a read-only mapping
+of the file, and, where the format marks them, its document boundaries. The smallest and
+largest token of a file are found by one chunked pass that hands each chunk's pages
+back to the kernel (so a scan of a 4 GB file does not leave 4 GB resident), and are
+cached on disk keyed by the file's path, size and modification time.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import mmap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from telescope.errors import DataError, TelescopeError
+from telescope.files import atomic_write
+
+_SCAN_BYTES = 1 << 24
+_STATS_FORMAT = 1
+
+
+def map_file(path: Path) -> mmap.mmap:
+    """The whole file, mapped read-only (DataError if empty)."""
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    with path.open("rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def view(buffer: mmap.mmap, dtype: np.dtype | str, offset: int, count: int) -> np.ndarray:
+    """`count` tokens of `dtype` (little-endian unless it says) at byte `offset` of a mapping, without copying."""
+    dtype = np.dtype(dtype)
+    if dtype.byteorder == "=":
+        dtype = dtype.newbyteorder("<")
+    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
+
+
+class Runs:
+    """Runs of tokens scattered through one mapped file (Arrow record batches, MDS samples),
+    indexed like one 1-D array without joining them: slicing gives a view, indexing with an
+    integer array gathers those tokens (as int64)."""
+
+    def __init__(self, buffer: mmap.mmap, dtype: np.dtype, byte_starts: np.ndarray, counts: np.ndarray) -> None:
+        self.buffer, self.dtype = buffer, np.dtype(dtype)
+        self._bytes = np.frombuffer(buffer, dtype=np.uint8)
+        self._byte_starts = byte_starts.astype(np.int64)
+        self._counts = counts.astype(np.int64)
+        self._ends = np.cumsum(self._counts)
+        self._start, self._stop = 0, int(self._ends[-1]) if len(self._ends) else 0
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            a, b, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("Runs slices take no step")
+            sliced = copy.copy(self)
+            sliced._start, sliced._stop = self._start + a, self._start + max(a, b)
+            return sliced
+        position = np.asarray(key, dtype=np.int64) + self._start
+        run = np.searchsorted(self._ends, position, side="right")
+        address = self._byte_starts[run] + (position - (self._ends[run] - self._counts[run])) * self.dtype.itemsize
+        raw = self._bytes[address[..., None] + np.arange(self.dtype.itemsize)]
+        return raw.view(self.dtype)[..., 0].astype(np.int64)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype)
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The runs covering this view, clipped to it, as arrays over the mapping."""
+        first = int(np.searchsorted(self._ends, self._start, side="right"))
+        for r in range(first, len(self._counts)):
+            begin = int(self._ends[r] - self._counts[r])
+            if begin >= self._stop:
+                break
+            lo, hi = max(0, self._start - begin), min(int(self._counts[r]), self._stop - begin)
+            offset = int(self._byte_starts[r]) + lo * self.dtype.itemsize
+            yield np.frombuffer(self.buffer, dtype=self.dtype, count=hi - lo, offset=offset)
+
+
+@dataclass(frozen=True, eq=False)
+class TokenFile:
+    """One file's tokens and, where the format marks them, its document boundaries."""
+
+    path: Path
+    tokens: Any  # 1-D: a numpy array over a mapping, or Runs
+    docs: np.ndarray | None  # int64 document starts followed by len(tokens); None when unmarked
+    maps: tuple[mmap.mmap, ...]  # the mappings `tokens` lies in, whose pages a scan hands back
+    identity: str  # what the cached token range is keyed by: path, size, mtime, layout
+
+    def token_range(self) -> tuple[int, int]:
+        """(smallest, largest) token, from the on-disk cache or one chunked pass."""
+        cache = _stats_path(self.identity)
+        try:
+            stats = json.loads(cache.read_text())
+            return int(stats["min"]), int(stats["max"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        lo, hi = _scan(self.tokens, self.maps)
+        try:
+            with atomic_write(cache, make_parents=True) as f:
+                f.write(json.dumps({"min": lo, "max": hi}).encode())
+        except TelescopeError:
+            pass  # a read-only cache only costs the next process a rescan
+        return lo, hi
+
+
+def file_identity(path: Path, layout: str) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{layout}|v{_STATS_FORMAT}"
+
+
+def _stats_path(identity: str) -> Path:
+    from telescope.data.text import cache_dir
+
+    return cache_dir() / "token-ranges" / f"{hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()}.json"
+
+
+def _scan(tokens: Any, maps: tuple[mmap.mmap, ...]) -> tuple[int, int]:
+    arrays = tokens.chunks() if isinstance(tokens, Runs) else [tokens]
+    pages = _PageReturn(maps)
+    lo, hi = None, None
+    for array in arrays:
+        step = max(1, _SCAN_BYTES // array.itemsize)
+        for i in range(0, len(array), step):
+            chunk = array[i : i + step]
+            lo = int(chunk.min()) if lo is None else min(lo, int(chunk.min()))
+            hi = int(chunk.max()) if hi is None else max(hi, int(chunk.max()))
+            pages.scanned(chunk)
+    pages.flush()
+    assert lo is not None and hi is not None, "readers refuse files without tokens"
+    return lo, hi
+
+
+class _PageReturn:
+    """Hands scanned pages back to the kernel (the page cache keeps them), a few MB at a time."""
+
+    def __init__(self, maps: tuple[mmap.mmap, ...]) -> None:
+        self.maps = [(np.frombuffer(m, dtype=np.uint8).ctypes.data, m) for m in maps]
+        self.pending: tuple[int, mmap.mmap, int, int] | None = None  # (base, map, start, end)
+
+    def scanned(self, chunk: np.ndarray) -> None:
+        address = chunk.ctypes.data
+        for base, m in self.maps:
+            if base <= address < base + len(m):
+                start, end = address - base, address - base + chunk.nbytes
+                if self.pending and self.pending[1] is m:
+                    start = min(start, self.pending[2])
+                    end = max(end, self.pending[3])
+                else:
+                    self.flush()
+                self.pending = (base, m, start, end)
+                if end - start >= _SCAN_BYTES:
+                    self.flush()
+                return
+
+    def flush(self) -> None:
+        if self.pending is not None and hasattr(mmap, "MADV_DONTNEED"):
+            _, m, start, end = self.pending
+            start = start // mmap.PAGESIZE * mmap.PAGESIZE
+            m.madvise(mmap.MADV_DONTNEED, start, min(len(m), end) - start)
+        self.pending = None
