@@ -3,7 +3,8 @@ header with magic 20240520, version 1 and the token count, then uint16 tokens), 
 headerless file whose dtype the config states (`[train] data_dtype`).
 
 A headerless file is read as uint16 only as the documented nanoGPT default, and then only if
-it does not look like 32-bit tokens (every odd uint16 half zero)."""
+it does not look like 32-bit tokens: every odd uint16 half 0 or 1 among the first 2^20, as
+little-endian 32-bit tokens below 131,072 (Llama 3's 128,256 included) would have."""
 
 from __future__ import annotations
 
@@ -49,9 +50,9 @@ def open_shard(path: Path, dtype: str | None) -> TokenFile:
     tokens = view(mapped, dtype or "uint16", 0, size // itemsize)
     if dtype is None:
         sniff = tokens[: _SNIFF_TOKENS - _SNIFF_TOKENS % 2]
-        if len(sniff) >= 2 and not sniff[1::2].any() and sniff[::2].any():
+        if len(sniff) >= 2 and sniff[1::2].max() <= 1 and sniff[::2].max() > 1:
             raise DataError(
-                f"{path}: looks like 32-bit tokens (every odd uint16 half is 0); "
+                f"{path}: looks like 32-bit tokens (every odd uint16 half is 0 or 1); "
                 f"set [train] data_dtype = \"uint32\" (or \"int32\")"
             )
     return TokenFile(path, tokens, None, (mapped,), file_identity(path, f"raw-{dtype or 'uint16'}"))
