@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data_writers import write_hf_arrow, write_megatron, write_mds, write_parquet_tokens
 from micro import run_micro_sweep
 from telescope.data import load as loading
 from telescope.data import load_data, tokenized
+from telescope.data.testing import write_hf_arrow, write_megatron, write_mds, write_parquet_tokens
 from telescope.errors import ConfigError, DataError
 
 TOP = 100_256  # o200k-sized vocabulary: tokens far above uint16
@@ -206,13 +206,20 @@ def test_text_through_a_tokenizer_is_cached_and_redone_when_text_or_tokenizer_ch
 # --- micro sweeps end to end -----------------------------------------------------------
 
 
+def assert_finished(result: dict, vocab: int) -> None:
+    assert result["calibration_width"] == 64 and len(result["levels"]) == 3
+    assert all(level["failed"] == 0 for level in result["levels"])
+    assert set(result["best"]) == {"lr", "weight_decay"}
+    assert 0 < result["best_loss"] < np.log(vocab) + 1
+
+
 def test_micro_sweep_on_a_megatron_dataset(tmp_path):
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, 3000, size=int(rng.integers(60, 200))) for _ in range(400)]
     prefix = write_megatron(tmp_path / "ds_text_document", docs, dtype="uint16")
     result = run_micro_sweep(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "store",
                              model={"vocab_size": 3000}, train={"data": str(prefix), "cross_documents": False})  # fmt: skip
-    assert result["best"] and np.isfinite(result["best"]["val_loss"] if "val_loss" in result["best"] else 0)
+    assert_finished(result, vocab=3000)
 
 
 def test_micro_sweep_on_text_through_a_trained_bpe(tmp_path):
@@ -220,7 +227,8 @@ def test_micro_sweep_on_text_through_a_trained_bpe(tmp_path):
     tok = train_bpe(tmp_path / "tokenizer.json", [p.read_text() for p in corpus.iterdir()])
     result = run_micro_sweep(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "store",
                              model={"vocab_size": 400}, train={"data": str(corpus), "tokenizer": str(tok)})  # fmt: skip
-    assert result["best"]
+    assert_finished(result, vocab=400)
+    assert result["best_loss"] < np.log(400) - 1, "the proxies learn the tokenized text"
 
 
 # --- bad input -------------------------------------------------------------------------
