@@ -21,6 +21,7 @@ from telescope.errors import DataError, TelescopeError
 from telescope.files import atomic_write
 
 _CONVERTED_FORMAT = 1
+_ROWS_A_BATCH = 4096  # Parquet rows decoded at a time while converting
 
 
 def is_token_type(kind: Any) -> bool:
@@ -153,13 +154,13 @@ def _convert(path: Path, parquet: Any, column: str, dtype: np.dtype, tokens_path
     ends, total = [np.zeros(1, dtype=np.int64)], 0
     try:
         with atomic_write(tokens_path, make_parents=True) as f:
-            for batch in parquet.iter_batches(columns=[column]):
+            for batch in parquet.iter_batches(batch_size=_ROWS_A_BATCH, columns=[column]):
                 chunk = batch.column(0)
                 offsets = _offsets(chunk)
                 values = chunk.values[int(offsets[0]) : int(offsets[-1])]
                 if values.null_count:
                     raise DataError(f"{path}: column {column!r} has null token ids")
-                f.write(values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).tobytes())
+                f.write(values.to_numpy(zero_copy_only=False).astype(dtype, copy=False))
                 ends.append(offsets[1:] - offsets[0] + total)
                 total += len(values)
             if total == 0:
