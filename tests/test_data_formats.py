@@ -231,6 +231,18 @@ def test_micro_sweep_on_text_through_a_trained_bpe(tmp_path):
     assert result["best_loss"] < np.log(400) - 1, "the proxies learn the tokenized text"
 
 
+def test_readme_data_table_has_one_line_per_format():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Training data", 1)[1]
+    rows = [line for line in section.split("\n\n", 3)[2].splitlines() if line.startswith("| ") and "---" not in line][1:]
+    formats = {"stdlib": "`stdlib`", "nanoGPT .bin": "nanoGPT", ".npy": "`FILE.npy`", "Megatron": "Megatron",
+               "Arrow": "Arrow IPC", "Parquet tokens": "list-of-integers column, one document per row; converted",
+               "MDS": "MDS", "text": "`FILE.txt`", "Parquet text": "text column", "tokenizer": "tokenizer.json"}  # fmt: skip
+    for name, marker in formats.items():
+        assert sum(marker in row for row in rows) == 1, name
+    assert len(rows) == len(formats)
+
+
 # --- bad input -------------------------------------------------------------------------
 
 

@@ -116,7 +116,7 @@ def _folder_kind(path: Path) -> str:
         return "megatron"
     if is_mds(path):
         return "mds"
-    if (path / "state.json").is_file() or any(p.suffix == ".arrow" for p in path.rglob("*.arrow")):
+    if (path / "state.json").is_file() or next(path.rglob("*.arrow"), None) is not None:
         return "arrow"
     if npy_files(path):
         return "npy"
