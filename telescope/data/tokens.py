@@ -99,7 +99,7 @@ class TokenFile:
     identity: str  # what the cached token range is keyed by: path, size, mtime, layout
 
     def token_range(self) -> tuple[int, int]:
-        """(smallest, largest) token, from the on-disk cache or one chunked pass."""
+        """(smallest, largest) token (smallest 0 for unsigned dtypes), from the on-disk cache or one chunked pass."""
         cache = _stats_path(self.identity)
         try:
             stats = json.loads(cache.read_text())
@@ -132,9 +132,11 @@ def _scan(tokens: Any, maps: tuple[mmap.mmap, ...]) -> tuple[int, int]:
     lo, hi = None, None
     for array in arrays:
         step = max(1, _SCAN_BYTES // array.itemsize)
+        unsigned = array.dtype.kind == "u"  # no need for a second pass looking for negative tokens
         for i in range(0, len(array), step):
             chunk = array[i : i + step]
-            lo = int(chunk.min()) if lo is None else min(lo, int(chunk.min()))
+            low = 0 if unsigned else int(chunk.min())
+            lo = low if lo is None else min(lo, low)
             hi = int(chunk.max()) if hi is None else max(hi, int(chunk.max()))
             pages.scanned(chunk)
     pages.flush()
