@@ -93,6 +93,12 @@ class SweepProgress:
         self._best_loss = math.inf
         self._refresh()
 
+    def extend_level(self, extra: int) -> None:
+        """The level under way grew by `extra` trials (the last level's edge extension)."""
+        self.counts.total += extra
+        self._left[self.level] += extra
+        self._refresh()
+
     def trial_started(self) -> None:
         self.counts.running += 1
         self._refresh()

@@ -50,6 +50,10 @@ def _total_rows(p: Plan) -> list[dict[str, object]]:
     return [
         {"quantity": "sweep", "value": f"{_flops(p.sweep_flops)} FLOPs in {p.sweep_trials} trials"},
         {
+            "quantity": "edge extension (possible)",
+            "value": f"up to +{p.extension_trials_per_step} trials ({_flops(p.extension_flops_per_step)} FLOPs) per step",
+        },
+        {
             "quantity": "one target run",
             "value": f"{_flops(p.target_flops)} FLOPs (width {p.target_width}, {_count(p.target_params)} params)",
         },

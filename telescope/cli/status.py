@@ -12,7 +12,7 @@ from telescope.cli.common import DbOption, FormatOption, OutputFormat, console, 
 from telescope.spec import FINISHED
 
 if TYPE_CHECKING:
-    from telescope.storage.database import LevelRow, SweepSummary, TrialRow
+    from telescope.storage.rows import LevelRow, SweepSummary, TrialRow
 
 
 def status(
@@ -57,7 +57,7 @@ LEVEL_COLUMNS = [
 ]  # fmt: skip
 TRIAL_COLUMNS = [
     "trial_key", "level", "width", "lr", "weight_decay", "muon_lr_ratio", "seed", "status",
-    "train_loss", "val_loss", "steps", "wall_time", "attempts", "error",
+    "train_loss", "val_loss", "steps", "wall_time", "attempts", "reused_from", "error",
 ]  # fmt: skip
 
 
@@ -126,5 +126,6 @@ def _trial(t: TrialRow) -> dict[str, Any]:
         "steps": t.steps,
         "wall_time": t.wall_time,
         "attempts": t.attempts,
+        "reused_from": t.reused_from,
         "error": t.error.strip().splitlines()[-1] if t.error else None,  # the exception line of a traceback
     }
