@@ -90,7 +90,7 @@ def open_arrow_tokens(path: Path, column: str) -> TokenFile:
         first += len(values)
     if not parts:
         raise DataError(f"{path}: column {column!r} is empty")
-    docs = np.unique(np.concatenate([[0], *doc_ends]))  # empty rows start where the next one does
+    docs = _distinct(np.concatenate([[0], *doc_ends]))
     if len(parts) == 1:
         tokens = parts[0]
     else:
@@ -100,6 +100,11 @@ def open_arrow_tokens(path: Path, column: str) -> TokenFile:
             raise DataError(f"{path}: compressed Arrow buffers cannot be mapped; save it uncompressed")
         tokens = Runs(mapped, parts[0].dtype, starts, np.array([len(p) for p in parts]))
     return TokenFile(path, tokens, docs, (mapped,), file_identity(path, f"arrow-{column}"))
+
+
+def _distinct(starts: np.ndarray) -> np.ndarray:
+    """Document starts from row offsets: an empty row starts where the next one does."""
+    return starts[np.concatenate([[True], np.diff(starts) > 0])]
 
 
 def _offsets(chunk: Any) -> np.ndarray:
@@ -166,7 +171,7 @@ def _convert(path: Path, parquet: Any, column: str, dtype: np.dtype, tokens_path
             if total == 0:
                 raise DataError(f"{path}: column {column!r} is empty")
         with atomic_write(docs_path) as f:
-            np.save(f, np.unique(np.concatenate(ends)))
+            np.save(f, _distinct(np.concatenate(ends)))
     except TelescopeError as e:
         if isinstance(e, DataError):
             raise

@@ -12,12 +12,14 @@ evenly spaced over the held-out stream, the same for every trial.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from telescope.data.tokens import release
 from telescope.errors import ConfigError, DataError
 
 
@@ -29,6 +31,7 @@ class Stream:
     file_of: np.ndarray
     start: np.ndarray
     length: np.ndarray
+    maps: tuple[tuple[mmap.mmap, ...], ...] = ()  # per file, the mappings a gather hands back
     _ends: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -69,6 +72,8 @@ class Stream:
         for f in np.unique(file_of):
             rows = np.flatnonzero(file_of == f)
             out[rows] = self.files[f][position[rows][:, None] + offsets]
+            if self.maps:
+                release(self.maps[f])
         return out
 
 

@@ -35,7 +35,7 @@ from telescope.data.text import (
     text_documents,
 )
 from telescope.data.tokenized import tokenized
-from telescope.data.tokens import TokenFile
+from telescope.data.tokens import TokenFile, release
 from telescope.errors import DataError
 
 if TYPE_CHECKING:
@@ -198,4 +198,6 @@ def _token_data(kind: str, root: Path, column: str | None, dtype: str | None, cr
     if lo < 0:
         raise DataError(f"{low_file}: holds a negative token id ({lo})")
     (hi, high_file) = max((r[1], p) for r, p in ranges)
+    for f in files:  # pages the open touched (MDS sample headers, Arrow batch metadata)
+        release(f.maps)
     return TokenData(name, hi + 1, f"its largest token is {hi}, in {high_file}", train, val)

@@ -86,7 +86,12 @@ def _open_shard(root: Path, shard: dict[str, Any], column: str | None) -> TokenF
     starts = offsets[:-1]
 
     def u32_at(address: np.ndarray) -> np.ndarray:
-        return u8[address[:, None] + np.arange(4)].copy().view("<u4")[:, 0].astype(np.int64)
+        """uint32 values at byte addresses of any alignment: one aligned view per alignment."""
+        out = np.empty(len(address), dtype=np.int64)
+        for a in range(4):
+            at = address % 4 == a
+            out[at] = view(mapped, "<u4", a, (len(mapped) - a) // 4)[(address[at] - a) // 4]
+        return out
 
     column_bytes = [
         u32_at(starts + 4 * variable.index(i)) if s is None else np.full(n, s, dtype=np.int64) for i, s in enumerate(sizes)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -105,8 +105,9 @@ def _hash_split(files: Sequence[TokenFile], sides: "_Sides") -> bool:
         change = np.flatnonzero(np.diff(mask)) + 1  # runs of consecutive documents on one side
         run_starts = np.concatenate([[0], change])
         run_ends = np.concatenate([change, [len(mask)]])
-        for a, b in zip(run_starts.tolist(), run_ends.tolist()):
-            sides.add(i, int(docs[a]), int(docs[b]), val=bool(mask[a]))
+        for val in (False, True):
+            on_side = mask[run_starts] == val
+            sides.add(i, docs[run_starts[on_side]], docs[run_ends[on_side]], val=val)
     return True
 
 
@@ -117,21 +118,23 @@ class _Sides:
         self.files, self.cross = files, cross_documents
         self.parts: dict[bool, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {False: [], True: []}
 
-    def add(self, i: int, lo: int, hi: int, val: bool) -> None:
-        """Tokens [lo, hi) of file i: one segment, or one per document when windows stay in documents."""
+    def add(self, i: int, lo: Any, hi: Any, val: bool) -> None:
+        """Sorted, disjoint token ranges [lo, hi) of file i as segments, cut at document starts
+        when windows stay in documents."""
+        lo, hi = np.atleast_1d(lo).astype(np.int64), np.atleast_1d(hi).astype(np.int64)
         docs = self.files[i].docs
-        if self.cross or docs is None:
-            starts, ends = np.array([lo]), np.array([hi])
-        else:
-            starts, ends = np.clip(docs[:-1], lo, hi), np.clip(docs[1:], lo, hi)
-        keep = ends > starts
-        starts, lengths = starts[keep].astype(np.int64), (ends - starts)[keep].astype(np.int64)
-        self.parts[val].append((np.full(len(starts), i, dtype=np.int64), starts, lengths))
+        if not self.cross and docs is not None and len(lo):
+            cuts = np.union1d(docs, np.concatenate([lo, hi]))
+            inside = np.maximum(np.searchsorted(lo, cuts[:-1], side="right") - 1, 0)
+            keep = (lo[inside] <= cuts[:-1]) & (cuts[:-1] < hi[inside])
+            lo, hi = cuts[:-1][keep], cuts[1:][keep]
+        keep = hi > lo
+        self.parts[val].append((np.full(int(keep.sum()), i, dtype=np.int64), lo[keep], (hi - lo)[keep]))
 
     def streams(self) -> tuple[Stream, Stream]:
-        tokens = tuple(f.tokens for f in self.files)
+        tokens, maps = tuple(f.tokens for f in self.files), tuple(f.maps for f in self.files)
         out = []
         for val in (False, True):
             parts = self.parts[val] or [(np.zeros(0, np.int64),) * 3]
-            out.append(Stream(tokens, *(np.concatenate(column) for column in zip(*parts))))
+            out.append(Stream(tokens, *(np.concatenate(column) for column in zip(*parts)), maps=maps))
         return out[0], out[1]

@@ -2,9 +2,9 @@
 
 Every token reader returns `TokenFile`s: a 1-D token sequence over a read-only mapping
 of the file, and, where the format marks them, its document boundaries. The smallest and
-largest token of a file are found by one chunked pass that hands each chunk's pages
-back to the kernel (so a scan of a 4 GB file does not leave 4 GB resident), and are
-cached on disk keyed by the file's path, size and modification time.
+largest token of a file are found by one chunked pass and cached on disk keyed by the
+file's path, size and modification time. Pages a scan, an open or a batch touched are
+handed back to the kernel (`release`), so resident memory does not grow with the file.
 """
 
 from __future__ import annotations
@@ -126,10 +126,18 @@ def _stats_path(identity: str) -> Path:
     return cache_dir() / "token-ranges" / f"{hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()}.json"
 
 
+def release(maps: tuple[mmap.mmap, ...]) -> None:
+    """Hand a mapping's resident pages back to the kernel: the page cache keeps them, so the
+    next touch costs a minor fault, while this process's resident memory stays small whatever
+    the file size (a fault may map a whole large folio, up to megabytes, around one window)."""
+    if hasattr(mmap, "MADV_DONTNEED"):
+        for m in maps:
+            m.madvise(mmap.MADV_DONTNEED)
+
+
 def _scan(tokens: Any, maps: tuple[mmap.mmap, ...]) -> tuple[int, int]:
     arrays = tokens.chunks() if isinstance(tokens, Runs) else [tokens]
-    pages = _PageReturn(maps)
-    lo, hi = None, None
+    lo, hi, unreleased = None, None, 0
     for array in arrays:
         step = max(1, _SCAN_BYTES // array.itemsize)
         unsigned = array.dtype.kind == "u"  # no need for a second pass looking for negative tokens
@@ -138,37 +146,10 @@ def _scan(tokens: Any, maps: tuple[mmap.mmap, ...]) -> tuple[int, int]:
             low = 0 if unsigned else int(chunk.min())
             lo = low if lo is None else min(lo, low)
             hi = int(chunk.max()) if hi is None else max(hi, int(chunk.max()))
-            pages.scanned(chunk)
-    pages.flush()
+            unreleased += chunk.nbytes
+            if unreleased >= _SCAN_BYTES:
+                release(maps)
+                unreleased = 0
+    release(maps)
     assert lo is not None and hi is not None, "readers refuse files without tokens"
     return lo, hi
-
-
-class _PageReturn:
-    """Hands scanned pages back to the kernel (the page cache keeps them), a few MB at a time."""
-
-    def __init__(self, maps: tuple[mmap.mmap, ...]) -> None:
-        self.maps = [(np.frombuffer(m, dtype=np.uint8).ctypes.data, m) for m in maps]
-        self.pending: tuple[int, mmap.mmap, int, int] | None = None  # (base, map, start, end)
-
-    def scanned(self, chunk: np.ndarray) -> None:
-        address = chunk.ctypes.data
-        for base, m in self.maps:
-            if base <= address < base + len(m):
-                start, end = address - base, address - base + chunk.nbytes
-                if self.pending and self.pending[1] is m:
-                    start = min(start, self.pending[2])
-                    end = max(end, self.pending[3])
-                else:
-                    self.flush()
-                self.pending = (base, m, start, end)
-                if end - start >= _SCAN_BYTES:
-                    self.flush()
-                return
-
-    def flush(self) -> None:
-        if self.pending is not None and hasattr(mmap, "MADV_DONTNEED"):
-            _, m, start, end = self.pending
-            start = start // mmap.PAGESIZE * mmap.PAGESIZE
-            m.madvise(mmap.MADV_DONTNEED, start, min(len(m), end) - start)
-        self.pending = None
