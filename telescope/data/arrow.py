@@ -21,7 +21,6 @@ from telescope.errors import DataError, TelescopeError
 from telescope.files import atomic_write
 
 _CONVERTED_FORMAT = 1
-_ROWS_A_BATCH = 4096  # Parquet rows decoded at a time while converting
 
 
 def is_token_type(kind: Any) -> bool:
@@ -156,18 +155,21 @@ def open_parquet_tokens(path: Path, column: str) -> TokenFile:
 
 
 def _convert(path: Path, parquet: Any, column: str, dtype: np.dtype, tokens_path: Path, docs_path: Path) -> None:
+    """Row group by row group, so memory holds one row group's decoding at a time."""
+    import pyarrow as pa
+
     ends, total = [np.zeros(1, dtype=np.int64)], 0
     try:
         with atomic_write(tokens_path, make_parents=True) as f:
-            for batch in parquet.iter_batches(batch_size=_ROWS_A_BATCH, columns=[column]):
-                chunk = batch.column(0)
-                offsets = _offsets(chunk)
-                values = chunk.values[int(offsets[0]) : int(offsets[-1])]
-                if values.null_count:
-                    raise DataError(f"{path}: column {column!r} has null token ids")
-                f.write(values.to_numpy(zero_copy_only=False).astype(dtype, copy=False))
-                ends.append(offsets[1:] - offsets[0] + total)
-                total += len(values)
+            for group in range(parquet.num_row_groups):
+                for chunk in parquet.read_row_group(group, columns=[column], use_threads=False).column(0).chunks:
+                    offsets = _offsets(chunk)
+                    values = chunk.values[int(offsets[0]) : int(offsets[-1])]
+                    if values.null_count:
+                        raise DataError(f"{path}: column {column!r} has null token ids")
+                    f.write(values.to_numpy(zero_copy_only=False).astype(dtype, copy=False))
+                    ends.append(offsets[1:] - offsets[0] + total)
+                    total += len(values)
             if total == 0:
                 raise DataError(f"{path}: column {column!r} is empty")
         with atomic_write(docs_path) as f:
@@ -176,3 +178,5 @@ def _convert(path: Path, parquet: Any, column: str, dtype: np.dtype, tokens_path
         if isinstance(e, DataError):
             raise
         raise DataError(f"{path}: cannot cache its token column ({e})") from None
+    finally:
+        pa.default_memory_pool().release_unused()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from telescope.data.tokens import Runs, TokenFile, file_identity, map_file, view
+from telescope.data.tokens import Runs, TokenFile, file_identity, map_file, release, view
 from telescope.errors import DataError
 
 VALUE_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 32: "uint32", 33: "int32", 64: "uint64", 65: "int64"}
@@ -120,4 +120,5 @@ def _open_shard(root: Path, shard: dict[str, Any], column: str | None) -> TokenF
     if len(tokens) == 0:
         raise DataError(f"{path}: token column is empty")
     docs = np.concatenate([[0], np.cumsum(counts)])
+    release((mapped,))  # the sample headers just read touched every page
     return TokenFile(path, tokens, docs, (mapped,), file_identity(path, f"mds-{col}"))
