@@ -99,7 +99,7 @@ def _warm() -> None:
 
 
 def _warm_task(_: int) -> None:
-    from telescope.proxy.data import load_data
+    from telescope.data import load_data
 
     load_data("stdlib")
 

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from telescope.proxy.data import load_data
+from telescope.data import load_data
 from telescope.proxy.model import build_model
 from telescope.proxy.muon import Muon
 from telescope.proxy.optim import build_optimizers

@@ -19,7 +19,7 @@ import time
 import torch
 
 from telescope.cost import param_counts
-from telescope.proxy.data import load_data
+from telescope.data import load_data
 from telescope.proxy.model import build_model
 from telescope.proxy.optim import build_optimizers
 from telescope.proxy.train import autocast, loss_fn, lr_multiplier, resolve_device, run_trial

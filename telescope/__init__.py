@@ -59,7 +59,7 @@ _EXPORTS: dict[str, str] = {
     "classify": "telescope.roles",
     "load_rules": "telescope.roles",
     "Optimizers": "telescope.proxy.optim",
-    "load_data": "telescope.proxy.data",
+    "load_data": "telescope.data",
     "coord_check": "telescope.proxy.coord_check",
     "CoordCheckSettings": "telescope.proxy.coord_check",
     # parametrizations and the transfer

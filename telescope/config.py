@@ -215,6 +215,7 @@ _TRAIN_RULES: dict[str, Rule] = {
     "final_lr_ratio": _between(0.0, 1.0),
     "eval_batches": _positive,
     "data": _non_empty,
+    "tokenizer": lambda v: None if v is None or v.strip() else "must not be empty",
     "device": _non_empty,
     "divergence_factor": lambda v: None if v > 1 else f"must be > 1, got {v}",
 }

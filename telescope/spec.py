@@ -53,6 +53,9 @@ class TrainSettings:
     final_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
     eval_batches: int = 8  # held-out batches for the validation loss
     data: str = "stdlib"  # "stdlib" (default corpus) or a path
+    data_dtype: Literal["uint16", "uint32", "int32"] | None = None  # tokens of a headerless .bin
+    tokenizer: str | None = None  # a tokenizer.json that text is encoded with (else bytes)
+    cross_documents: bool = True  # windows may cross documents where the format marks them
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     divergence_factor: float = 2.0  # loss above factor * initial loss counts as diverged
 

@@ -19,7 +19,7 @@ from telescope.errors import TelescopeError
 from telescope.export import export_sweep
 from telescope.foreign import build_foreign_optimizers, classify, optimizers_from_export, parametrize
 from telescope.proxy.coord_check import CoordCheckSettings, coord_check
-from telescope.proxy.data import load_data
+from telescope.data import load_data
 from telescope.proxy.muon import Muon
 from telescope.proxy.train import loss_fn
 from telescope.spec import ModelShape

@@ -31,15 +31,23 @@ def trial(
     seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 64,
     warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 20,
     data: Annotated[str, typer.Option(help="'stdlib' (default corpus) or a path.")] = "stdlib",
+    data_dtype: Annotated[
+        str | None, typer.Option(help="Tokens of a headerless .bin: uint16 (default), uint32 or int32.")
+    ] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="A tokenizer.json to encode text with.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for init and data order.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print spec and result as one JSON object.")] = False,
 ) -> None:
     """Train one proxy model and print its losses, tokens, FLOPs and wall time."""
+    from telescope.data import load_train_data
     from telescope.parametrization import get_table
-    from telescope.proxy.data import load_data
     from telescope.proxy.train import run_trial
 
+    train = TrainSettings(
+        steps=steps, batch_size=batch_size, warmup_steps=warmup_steps, data=data, device=device,
+        data_dtype=data_dtype, tokenizer=tokenizer,  # type: ignore[arg-type]  # load_data checks the dtype
+    )
     spec = TrialSpec(
         width=width,
         base_width=base_width,
@@ -48,11 +56,9 @@ def trial(
         parametrization=parametrization,
         seed=seed,
         model=ModelShape(
-            depth=depth, head_dim=head_dim, seq_len=seq_len, vocab_size=load_data(data).vocab_size
+            depth=depth, head_dim=head_dim, seq_len=seq_len, vocab_size=load_train_data(train).vocab_size
         ),
-        train=TrainSettings(
-            steps=steps, batch_size=batch_size, warmup_steps=warmup_steps, data=data, device=device
-        ),
+        train=train,
     )
     result = run_trial(spec)
     if json_out:

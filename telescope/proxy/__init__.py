@@ -1,1 +1,1 @@
-"""The proxy: model, optimizers (Muon + AdamW by role), data, one trial, coord check."""
+"""The proxy: model, optimizers (Muon + AdamW by role), one trial, coord check (its data: telescope.data)."""

@@ -19,7 +19,7 @@ import torch
 from telescope.errors import ConfigError
 from telescope.files import atomic_write
 from telescope.parametrization import get_table
-from telescope.proxy.data import load_data
+from telescope.data import load_data
 from telescope.proxy.model import Transformer, build_model
 from telescope.proxy.optim import build_optimizers
 from telescope.proxy.train import logits_of, loss_fn

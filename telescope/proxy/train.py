@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from telescope.errors import ConfigError, TelescopeError
 from telescope.parametrization import Table, fingerprint, get_table
-from telescope.proxy.data import load_data
+from telescope.data import load_train_data
 from telescope.proxy.model import build_model
 from telescope.proxy.optim import Optimizers, build_optimizers
 from telescope.proxy.packed import PackedProxies
@@ -260,11 +260,8 @@ def run_trials(
     if len(specs) > 1 and (pack_key(spec) is None or any(pack_key(s) != pack_key(spec) for s in specs)):
         raise ValueError("packed trials must differ only in lr, weight_decay, muon_lr_ratio and seed")
     table = get_table(spec.parametrization)
-    data = load_data(spec.train.data)
-    if data.vocab_size > spec.model.vocab_size:
-        raise ConfigError(
-            f"data {spec.train.data!r} has vocab {data.vocab_size} > model.vocab_size {spec.model.vocab_size}"
-        )
+    data = load_train_data(spec.train)
+    data.check_vocab(spec.model.vocab_size)
     device = resolve_device(spec.train.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -3,7 +3,7 @@
 The spec (model, data source, training settings, width, hyperparameters, seed), the
 parametrization's fingerprint (table, Muon variant and constants, torch version), the
 telescope version, and what is on disk behind names: the data files' sizes and
-modification times, and the user's model factory's source file. Trials are bitwise
+modification times (and the tokenizer file's), and the user's model factory's source file. Trials are bitwise
 reproducible (a pack or a resume does not change their numbers), so a completed trial
 with the same key can stand in for training it again, in any run of any kind.
 """
@@ -30,7 +30,7 @@ def content_key(spec: TrialSpec) -> str:
             "spec": spec.to_dict(),
             "fingerprint": fingerprint(spec.parametrization, spec.muon_lr_ratio),
             "telescope": _version(),
-            "data": _data_identity(spec.train.data),
+            "data": _data_identity(spec.train.data, spec.train.tokenizer),
             "factory": _factory_identity(spec.model_factory) if spec.model_factory else None,
         }
     )
@@ -45,14 +45,16 @@ def _version() -> str:
 
 
 @functools.cache
-def _data_identity(source: str) -> Any:
-    from telescope.proxy.data import source_path
+def _data_identity(source: str, tokenizer: str | None) -> Any:
+    from telescope.data import source_path
 
     if source == "stdlib":  # the running interpreter's standard library
-        return [sys.version, str(source_path(source))]
-    path = source_path(source)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return [source] + [[str(p.relative_to(path) if path.is_dir() else p.name), *_stat(p)] for p in files]
+        identity: list[Any] = [sys.version, str(source_path(source))]
+    else:
+        path = source_path(source)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        identity = [source] + [[str(p.relative_to(path) if path.is_dir() else p.name), *_stat(p)] for p in files]
+    return identity + [["tokenizer", tokenizer, *_stat(Path(tokenizer).expanduser())]] if tokenizer else identity
 
 
 def _factory_identity(factory: str) -> Any:

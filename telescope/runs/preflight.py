@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 
-from telescope.errors import ConfigError
 from telescope.spec import ModelShape, TrainSettings
 from telescope.trials.base import ExecutorSettings
 
@@ -17,7 +16,7 @@ def check_inputs(model: ModelShape, train: TrainSettings, executor: ExecutorSett
 
     On a cluster (`ray_address`) the workers may have the GPUs and the data path the driver
     lacks: there only the device's name is checked, and the data only if the path is here."""
-    from telescope.proxy.data import load_data, source_path
+    from telescope.data import load_train_data, source_path
     from telescope.proxy.train import check_device_name, resolve_device
 
     if executor.ray_address is not None:
@@ -26,10 +25,6 @@ def check_inputs(model: ModelShape, train: TrainSettings, executor: ExecutorSett
             return
     else:
         resolve_device(train.device, where="train.device")
-    data = load_data(train.data)
+    data = load_train_data(train)
     data.check_seq_len(model.seq_len)
-    if data.vocab_size > model.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size is {model.vocab_size} but the data {train.data!r} has tokens up to "
-            f"{data.vocab_size - 1}: set model.vocab_size = {data.vocab_size}"
-        )
+    data.check_vocab(model.vocab_size)

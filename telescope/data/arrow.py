@@ -1,0 +1,182 @@
+"""Arrow and Parquet: a token-id column (list of integers, one document per row), or a
+text column (telescope.data.text). Read with pyarrow alone.
+
+Arrow IPC files (a Hugging Face `save_to_disk` folder's `data-*.arrow`) are mapped and read
+without copying. Parquet pages are encoded, so a Parquet token column is written once to a
+raw token file in the cache (keyed by the file's path, size and mtime) and mapped from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from telescope.data.text import cache_dir, visible_files
+from telescope.data.tokens import Runs, TokenFile, file_identity, map_file
+from telescope.errors import DataError, TelescopeError
+from telescope.files import atomic_write
+
+_CONVERTED_FORMAT = 1
+
+
+def is_token_type(kind: Any) -> bool:
+    import pyarrow as pa
+
+    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    return any(is_list(kind) for is_list in lists) and pa.types.is_integer(kind.value_type)
+
+
+def _check_column(path: Path, schema: Any, column: str) -> Any:
+    if column not in schema.names:
+        raise DataError(f"{path}: no column {column!r} (columns: {', '.join(schema.names) or 'none'})")
+    return schema.field(column).type
+
+
+# --- Arrow IPC -------------------------------------------------------------------------
+
+
+def arrow_files(root: Path) -> list[Path]:
+    """A folder's `.arrow` files; in a `save_to_disk` folder, in the order its state.json lists them."""
+    state = root / "state.json"
+    if state.is_file():
+        try:
+            names = [entry["filename"] for entry in json.loads(state.read_text())["_data_files"]]
+            return [root / name for name in names]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{state}: not a Hugging Face dataset state (no _data_files list)") from None
+    return [p for p in visible_files(root) if p.suffix == ".arrow"]
+
+
+def read_arrow(path: Path) -> tuple[Any, Any]:
+    """(table over the mapped file, mapping): the IPC stream format, or the file format."""
+    import pyarrow as pa
+
+    if not path.is_file():
+        raise DataError(f"{path}: not found")
+    mapped = map_file(path)
+    for open_ipc in (pa.ipc.open_stream, pa.ipc.open_file):
+        try:
+            return open_ipc(pa.BufferReader(pa.py_buffer(mapped))).read_all(), mapped
+        except (pa.ArrowException, OSError):
+            continue
+    raise DataError(f"{path}: not a readable Arrow IPC file")
+
+
+def arrow_column_type(path: Path, column: str) -> Any:
+    table, _ = read_arrow(path)
+    return _check_column(path, table.schema, column)
+
+
+def open_arrow_tokens(path: Path, column: str) -> TokenFile:
+    table, mapped = read_arrow(path)
+    kind = _check_column(path, table.schema, column)
+    if not is_token_type(kind):
+        raise DataError(f"{path}: column {column!r} holds {kind}, not token ids (a list of integers)")
+    parts, doc_ends, first = [], [], 0
+    for chunk in table.column(column).chunks:
+        offsets = _offsets(chunk)
+        values = chunk.values[int(offsets[0]) : int(offsets[-1])]
+        if len(values) == 0:
+            continue
+        if values.null_count:
+            raise DataError(f"{path}: column {column!r} has null token ids")
+        parts.append(values.to_numpy(zero_copy_only=True))
+        doc_ends.append(offsets[1:] - offsets[0] + first)
+        first += len(values)
+    if not parts:
+        raise DataError(f"{path}: column {column!r} is empty")
+    docs = _distinct(np.concatenate([[0], *doc_ends]))
+    if len(parts) == 1:
+        tokens = parts[0]
+    else:
+        base = np.frombuffer(mapped, dtype=np.uint8).ctypes.data
+        starts = np.array([p.ctypes.data - base for p in parts])
+        if (starts < 0).any() or (starts >= len(mapped)).any():
+            raise DataError(f"{path}: compressed Arrow buffers cannot be mapped; save it uncompressed")
+        tokens = Runs(mapped, parts[0].dtype, starts, np.array([len(p) for p in parts]))
+    return TokenFile(path, tokens, docs, (mapped,), file_identity(path, f"arrow-{column}"))
+
+
+def _distinct(starts: np.ndarray) -> np.ndarray:
+    """Document starts from row offsets: an empty row starts where the next one does."""
+    return starts[np.concatenate([[True], np.diff(starts) > 0])]
+
+
+def _offsets(chunk: Any) -> np.ndarray:
+    import pyarrow as pa
+
+    if pa.types.is_fixed_size_list(chunk.type):
+        size = chunk.type.list_size
+        return (np.arange(len(chunk) + 1, dtype=np.int64) + chunk.offset) * size
+    return chunk.offsets.to_numpy().astype(np.int64)
+
+
+def arrow_text_rows(path: Path, column: str) -> list[bytes]:
+    table, _ = read_arrow(path)
+    return [v.encode() if isinstance(v, str) else v for v in table.column(column).to_pylist() if v is not None]
+
+
+# --- Parquet ---------------------------------------------------------------------------
+
+
+def open_parquet(path: Path, column: str) -> Any:
+    """A ParquetFile that has `column` (DataError otherwise)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    _check_column(path, parquet.schema_arrow, column)
+    return parquet
+
+
+def open_parquet_tokens(path: Path, column: str) -> TokenFile:
+    """The column's tokens, converted once into the cache and mapped from there."""
+    identity = file_identity(path, f"parquet-{column}-v{_CONVERTED_FORMAT}")
+    stem = cache_dir() / "parquet-tokens" / hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
+    tokens_path, docs_path = stem.with_suffix(".tokens"), stem.with_suffix(".docs.npy")
+    parquet = open_parquet(path, column)
+    kind = parquet.schema_arrow.field(column).type
+    if not is_token_type(kind):
+        raise DataError(f"{path}: column {column!r} holds {kind}, not token ids (a list of integers)")
+    dtype = np.dtype(kind.value_type.to_pandas_dtype()).newbyteorder("<")
+    if not docs_path.is_file():
+        _convert(path, parquet, column, dtype, tokens_path, docs_path)
+    docs = np.load(docs_path)
+    mapped = map_file(tokens_path)
+    tokens = np.frombuffer(mapped, dtype=dtype, count=int(docs[-1]))
+    return TokenFile(path, tokens, docs, (mapped,), identity)
+
+
+def _convert(path: Path, parquet: Any, column: str, dtype: np.dtype, tokens_path: Path, docs_path: Path) -> None:
+    """Row group by row group, so memory holds one row group's decoding at a time."""
+    import pyarrow as pa
+
+    ends, total = [np.zeros(1, dtype=np.int64)], 0
+    try:
+        with atomic_write(tokens_path, make_parents=True) as f:
+            for group in range(parquet.num_row_groups):
+                for chunk in parquet.read_row_group(group, columns=[column], use_threads=False).column(0).chunks:
+                    offsets = _offsets(chunk)
+                    values = chunk.values[int(offsets[0]) : int(offsets[-1])]
+                    if values.null_count:
+                        raise DataError(f"{path}: column {column!r} has null token ids")
+                    f.write(values.to_numpy(zero_copy_only=False).astype(dtype, copy=False))
+                    ends.append(offsets[1:] - offsets[0] + total)
+                    total += len(values)
+            if total == 0:
+                raise DataError(f"{path}: column {column!r} is empty")
+        with atomic_write(docs_path) as f:
+            np.save(f, _distinct(np.concatenate(ends)))
+    except TelescopeError as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: cannot cache its token column ({e})") from None
+    finally:
+        pa.default_memory_pool().release_unused()
