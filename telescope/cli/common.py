@@ -8,14 +8,14 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable
+from typing import Annotated, Any, Callable, Iterable, Sequence
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from telescope.cli.tables import print_table
 from telescope.errors import TelescopeError
 
 # No markup: sweep names, stored errors, SQL results and paths are printed as they are
@@ -50,6 +50,9 @@ DbOption = Annotated[
         help="Database: sqlite:///FILE, postgresql://..., or a path ending in .db, .sqlite or .sqlite3. Default: ./telescope.db.",
         envvar="TELESCOPE_DB",
     ),
+]
+WideOption = Annotated[
+    bool, typer.Option("--wide", help="Every column at full width, even past the terminal's edge.")
 ]
 StoreOption = Annotated[
     str | None,
@@ -104,21 +107,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
 def print_rows(
     rows: Iterable[dict[str, Any]],
     fmt: OutputFormat = OutputFormat.table,
     columns: list[str] | None = None,
     title: str | None = None,
+    drop: Sequence[str] = (),
+    wide: bool = False,
 ) -> None:
-    """Print rows (dicts) as a rich table, CSV or JSON; the one output path for row data."""
+    """Print rows (dicts) as a rich table, CSV or JSON; the one output path for row data.
+    The table fits the terminal (see telescope.cli.tables): `drop` names the columns it may
+    leave out, least important first, unless `wide`."""
     rows = list(rows)
     if columns is None:
         columns = list(rows[0].keys()) if rows else []
@@ -130,9 +129,4 @@ def print_rows(
         writer.writerow(columns)
         writer.writerows([_plain(r.get(c)) for c in columns] for r in rows)
     else:
-        table = Table(title=title)
-        for c in columns:
-            table.add_column(c, overflow="fold")
-        for r in rows:
-            table.add_row(*(_cell(r.get(c)) for c in columns))
-        console.print(table)
+        print_table(console, rows, columns, title=title, drop=drop, wide=wide)
