@@ -30,3 +30,5 @@ from telescope.cli import transfer_check  # noqa: E402
 app.command("transfer-check")(transfer_check.transfer_check)
 from telescope.cli import batch_study  # noqa: E402
 app.command("batch-study")(batch_study.batch_study)
+from telescope.cli import compare  # noqa: E402
+app.command("compare")(compare.compare)
