@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 
-_PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+_SI = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+_COUNTS = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))  # parameters and tokens: 3.67B
 
 
-def _scaled(x: float, digits: int) -> tuple[str, str]:
-    """(number, SI prefix) with `digits` significant digits, e.g. 1.58262e14 -> ("158", "T")."""
-    for scale, prefix in _PREFIXES:
+def _scaled(x: float, digits: int, prefixes=_SI) -> tuple[str, str]:
+    """(number, prefix) with `digits` significant digits, e.g. 1.58262e14 -> ("158", "T")."""
+    for scale, prefix in prefixes:
         if abs(x) >= scale:
             return _sig(x / scale, digits), prefix
     return _sig(x, digits), ""
@@ -33,12 +34,12 @@ def flops(x: float | None) -> str:
 
 
 def count(n: float | None) -> str:
-    """49376 -> `49.4k`, 3.7e9 -> `3.7G`... parameters, tokens, trials."""
+    """49376 -> `49.4k`, 3.67e9 -> `3.67B`: parameters, tokens, trials."""
     if n is None or not math.isfinite(n):
         return "-"
     if abs(n) < 1000:
         return str(int(n)) if float(n).is_integer() else _sig(n, 3)
-    number, prefix = _scaled(n, 3)
+    number, prefix = _scaled(n, 3, _COUNTS)
     return f"{number}{prefix}"
 
 

@@ -154,6 +154,7 @@ def assert_png(path: Path) -> None:
 # --------------------------------------------------------------------------- the files
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. matplotlib: a clipped title, a layout not applied
 def test_plot_writes_four_pngs_and_svgs_and_prints_their_paths(micro: FinishedSweep, tmp_path: Path) -> None:
     out = tmp_path / "figures"
     result = runner.invoke(app, ["plot", micro.name, "--db", micro.url, "-o", str(out), "--svg"])
