@@ -19,9 +19,9 @@ from telescope.spec import Status
 
 # Before a second width has run, how a level's wall seconds per FLOP scale with the FLOPs of
 # one trial: spf ~ flops**k. Small proxies do not use a device fully (fixed per-step and
-# per-trial costs dominate), so a trial 4x the FLOPs takes about 4**(1 + k) = 2.3x as long.
-# Measured on the README's tiny sweep (widths 32 -> 128 on 2 CPUs); two measured widths
-# replace it with a fit.
+# per-trial costs dominate), so a trial 4x the FLOPs takes about 4**(1 + k) = 2.1x as long.
+# Fitted to a run of the README's tiny sweep (widths 32 -> 128, Ray, 2 CPUs); two finished
+# levels replace it with their own fit.
 PRIOR_EXPONENT = -0.45
 
 
@@ -119,7 +119,7 @@ class RemainingTime:
 def _power_law(points: list[tuple[float, float]]):
     """seconds per FLOP as a function of a trial's FLOPs: a least-squares line in log-log
     through `points` (flops, seconds per flop), slope clamped to [-1, 0] (a bigger trial
-    never takes less time, nor less time per FLOP); PRIOR_EXPONENT with one trial size."""
+    takes no less time, and no more time per FLOP); PRIOR_EXPONENT with one trial size."""
     xs = [math.log(f) for f, _ in points]
     ys = [math.log(max(s, 1e-30)) for _, s in points]  # a level that took no time
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 DIVERGED_STYLE = dict(marker="x", color="tab:red", linestyle="none", markersize=8, mew=2)
 FAILED_STYLE = dict(marker="s", color="0.55", linestyle="none", markersize=6, fillstyle="none", mew=1.5)
+_LABEL_BOX = dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="none", alpha=0.85)  # text over hatching
 # Where off-scale trials sit, in axes coordinates (fraction of the height).
 DIVERGED_Y, FAILED_Y = 0.96, 0.90
 
@@ -103,6 +104,9 @@ def _draw_curves(ax: Axes, curves: list[Curve], objective: str) -> None:
         _mark_off_scale(ax, diverged, failed)
         any_diverged |= bool(diverged)
         any_failed |= bool(failed)
+    if any_diverged or any_failed:  # a band along the top for their marks, above every point
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, lo + (hi - lo) / min(DIVERGED_Y, FAILED_Y) * 1.08)
     ax.set_xscale("log")
     readable_log_ticks(ax.xaxis)
     ax.set_xlabel(_pretty(curves[0].axis) if curves else "")
@@ -163,10 +167,10 @@ def draw_level_maps(maps: list[LevelMap], objective: str, sweep: str = "") -> Fi
                 ax.text(x, text_y, f"{c.loss:.4f}", ha="center", va="center", fontsize=7, color="white" if norm(c.loss) > 0.6 else "black")
             elif c.status is Status.DIVERGED:
                 ax.add_patch(Rectangle(facecolor="mistyrose", hatch="xx", **dict(box, edgecolor="tab:red")))
-                ax.text(x, text_y, "diverged", ha="center", va="center", fontsize=6, color="tab:red")
+                ax.text(x, text_y, "diverged", ha="center", va="center", fontsize=7, color="tab:red", bbox=_LABEL_BOX)
             else:
                 ax.add_patch(Rectangle(facecolor="0.85", hatch="//", **dict(box, edgecolor="0.5")))
-                ax.text(x, text_y, "failed", ha="center", va="center", fontsize=6, color="0.3")
+                ax.text(x, text_y, "failed", ha="center", va="center", fontsize=7, color="0.2", bbox=_LABEL_BOX)
             if is_best:
                 ax.plot([x], [y * lift], marker="*", markersize=13, color="white", mec="black", linestyle="none", zorder=5)
         ax.set_xscale("log")
@@ -182,9 +186,10 @@ def draw_level_maps(maps: list[LevelMap], objective: str, sweep: str = "") -> Fi
         ax.set_xlabel(_pretty(m.x))
         ax.set_ylabel(_pretty(m.y))
         ax.set_title(f"level {m.level}, width {m.width}" + (f"\n{_held_text(m.held)}" if m.held else ""), fontsize="medium")
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, location="bottom", shrink=0.9, aspect=30)
-        bar.set_label(f"{objective} (this level's range)", fontsize="small")
-        bar.ax.tick_params(labelsize=7)
+        if len(set(losses)) > 1:  # one loss has no range to show
+            bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, location="bottom", shrink=0.9, aspect=30)
+            bar.set_label(f"{objective} (this level's range)", fontsize="small")
+            bar.ax.tick_params(labelsize=7)
     statuses = {c.status for m in maps for c in m.cells}
     handles = []
     if Status.DIVERGED in statuses:
