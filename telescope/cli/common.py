@@ -114,10 +114,11 @@ def print_rows(
     title: str | None = None,
     drop: Sequence[str] = (),
     wide: bool = False,
+    raw: bool = False,
 ) -> None:
     """Print rows (dicts) as a rich table, CSV or JSON; the one output path for row data.
     The table fits the terminal (see telescope.cli.tables): `drop` names the columns it may
-    leave out, least important first, unless `wide`."""
+    leave out, least important first, unless `wide`; `raw` keeps keys and full floats."""
     rows = list(rows)
     if columns is None:
         columns = list(rows[0].keys()) if rows else []
@@ -129,4 +130,4 @@ def print_rows(
         writer.writerow(columns)
         writer.writerows([_plain(r.get(c)) for c in columns] for r in rows)
     else:
-        print_table(console, rows, columns, title=title, drop=drop, wide=wide)
+        print_table(console, rows, columns, title=title, drop=drop, wide=wide, raw=raw)

@@ -47,11 +47,12 @@ _EDGE = 1  # the table's left border
 _PER_COLUMN = 3  # one space each side and a border
 
 
-def cell(key: str, value: Any) -> str:
-    """A value as a terminal table shows it (empty for missing)."""
+def cell(key: str, value: Any, raw: bool = False) -> str:
+    """A value as a terminal table shows it (empty for missing); `raw`: every float to 6
+    significant digits, whatever its column."""
     if value is None:
         return ""
-    if isinstance(value, float) and key in FORMATS:
+    if isinstance(value, float) and key in FORMATS and not raw:
         return FORMATS[key](value)
     if isinstance(value, float):
         return numbers.value(value, 6)
@@ -66,13 +67,16 @@ def fitted_table(
     title: str | None = None,
     drop: Sequence[str] = (),
     wide: bool = False,
+    raw: bool = False,
 ) -> tuple[Table, int]:
     """The table of `rows` for a terminal `width` columns wide, and the width it needs.
 
     `drop` names the columns that may be left out, least important first; unless `wide`,
-    they go one by one until the table fits."""
-    cells = {c: [cell(c, r.get(c)) for r in rows] for c in columns}
-    natural = {c: max([len(HEADERS.get(c, c)), *map(len, cells[c])]) for c in columns}
+    they go one by one until the table fits. `raw` keeps the keys as headers and prints
+    floats to 6 significant digits (SQL results)."""
+    headers = {c: c if raw else HEADERS.get(c, c) for c in columns}
+    cells = {c: [cell(c, r.get(c), raw) for r in rows] for c in columns}
+    natural = {c: max([len(headers[c]), *map(len, cells[c])]) for c in columns}
     shown = list(columns)
 
     def needed(cols: list[str], squeeze: bool) -> int:
@@ -84,28 +88,30 @@ def fitted_table(
                 break
             shown.remove(column)
     left_out = [c for c in columns if c not in shown]
-    caption = f"left out: {', '.join(HEADERS.get(c, c) for c in left_out)} (--wide shows every column)" if left_out else None
+    caption = f"left out: {', '.join(headers[c] for c in left_out)} (--wide shows every column)" if left_out else None
     table = Table(title=title, caption=caption)
     room = width - needed([c for c in shown if c not in TEXT], squeeze=False) - _PER_COLUMN * sum(c in TEXT for c in shown)
     texts = [c for c in shown if c in TEXT]
     for c in shown:
-        numeric = c in FORMATS or (cells[c] and all(_numeric(v) for v in cells[c] if v))
+        numeric = (c in FORMATS and not raw) or (cells[c] and all(_numeric(v) for v in cells[c] if v))
         if c in TEXT and not wide:
             share = max(_MIN_TEXT, room // max(len(texts), 1))
-            table.add_column(HEADERS.get(c, c), no_wrap=True, overflow="ellipsis", max_width=share)
+            table.add_column(headers[c], no_wrap=True, overflow="ellipsis", max_width=share)
         else:
-            table.add_column(HEADERS.get(c, c), no_wrap=True, min_width=natural[c], justify="right" if numeric else "left")
+            table.add_column(headers[c], no_wrap=True, justify="right" if numeric else "left")
     for i in range(len(rows)):
         table.add_row(*(cells[c][i] for c in shown))
     return table, needed(shown, squeeze=not wide)
 
 
 def _numeric(text: str) -> bool:
+    """A number, or a number and its unit (`4.5 s`, `33.3 GFLOP`): right-aligned."""
+    first, *rest = text.split()
     try:
-        float(text.split()[0])
+        float(first)
     except ValueError:
         return False
-    return True
+    return all(word.isalpha() for word in rest)
 
 
 def print_table(
@@ -116,10 +122,11 @@ def print_table(
     title: str | None = None,
     drop: Sequence[str] = (),
     wide: bool = False,
+    raw: bool = False,
 ) -> None:
     """Print a fitted table on `console`; with `wide`, at the width it needs even past the
     terminal's edge."""
-    table, needed = fitted_table(list(rows), columns, console.width, title=title, drop=drop, wide=wide)
+    table, needed = fitted_table(list(rows), columns, console.width, title=title, drop=drop, wide=wide, raw=raw)
     if wide and needed > console.width:
         console.print(table, width=needed, crop=False)
     else:
