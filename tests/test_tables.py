@@ -121,3 +121,10 @@ def test_compare_two_stored_sweeps_table_and_figure(two_sweeps: str, tmp_path: P
 def test_compare_refuses_bad_input_in_one_line(two_sweeps: str, args: list[str], message: str) -> None:
     result = runner.invoke(app, ["compare", *args, "--db", two_sweeps])
     assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_human_numbers() -> None:
+    assert numbers.flops(1.58262e14) == "158 TFLOP" and numbers.flops(3.33e10) == "33.3 GFLOP"
+    assert numbers.count(49376) == "49.4k" and numbers.count(3.67e9) == "3.67B" and numbers.count(25) == "25"
+    assert numbers.loss(0.895997) == "0.8960" and numbers.value(0.0340000001) == "0.034"
+    assert (numbers.seconds(8.43), numbers.seconds(299), numbers.seconds(3723)) == ("8.4 s", "4:59", "1:02:03")
