@@ -51,6 +51,10 @@ class SearchSpace:
     def names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.axes)
 
+    def centre(self) -> dict[str, float]:
+        """Every hyperparameter at its fixed value or the middle (in log space) of its range."""
+        return dict(self.fixed) | {a.name: math.sqrt(a.lo * a.hi) for a in self.axes}
+
 
 @dataclass(frozen=True)
 class SeedSettings:

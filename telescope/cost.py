@@ -95,6 +95,10 @@ class Plan:
     brute_force_trials: int  # the level-0 grid (x seeds) run at the target width
     brute_force_flops: float
     saving: float  # brute_force_flops / sweep_flops
+    # Possible extra cost: when the last level's best sits on its sub-grid's corner, each step
+    # of its edge extension adds this many trials (one more line per swept axis) at its width.
+    extension_trials_per_step: int = 0
+    extension_flops_per_step: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,6 +130,8 @@ def plan(config: SweepConfig) -> Plan:
     target_counts = param_counts(shape, target)
     target_flops = train_flops(shape, target, tokens)
     brute_trials = math.prod(a.points for a in config.search.axes) * config.seeds.per_point
+    last = config.levels()[-1]
+    extension = (math.prod(n + 1 for n in last.counts) - math.prod(last.counts)) * last.seeds
     return Plan(
         name=config.name,
         tokens_per_trial=tokens,
@@ -140,4 +146,6 @@ def plan(config: SweepConfig) -> Plan:
         brute_force_trials=brute_trials,
         brute_force_flops=brute_trials * target_flops,
         saving=brute_trials * target_flops / sweep,
+        extension_trials_per_step=extension,
+        extension_flops_per_step=extension * levels[-1].flops_per_trial,
     )

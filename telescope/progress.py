@@ -78,6 +78,9 @@ class RemainingTime:
     def start(self, level: int, trials: int) -> None:
         self.levels[level].trials = trials
 
+    def extend(self, level: int, extra: int) -> None:
+        self.levels[level].trials += extra
+
     def start_trial(self, level: int, now: float) -> None:
         lv = self.levels[level]
         lv.running += 1
@@ -188,6 +191,12 @@ class SweepProgress:
         self.done = self.running = self.diverged = self.failed = 0
         self._best_loss, self.best = math.inf, "-"
         self._clock.start(level, total)
+        self._refresh()
+
+    def extend_level(self, extra: int) -> None:
+        """The level under way grew by `extra` trials (the last level's edge extension)."""
+        self.total += extra
+        self._clock.extend(self._level(), extra)
         self._refresh()
 
     def trial_started(self) -> None:

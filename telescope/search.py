@@ -12,6 +12,7 @@ the next grid (for odd counts it sits in the middle unless the range clips the w
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -306,6 +307,54 @@ def _to_values(logs: Sequence[float], a: Axis) -> tuple[float, ...]:
         else:
             out.append(min(a.hi, max(a.lo, math.exp(x))))
     return tuple(out)
+
+
+# --------------------------------------------------------------------------- edge extension
+
+Direction = Literal["down", "up"]
+
+
+def extend_line(
+    lrs: Sequence[float], direction: Direction, n: int = 2, step: float | None = None
+) -> tuple[float, ...]:
+    """The `n` new learning rates beyond the line's edge in `direction`, ascending.
+
+    They continue the line's spacing on that side (the ratio of its two outermost points)
+    unless `step` is given.
+    """
+    if direction not in ("down", "up"):
+        raise TelescopeError(f"extension direction must be 'down' or 'up', got {direction!r}")
+    if n < 1:
+        raise TelescopeError(f"an extension needs at least 1 point, got {n}")
+    line = sorted(float(v) for v in lrs)
+    if len(line) < 2 or line[0] <= 0 or not math.isfinite(line[-1]):
+        raise TelescopeError(f"cannot extend a line of fewer than 2 positive learning rates: {line}")
+    if step is None:
+        step = line[-1] / line[-2] if direction == "up" else line[1] / line[0]
+    if not (math.isfinite(step) and step > 1):
+        raise TelescopeError(f"grid step factor must be > 1, got {step}")
+    if direction == "up":
+        return tuple(line[-1] * step**k for k in range(1, n + 1))
+    return tuple(line[0] / step**k for k in range(n, 0, -1))
+
+
+def extended_grid(grid: Grid, best: Best, axes: Sequence[Axis]) -> Grid | None:
+    """The last level's grid grown by one lattice step past each edge of its sub-grid that
+    the best point sits on, or None when the best is interior or the next step would leave
+    the range: the sweep then runs the new points and asks again, so the answer is never a
+    sub-grid edge it could have looked past."""
+    out, grew = [], False
+    for a, g in zip(axes, grid.axes):
+        value = best.point[a.name]
+        direction: Direction | None = "down" if value == g.values[0] else "up" if value == g.values[-1] else None
+        if direction is not None and len(g.values) > 1:
+            (new,) = extend_line(g.values, direction, 1, math.exp(g.log_spacing))
+            if math.log(a.lo) - _LOG_TOL <= math.log(new) <= math.log(a.hi) + _LOG_TOL:
+                (new,) = _to_values([math.log(new)], a)
+                g = dataclasses.replace(g, values=tuple(sorted(g.values + (new,))))
+                grew = True
+        out.append(g)
+    return dataclasses.replace(grid, axes=tuple(out)) if grew else None
 
 
 # --------------------------------------------------------------------------- noise

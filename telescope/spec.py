@@ -121,3 +121,9 @@ class TrialResult:
 
 
 MetricsCallback = Callable[[StepMetrics], None]
+
+
+def objective_value(result: Any, objective: str) -> float | None:
+    """The loss a search ranks `result` by (a TrialResult or a stored trial row):
+    its validation loss, or its final train loss when `objective` is "train_loss"."""
+    return result.train_loss if objective == "train_loss" else result.val_loss

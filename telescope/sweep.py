@@ -2,7 +2,9 @@
 
 Resuming is running the same sweep again: every level's grid is a pure function of the
 stored results of the levels before it, so a resumed sweep plans the same trials, skips
-the finished ones and reaches the same answer as an uninterrupted run.
+the finished ones and reaches the same answer as an uninterrupted run. The last level
+grows past any edge of its sub-grid that its best point sits on, one lattice step at a
+time, until the best is interior or on the edge of the whole range.
 """
 
 from __future__ import annotations
@@ -15,63 +17,35 @@ from rich.console import Console
 
 from telescope.config import SweepConfig
 from telescope.cost import train_flops
-from telescope.errors import TelescopeError
 from telescope.progress import SweepProgress
-from telescope.search import Grid, Outcome, best_point, fit_drift, initial_grid, next_grid, significantly_better
-from telescope.spec import Status, TrialResult, TrialSpec
-from telescope.storage.database import Database, TrialRow, config_hash
+from telescope.runs.keys import trial_key
+from telescope.runs.stored import RunRecord, StoredRun, open_run
+from telescope.search import (
+    Best,
+    Grid,
+    Outcome,
+    best_point,
+    extended_grid,
+    fit_drift,
+    initial_grid,
+    next_grid,
+    significantly_better,
+)
+from telescope.spec import Status, TrialResult, TrialSpec, objective_value
+from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 from telescope.trials import make_executor
 from telescope.trials.base import Executor
-from telescope.trials.preflight import check_inputs
-from telescope.trials.recorder import run_pending
-from telescope.transfer_check.run import CheckSettings, run_sweep_check
 
-
-def trial_key(level: int, point: dict[str, float], seed: int) -> str:
-    """A readable key, stable across runs: the same level, point and seed give the same key."""
-    values = "-".join(f"{name}={value:.6g}" for name, value in point.items())
-    return f"L{level}-{values}-s{seed}"
+KIND = "sweep"
 
 
 def level_trials(config: SweepConfig, grid: Grid) -> list[tuple[str, dict[str, float], TrialSpec]]:
     return [
-        (trial_key(grid.level, point, seed), point, config.trial_spec(grid.width, point, seed))
+        (trial_key(f"L{grid.level}", point, seed), point, config.trial_spec(grid.width, point, seed))
         for point in grid.points()
         for seed in config.seeds.seeds()
     ]
-
-
-def open_sweep(db: Database, config: SweepConfig, name: str, new: bool = False) -> str:
-    """Create the sweep, or reopen it to resume; a changed config is refused unless `new`,
-    which starts a fresh sweep under the next free name (`NAME-2`, `NAME-3`, ...)."""
-    settings = config.to_dict()
-    existing = db.get_sweep(name)
-    if existing is not None and new:
-        taken = {s.name for s in db.list_sweeps()}
-        name = next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
-        existing = None
-    if existing is None:
-        db.create_sweep(
-            name,
-            settings,
-            parametrization=config.parametrization,
-            base_width=config.widths.base,
-            calibration_width=config.widths.calibration,
-            target_width=config.widths.target,
-        )
-        return name
-    if existing.kind != "sweep":
-        raise TelescopeError(f"{name!r} is a {existing.kind}, not a sweep; choose another --name")
-    if existing.config_hash != config_hash(settings):
-        raise TelescopeError(
-            f"sweep {name!r} was started with a different configuration; "
-            "rerun with --new to start a new sweep, or --name to pick another name"
-        )
-    if existing.status != "completed":
-        db.reset_running(name)  # trials cut off by a killed driver run again from scratch
-        db.update_sweep(name, status="running")
-    return name
 
 
 def run_sweep(
@@ -83,43 +57,45 @@ def run_sweep(
     executor: Executor | None = None,
     new: bool = False,
     console: Console | None = None,
-    check: CheckSettings | None = None,
-    force: bool = False,
+    transfer_check: dict[str, Any] | None = None,
+    reuse: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a telescoping sweep and return its result, also stored in the database.
+    A sweep that has
+    completed trains nothing: its result is derived again from its stored trials.
 
-    With `check` (e.g. `settings_from_config(config)`: the sweep's first widths), a transfer
-    check runs before level 0; on FAIL the sweep stops with TransferCheckFailed unless `force`.
-    Its table and plot go into the result under "transfer_check"."""
-    check_inputs(config.model, config.train, getattr(executor, "settings", config.executor))
-    store.check_writable()
-    with db.lease(name):  # before open_sweep, which resets trials left running
-        name = open_sweep(db, config, name, new)
-        stored = db.get_sweep(name)
-        if stored is not None and stored.status == "completed" and stored.result:
-            return stored.result
-        own_executor = executor is None
-        executor = executor or make_executor(config.executor)
-        try:
-            section = None
-            if check is not None:
-                section = run_sweep_check(check, db, store, executor, name, force)
-            result = _run_levels(config, db, store, name, executor, console or Console(stderr=True, markup=False))
-            if section is not None:
-                result["transfer_check"] = section
-        except BaseException:
-            db.update_sweep(name, status="stopped")
-            raise
-        finally:
-            if own_executor:
-                executor.close()
-        db.update_sweep(name, status="completed", result=result)
+    `transfer_check`: the report section of a transfer check run before it (`telescope
+    sweep --check-transfer`), kept in the result. `reuse=False` trains every trial, even
+    those a trial trained before could stand in for (telescope.runs.content)."""
+    own_executor = executor is None
+    executor = executor or make_executor(config.executor)
+    try:
+        with open_run(db, store, executor, _record(config, name), (config.model, config.train), new=new, reuse=reuse) as run:
+            result = _run_levels(config, run, console or Console(stderr=True, markup=False))
+            if transfer_check is not None:
+                result["transfer_check"] = transfer_check
+            run.finish(result)
+    finally:
+        if own_executor:
+            executor.close()
     return result
 
 
-def _run_levels(
-    config: SweepConfig, db: Database, store: MetricsStore, name: str, executor: Executor, console: Console
-) -> dict[str, Any]:
+def stop_before_level_zero(
+    config: SweepConfig, db: Database, store: MetricsStore, executor: Executor, name: str, result: dict[str, Any]
+) -> None:
+    """Store the sweep as stopped before any trial, with `result` (a failed transfer check's
+    section): running the sweep again, with --force, resumes it."""
+    with open_run(db, store, executor, _record(config, name), (config.model, config.train)) as run:
+        run.stop(result)
+
+
+def _record(config: SweepConfig, name: str) -> RunRecord:
+    return RunRecord(KIND, name, config.to_dict(), config.parametrization, config.widths.base,
+                     config.widths.calibration, config.widths.target)  # fmt: skip
+
+
+def _run_levels(config: SweepConfig, run: StoredRun, console: Console) -> dict[str, Any]:
     plans = config.levels()
     tokens = config.train.steps * config.train.batch_size * config.model.seq_len
     planned = [(p.trials, train_flops(config.model, p.width, tokens)) for p in plans]
@@ -129,15 +105,19 @@ def _run_levels(
     previous_best = None
     grid = initial_grid(config.search.axes, config.widths.base)
     with SweepProgress(planned, console=console) as progress:
-        for _ in plans:
-            outcomes = _run_level(config, db, store, name, executor, grid, progress)
+        for index in range(len(plans)):
+            outcomes = _run_level(config, run, grid, progress)
             best = best_point(grid, outcomes)
+            extension: list[str] = []
+            if index == len(plans) - 1:
+                grid, outcomes, best, extension = _extend_last_level(config, run, grid, outcomes, best, progress)
             following = next_grid(grid, outcomes, config.search.axes, config.narrowing)
-            db.finish_level(name, grid.level, best=best.point, best_loss=best.loss, warnings=following.warnings)
+            level_warnings = [*following.warnings, *extension]
+            run.finish_level(grid.level, best.point, best.loss, level_warnings)
             progress.end_level()
-            levels.append(_level_summary(grid, best, outcomes, following.warnings))
+            levels.append(_level_summary(grid, best, outcomes, level_warnings))
             optima.append((grid.width, best.point))
-            warnings.extend(following.warnings)
+            warnings.extend(level_warnings)
             if config.seeds.early_stop and previous_best and not significantly_better(previous_best, best):
                 warnings.append(
                     f"stopped after level {grid.level}: its best is not significantly better than level "
@@ -145,52 +125,60 @@ def _run_levels(
                 )
                 break
             previous_best, grid = best, following
-    return _result(config, name, levels, optima, warnings)
+    return _result(config, run.name, levels, optima, warnings)
+
+
+def _extend_last_level(
+    config: SweepConfig, run: StoredRun, grid: Grid, outcomes: list[Outcome], best: Best, progress: SweepProgress
+) -> tuple[Grid, list[Outcome], Best, list[str]]:
+    """Grow the last level past the sub-grid edges its best sits on until the best is
+    interior (or on the range's edge); returns the grown level and a note when it grew."""
+    size, steps = grid.size, 0
+    while (wider := extended_grid(grid, best, config.search.axes)) is not None:
+        grid, steps = wider, steps + 1
+        outcomes = _run_level(config, run, grid, progress, extending=True)
+        best = best_point(grid, outcomes)
+    if not steps:
+        return grid, outcomes, best, []
+    added = (grid.size - size) * config.seeds.per_point
+    note = (f"level {grid.level}: its best sat on the edge of its sub-grid; the grid was extended "
+            f"{steps} step(s) past it (+{added} trials), to {grid.shape}")  # fmt: skip
+    return grid, outcomes, best, [note]
 
 
 def _run_level(
-    config: SweepConfig,
-    db: Database,
-    store: MetricsStore,
-    name: str,
-    executor: Executor,
-    grid: Grid,
-    progress: SweepProgress,
+    config: SweepConfig, run: StoredRun, grid: Grid, progress: SweepProgress, extending: bool = False
 ) -> list[Outcome]:
-    """Run the level's unfinished trials and return every trial's outcome, in grid order."""
+    """Run the level's unfinished trials and return every trial's outcome, in grid order.
+    `extending`: the level is already under way and `grid` adds points to it."""
     trials = level_trials(config, grid)
     points = {key: point for key, point, _ in trials}
-    db.plan_level(name, grid.level, width=grid.width, grid=grid.points())
-    db.start_level(name, grid.level)
-    progress.start_level(grid.level, grid.width, len(trials))
-    for row in db.trials(name, grid.level):
-        if row.finished:
-            progress.trial_finished(row.status, row.flops or 0.0, row.wall_time or 0.0, resumed=True)
-            progress.offer_best(points[row.key], _objective(config, row))
+    stored = {row.key: row for row in run.rows(grid.level)}
+    if extending:
+        progress.extend_level(sum(key not in stored for key in points))
+    else:
+        progress.start_level(grid.level, grid.width, len(trials))
+        for row in stored.values():
+            if row.finished and row.key in points:
+                progress.trial_finished(row.status, row.flops or 0.0, row.wall_time or 0.0, resumed=True)
+                progress.offer_best(points[row.key], objective_value(row, config.objective))
 
     def finished(key: str, result: TrialResult) -> None:
         progress.trial_finished(result.status, result.flops, result.wall_time)
-        progress.offer_best(points[key], _objective(config, result))
+        progress.offer_best(points[key], objective_value(result, config.objective))
 
-    run_pending(
-        db,
-        store,
-        executor,
-        name,
+    rows = run.run_trials(
         grid.level,
+        grid.width,
+        grid.points(),
         [(key, spec) for key, _, spec in trials],
         on_started=lambda key: progress.trial_started(),
         on_finished=finished,
     )
-    rows = {row.key: row for row in db.trials(name, grid.level)}
-    return [Outcome(point, _objective(config, rows[key]), rows[key].status) for key, point, _ in trials]
+    return [Outcome(point, objective_value(rows[key], config.objective), rows[key].status) for key, point, _ in trials]
 
 
-def _objective(config: SweepConfig, result: TrialResult | TrialRow) -> float | None:
-    return result.val_loss if config.objective == "val_loss" else result.train_loss
-
-
-def _level_summary(grid: Grid, best, outcomes: list[Outcome], warnings: list[str]) -> dict[str, Any]:
+def _level_summary(grid: Grid, best: Best, outcomes: list[Outcome], warnings: list[str]) -> dict[str, Any]:
     statuses = [Status(o.status) for o in outcomes]
     return {
         "level": grid.level,

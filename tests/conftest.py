@@ -9,8 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from pg import BACKENDS, fresh_postgres_schema, postgres_skipped, throwaway_postgres_database
+from sqlalchemy.engine import URL
 
 
 def _free_port() -> int:
@@ -79,3 +82,20 @@ def smallest_sweep_db(tmp_path_factory) -> str:
     url = f"sqlite:///{root / 'sweep.db'}"
     run_micro_sweep(url, root / "store", **SMALLEST)
     return url
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[URL]:
+    if postgres_skipped():
+        pytest.skip("TELESCOPE_SKIP_PG=1")
+    with throwaway_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A database URL with no tables yet: a SQLite file in tmp_path, or a fresh schema
+    in the module's throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'telescope.db'}"
+    return fresh_postgres_schema(request.getfixturevalue("pg_database"))

@@ -97,3 +97,19 @@ class FakePack:
 
     def __call__(self, specs: list[TrialSpec], callbacks: list[MetricsCallback]) -> list[TrialResult]:
         return [self.trial(spec, on_metrics) for spec, on_metrics in zip(specs, callbacks)]
+
+
+@dataclass(frozen=True)
+class DriftingTrial:
+    """A trial whose optimal LR doubles with every doubling of the width (from BEST_LR at
+    `base_width`): a drift the telescoping grid cannot follow, so the last level's best
+    lands on an edge of its sub-grid."""
+
+    base_width: int = 16
+
+    def __call__(self, spec: TrialSpec, on_metrics: MetricsCallback) -> TrialResult:
+        best = BEST_LR * spec.width / self.base_width
+        final = 2.0 + 0.1 * math.log(spec.lr / best) ** 2
+        tokens = spec.train.steps * spec.train.batch_size * spec.model.seq_len
+        on_metrics(StepMetrics(step=1, tokens=tokens, train_loss=final, lr=spec.lr, grad_norm=1.0, elapsed=0.0))
+        return TrialResult(status=Status.COMPLETED, train_loss=final, val_loss=final, tokens=tokens, steps=1)

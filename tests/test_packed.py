@@ -21,12 +21,13 @@ def spec(lr=0.03, weight_decay=0.1, seed=0, steps=12, width=32, **fields):
 
 
 def recorded(specs, packed: bool):
-    """(result, metrics) per spec, trained as one pack or one trial at a time."""
+    """(result, metrics) per spec, trained as one pack or one at a time by the reference path
+    (the unbatched model with torch's AdamW)."""
     metrics = [[] for _ in specs]
     if packed:
         results = run_trials(specs, [m.append for m in metrics])
     else:
-        results = [run_trial(s, m.append) for s, m in zip(specs, metrics)]
+        results = [run_trials([s], [m.append], reference=True)[0] for s, m in zip(specs, metrics)]
     return list(zip(results, metrics))
 
 
@@ -55,6 +56,25 @@ def test_a_pack_records_what_each_trial_records_alone(seeds):
         assert_same_trial(trial, ref)
     assert len({round(r.val_loss, 4) for r, _ in alone}) == 3  # three different trials
     assert [r.device for r, _ in packed] == ["cpu, pack of 3"] * 3 and alone[0][0].device == "cpu"
+
+
+@pytest.mark.parametrize("seeds", [(0, 0, 0, 0), (0, 1, 2, 0)], ids=["one-seed", "own-seeds"])
+def test_a_trials_numbers_do_not_depend_on_its_pack(seeds):
+    """Bitwise: a trial alone, in a pack of 2, 3 or 4, in any position, records the same
+    losses, so a resumed trial that reruns alone matches its first, packed run."""
+    specs = [spec(0.02, 0.1, seeds[0]), spec(0.06, 0.4, seeds[1]), spec(0.01, 0.0, seeds[2], muon_lr_ratio=2.0),
+             spec(0.03, 0.2, seeds[3])]  # fmt: skip
+
+    def losses(pack):
+        metrics = [[] for _ in pack]
+        results = run_trials(pack, [m.append for m in metrics])
+        return [(r.val_loss, r.train_loss, [m.train_loss for m in ms]) for r, ms in zip(results, metrics)]
+
+    alone = [losses([s])[0] for s in specs]
+    assert losses(specs) == alone
+    assert losses(specs[1:3]) == alone[1:3]
+    assert losses([specs[2], specs[0], specs[1]]) == [alone[2], alone[0], alone[1]]
+    assert run_trial(specs[1]).val_loss == alone[1][0]
 
 
 def test_tied_embeddings_and_grouped_kv_heads_pack_too():

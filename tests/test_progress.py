@@ -106,3 +106,16 @@ def test_notes_are_rows_of_the_view(clock):
     progress = SweepProgress([(1, 1e9)])
     progress.set_note("dashboard", "http://127.0.0.1:8265")
     assert "dashboard  http://127.0.0.1:8265" in text_of(progress)
+
+
+def test_an_extended_level_counts_its_new_trials(clock):
+    progress = SweepProgress([(2, 1e9)], console=Console(file=io.StringIO()))
+    progress.start_level(0, 32, 2)
+    for _ in range(2):
+        progress.trial_started()
+    clock.now += 10.0
+    for _ in range(2):
+        progress.trial_finished(Status.COMPLETED, 1e9, 10.0)
+    progress.extend_level(3)  # the edge extension: 3 more trials at the same width
+    assert "2/5 done" in text_of(progress)
+    assert progress.eta() == pytest.approx(3 * 5.0)  # 10 s for the first two

@@ -15,10 +15,10 @@ from telescope.cli import query as query_cli
 from telescope.cli.common import TelescopeGroup
 from telescope.errors import StorageError
 from telescope.spec import Status, StepMetrics, TrialResult, TrialSpec
-from telescope.storage.database import Database, resolve_url
+from telescope.storage.database import Database
+from telescope.storage.urls import resolve_url
 from telescope.storage.metrics import MetricsStore
 from telescope.storage.query import ONE_STATEMENT, run_query
-from telescope.storage.testing import db_url, pg_database  # noqa: F401 (fixtures: every test on both backends)
 
 POINTS = {  # key: (level, width, lr, val_loss)
     "L0-a": (0, 64, 0.01, 2.4), "L0-b": (0, 64, 0.03, 2.1), "L0-c": (0, 64, 0.1, None),

@@ -11,7 +11,7 @@ import pytest
 from test_plots import FinishedSweep, assert_png, build_micro_sweep, fabricate_one_axis_sweep
 from typer.testing import CliRunner
 
-from telescope import numbers
+from telescope import readable
 from telescope.cli.main import app
 from telescope.config import parse_config
 from telescope.cost import plan
@@ -56,7 +56,7 @@ def first_table(text: str) -> list[dict[str, str]]:
 
 def g(value: float | None) -> str:
     """A hyperparameter as the report prints it: 4 significant digits."""
-    return "" if value is None else numbers.value(value)
+    return "" if value is None else readable.value(value)
 
 
 def test_report_embeds_the_four_figures_by_relative_path(report: Path) -> None:
@@ -82,7 +82,7 @@ def test_level_table_matches_telescope_query(micro: FinishedSweep, report: Path)
     for row, lv, n in zip(rows, levels, counts):
         assert (row["level"], row["width"]) == (str(lv["level"]), str(lv["width"]))
         assert (row["best lr"], row["best weight_decay"], row["best val_loss"]) == (
-            g(lv["best_lr"]), g(lv["best_weight_decay"]), numbers.loss(lv["best_loss"])
+            g(lv["best_lr"]), g(lv["best_weight_decay"]), readable.loss(lv["best_loss"])
         )  # fmt: skip
         assert (row["trials"], row["diverged"], row["failed"]) == (str(n["trials"]), str(n["diverged"]), str(n["failed"]))
     assert rows[0]["grid"] == "3x2" and rows[0]["diverged"] == "1" and rows[0]["failed"] == "1"
@@ -94,12 +94,12 @@ def test_cost_matches_telescope_query_and_the_plan(micro: FinishedSweep, report:
     (spent,) = query(micro, "SELECT count(*) AS n, sum(flops) AS flops, sum(wall_time) AS wall FROM trials WHERE sweep = 'micro'")
     with Database(micro.url, create=False) as db:
         the_plan = plan(parse_config(db.require_sweep("micro").config))
-    assert (rows["total"]["trials"], rows["total"]["FLOPs spent"]) == (str(spent["n"]), numbers.flops(spent["flops"]))
-    assert rows["total"]["trial time"] == numbers.seconds(spent["wall"])
-    assert rows["total"]["FLOPs planned"] == numbers.flops(the_plan.sweep_flops) and "FLOP" in rows["total"]["FLOPs planned"]
+    assert (rows["total"]["trials"], rows["total"]["FLOPs spent"]) == (str(spent["n"]), readable.flops(spent["flops"]))
+    assert rows["total"]["trial time"] == readable.seconds(spent["wall"])
+    assert rows["total"]["FLOPs planned"] == readable.flops(the_plan.sweep_flops) and "FLOP" in rows["total"]["FLOPs planned"]
     per_level = query(micro, "SELECT level, sum(flops) AS flops FROM trials WHERE sweep = 'micro' GROUP BY level ORDER BY level")
     for lv in per_level:
-        assert rows[str(lv["level"])]["FLOPs spent"] == numbers.flops(lv["flops"])
+        assert rows[str(lv["level"])]["FLOPs spent"] == readable.flops(lv["flops"])
     plan_rows = first_table(section(text, "Plan"))
     assert [(r["width"], r["grid"], r["trials"]) for r in plan_rows] == [
         (str(lc.width), lc.grid, str(lc.trials)) for lc in the_plan.levels

@@ -17,6 +17,7 @@ from telescope.search import (
     Outcome,
     Widths,
     best_point,
+    extended_grid,
     fit_drift,
     initial_grid,
     level_counts,
@@ -296,3 +297,20 @@ def test_drift_fit_uncertainty_covers_the_truth_with_noise():
 def test_drift_fit_needs_two_widths():
     with pytest.raises(ValueError):
         fit_drift([(64, {"lr": 0.01})], 1024)
+
+
+def test_extended_grid_steps_past_a_sub_grid_edge_but_never_past_the_range():
+    axes = [Axis("lr", 0.001, 0.1, 5), Axis("weight_decay", 0.01, 1.0, 5)]
+    grid = initial_grid(axes, 64)
+    inner = next_grid(grid, [Outcome(p, 1.0 if p == {"lr": grid.axes[0].values[2], "weight_decay": grid.axes[1].values[2]} else 2.0, "completed") for p in grid.points()], axes, Narrowing())  # fmt: skip
+    lr, wd = inner.axis("lr"), inner.axis("weight_decay")
+    # best on the top edge of the lr sub-grid, interior in weight decay: one lr step up
+    best = Best({"lr": lr.values[-1], "weight_decay": wd.values[1]}, 1.0, (1.0,))
+    wider = extended_grid(inner, best, axes)
+    assert wider.axis("weight_decay").values == wd.values
+    assert wider.axis("lr").values[:-1] == lr.values
+    assert math.log(wider.axis("lr").values[-1] / lr.values[-1]) == pytest.approx(lr.log_spacing)
+    assert extended_grid(inner, Best({"lr": lr.values[1], "weight_decay": wd.values[1]}, 1.0, (1.0,)), axes) is None
+    # at the range's edge there is nothing to extend into
+    full = initial_grid(axes, 64)
+    assert extended_grid(full, Best({"lr": 0.1, "weight_decay": 0.01}, 1.0, (1.0,)), axes) is None

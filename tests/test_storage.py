@@ -17,9 +17,10 @@ from telescope.cli.main import app
 from telescope.cli.common import TelescopeGroup
 from telescope.errors import StorageError
 from telescope.spec import Status, TrialResult, TrialSpec
-from telescope.storage.database import Database, config_hash, resolve_url
+from telescope.storage.database import Database
+from telescope.storage.rows import config_hash
+from telescope.storage.urls import resolve_url
 from telescope.storage.schema import SCHEMA_VERSION
-from telescope.storage.testing import db_url, pg_database  # noqa: F401 (fixtures: every test on both backends)
 
 CONFIG = {"search": {"m0": 5, "lr": [1e-3, 1e-1]}, "widths": {"base": 64, "calibration": 256}}
 
@@ -219,9 +220,26 @@ def test_incompatible_schema_version_is_refused(db_url):
     with engine.begin() as conn:
         conn.execute(text("UPDATE telescope_version SET schema_version = :v"), {"v": SCHEMA_VERSION + 1})
     engine.dispose()
-    with pytest.raises(StorageError, match=r"schema version 2.*upgrade telescope.*--db") as err:
+    with pytest.raises(StorageError, match=rf"schema version {SCHEMA_VERSION + 1}.*upgrade telescope.*--db") as err:
         Database(db_url)
     assert "\n" not in str(err.value)
+
+
+def test_a_version_1_database_is_upgraded_in_place_and_keeps_its_trials(db_url):
+    with Database(db_url) as db:
+        db.create_sweep("demo", {}, parametrization="paper", base_width=16, calibration_width=32)
+        db.add_trials("demo", 0, [("a", TrialSpec(width=16, base_width=16, lr=0.01, weight_decay=0.1))])
+    engine = create_engine(resolve_url(db_url))
+    with engine.begin() as conn:  # as telescope 0.1 left it: no content key, no reuse
+        conn.execute(text("DROP INDEX ix_trials_content_key"))
+        conn.execute(text("ALTER TABLE trials DROP COLUMN content_key"))
+        conn.execute(text("ALTER TABLE trials DROP COLUMN reused_from"))
+        conn.execute(text("UPDATE telescope_version SET schema_version = 1"))
+    with Database(db_url, create=False) as db:
+        assert [(t.key, t.content_key, t.reused_from) for t in db.trials("demo")] == [("a", None, None)]
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT schema_version FROM telescope_version")) == SCHEMA_VERSION
+    engine.dispose()
 
 
 def test_foreign_tables_and_missing_database_are_refused(db_url):

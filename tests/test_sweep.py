@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 from typer.testing import CliRunner
@@ -18,7 +19,6 @@ from telescope.cli.main import app
 from telescope.spec import Status
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
-from telescope.storage.testing import db_url, pg_database  # noqa: F401  (fixtures)
 from micro import run_micro_sweep, write_micro_config
 
 runner = CliRunner()
@@ -189,3 +189,56 @@ def test_sweep_on_a_ray_cluster_started_separately(ray_cluster, tmp_path: Path, 
     )
     assert json.loads(exported.stdout)["sweep"] == "micro"
     assert head.poll() is None  # the sweep disconnected without stopping the cluster
+
+
+def test_the_last_level_extends_past_an_edge_best_until_it_is_interior(tmp_path: Path) -> None:
+    """The optimum doubles with the width, faster than the narrowing grid follows: the last
+    level's best sits on its sub-grid's edge, so the level grows one step at a time past it."""
+    from fake_trials import DriftingTrial
+
+    from telescope.config import parse_config
+    from telescope.sweep import run_sweep
+    from telescope.trials import make_executor
+
+    from micro import micro_config
+
+    config = parse_config(micro_config(search={"lr": {"lo": 0.001, "hi": 4.0, "points": 5},
+                                               "weight_decay": {"value": 0.1}},
+                                       narrowing={"min_points": 3}))  # fmt: skip
+    url, store = f"sqlite:///{tmp_path / 't.db'}", MetricsStore(tmp_path / "store")
+    executor = make_executor(config.executor, DriftingTrial())
+    with Database(url) as db:
+        result = run_sweep(config, db, store, "edge", executor=executor)
+        last = result["levels"][-1]
+        lrs = sorted(t.lr for t in db.trials("edge", level=last["level"]))
+        stored_at = db.get_sweep("edge").updated_at
+        again = run_sweep(config, db, store, "edge", executor=executor)  # completed: derived again, untouched
+        assert db.get_sweep("edge").updated_at == stored_at
+    assert lrs[0] < result["best"]["lr"] < lrs[-1]
+    assert len(lrs) > 3 and last["grid"] == f"{len(lrs)}"
+    assert any("extended" in w and "past it" in w for w in last["warnings"])
+    assert result["best"]["lr"] == pytest.approx(0.03 * 64 / 16, rel=0.2)
+    assert again == result
+
+
+def test_a_trial_already_trained_is_reused_across_runs_unless_no_reuse(tmp_path: Path, db_url: str) -> None:
+    """A new sweep over the same trials (--new) trains nothing: each trial takes the result
+    and step metrics of the identical trial trained before, and status says where from."""
+    store = tmp_path / "store"
+    config = write_config(tmp_path, steps=4)
+    places = ["--db", db_url, "--store", str(store)]
+    assert runner.invoke(app, ["sweep", str(config), *places]).exit_code == 0
+    again = runner.invoke(app, ["sweep", str(config), *places, "--new"])
+    assert again.exit_code == 0, again.output
+    retrained = runner.invoke(app, ["sweep", str(config), *places, "--new", "--no-reuse"])
+    assert retrained.exit_code == 0, retrained.output
+    with Database(places[1], create=False) as db:
+        first, second, third = (db.trials(n) for n in ("micro", "micro-2", "micro-3"))
+    assert [t.val_loss for t in second] == [t.val_loss for t in first] == [t.val_loss for t in third]
+    assert {t.attempts for t in second} == {0} and {t.reused_from for t in second} == {f"micro/{t.key}" for t in first}
+    assert {t.attempts for t in third} == {1} and {t.reused_from for t in third} == {None}
+    metrics = MetricsStore(store)
+    assert metrics.read("micro-2")["train_loss"].tolist() == metrics.read("micro")["train_loss"].tolist()
+    assert set(metrics.read("micro-2")["trial_key"]) == {t.key for t in second}
+    status = runner.invoke(app, ["status", "micro-2", "--format", "json", "--db", places[1]])
+    assert {row["reused_from"] for row in json.loads(status.stdout)} == {f"micro/{t.key}" for t in first}

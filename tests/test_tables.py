@@ -12,7 +12,7 @@ import pytest
 from micro import SMALLEST, run_micro_sweep
 from typer.testing import CliRunner
 
-from telescope import numbers
+from telescope import readable
 from telescope.cli.main import app
 from telescope.storage.database import Database
 
@@ -46,7 +46,7 @@ def test_status_fits_the_terminal_one_line_per_trial(smallest_sweep_db: str, wid
     assert len(rows) == len(trials)  # a wrapped cell would add lines
     for line, trial in zip(rows, trials):
         row = cells(line)
-        assert trial.status.value in row and numbers.loss(trial.val_loss) in row
+        assert trial.status.value in row and readable.loss(trial.val_loss) in row
     if width == 80:
         assert "left out: key" in result.stdout and "--wide" in result.stdout
 
@@ -103,8 +103,8 @@ def test_compare_two_stored_sweeps_table_and_figure(two_sweeps: str, tmp_path: P
     assert rows["parametrization"] == ["paper", "adamw"]
     with Database(two_sweeps, create=False) as db:
         answers = [db.require_sweep(name).result for name in ("micro", "adamw")]
-    assert rows["lr chosen"] == [numbers.value(a["best"]["lr"]) for a in answers]
-    assert rows["best loss"] == [numbers.loss(a["best_loss"]) for a in answers]
+    assert rows["lr chosen"] == [readable.value(a["best"]["lr"]) for a in answers]
+    assert rows["best loss"] == [readable.loss(a["best_loss"]) for a in answers]
     as_json = json.loads(runner.invoke(app, ["compare", "micro", "adamw", "--db", two_sweeps, "-f", "json"]).stdout)
     assert as_json[0] == {"quantity": "parametrization", "micro": "paper", "adamw": "adamw"}
 
@@ -124,7 +124,7 @@ def test_compare_refuses_bad_input_in_one_line(two_sweeps: str, args: list[str],
 
 
 def test_human_numbers() -> None:
-    assert numbers.flops(1.58262e14) == "158 TFLOP" and numbers.flops(3.33e10) == "33.3 GFLOP"
-    assert numbers.count(49376) == "49.4k" and numbers.count(3.67e9) == "3.67B" and numbers.count(25) == "25"
-    assert numbers.loss(0.895997) == "0.8960" and numbers.value(0.0340000001) == "0.034"
-    assert (numbers.seconds(8.43), numbers.seconds(299), numbers.seconds(3723)) == ("8.4 s", "4:59", "1:02:03")
+    assert readable.flops(1.58262e14) == "158 TFLOP" and readable.flops(3.33e10) == "33.3 GFLOP"
+    assert readable.count(49376) == "49.4k" and readable.count(3.67e9) == "3.67B" and readable.count(25) == "25"
+    assert readable.loss(0.895997) == "0.8960" and readable.value(0.0340000001) == "0.034"
+    assert (readable.seconds(8.43), readable.seconds(299), readable.seconds(3723)) == ("8.4 s", "4:59", "1:02:03")

@@ -157,3 +157,17 @@ def test_sweep_with_check_transfer_stops_on_fail_unless_forced(config: Path, pla
     assert out.exit_code == 0, out.output
     text = report.read_text()
     assert "## Transfer check" in text and "![transfer check]" in text
+
+
+def test_a_named_check_with_other_settings_is_refused_unless_new(config: Path, places: list[str]) -> None:
+    """Every kind of run resumes, refuses and starts anew the same way as a sweep."""
+    base = [str(config), "--name", "mine", "--points", "3", "--seeds", "1", "--steps", "2", "--json", *places]
+    code, first, output = check(*base)
+    assert code in (0, 1), output
+    code, _, output = check(*base, "--lr", "0.05")
+    assert code == 2 and "different configuration" in output and "--new" in output
+    code, second, output = check(*base, "--lr", "0.05", "--new")
+    assert code in (0, 1), output
+    assert (first["check"], second["check"]) == ("mine", "mine-2")
+    code, again, _ = check(*base)  # the first check, finished: derived again, nothing trained
+    assert again["ran"] == 0 and again["verdict"] == first["verdict"]

@@ -13,8 +13,6 @@ optimizer, batch size, LR and seed: running the same study again runs only what 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -33,11 +31,15 @@ from telescope.config import SweepConfig
 from telescope.errors import ConfigError, TelescopeError
 from telescope.parametrization import get_table
 from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec
-from telescope.storage.database import Database, TrialRow
+from telescope.numbers import finite_or_none
+from telescope.runs.keys import default_name, trial_key
+from telescope.runs.line import LineStep, run_line
+from telescope.runs.stored import RunRecord, StoredRun, open_run
+from telescope.search import extend_line
+from telescope.storage.database import Database
+from telescope.storage.rows import TrialRow
 from telescope.storage.metrics import MetricsStore
-from telescope.trials.base import Executor, ExecutorSettings
-from telescope.trials.preflight import check_inputs
-from telescope.trials.recorder import run_pending
+from telescope.trials.base import Executor
 
 KIND = "batch-study"
 ADAMW = "adamw"
@@ -86,8 +88,8 @@ class StudySettings:
         return d
 
     def default_name(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.trial_settings(), sort_keys=True).encode()).hexdigest()[:8]
-        return f"batch-study-{self.muon_table}-{digest}"
+        """`batch-study-TABLE-HASH`: the same settings resume the same study."""
+        return default_name(KIND, self.muon_table, self.trial_settings())
 
 
 def settings_from_config(config: SweepConfig, batch_sizes: Sequence[int] | None = None, **overrides: Any) -> StudySettings:
@@ -95,10 +97,7 @@ def settings_from_config(config: SweepConfig, batch_sizes: Sequence[int] | None 
     table, at batch sizes `batch_sizes` (default: the config's batch size x 1/4 .. 4)."""
     b = config.train.batch_size
     sizes = tuple(batch_sizes) if batch_sizes else tuple(s for s in (b // 4, b // 2, b, 2 * b, 4 * b) if s >= 1)
-    weight_decay = dict(config.search.fixed).get("weight_decay")
-    if weight_decay is None:
-        axis = next(a for a in config.search.axes if a.name == "weight_decay")
-        weight_decay = math.sqrt(axis.lo * axis.hi)
+    weight_decay = config.search.centre()["weight_decay"]
     settings = StudySettings(
         model=config.model,
         train=config.train,
@@ -163,9 +162,9 @@ class StudyResult:
         muon, adamw = self.settings.optimizers
         return [
             {"batch_size": b, "tokens_per_step": b * self.settings.model.seq_len,
-             f"T_{muon}": _number(self.tokens_to_loss[loss][muon][b].mean),
-             f"T_{adamw}": _number(self.tokens_to_loss[loss][adamw][b].mean),
-             "R": _number(self.ratios[loss][b].mean), "R_std": _number(self.ratios[loss][b].std),
+             f"T_{muon}": finite_or_none(self.tokens_to_loss[loss][muon][b].mean),
+             f"T_{adamw}": finite_or_none(self.tokens_to_loss[loss][adamw][b].mean),
+             "R": finite_or_none(self.ratios[loss][b].mean), "R_std": finite_or_none(self.ratios[loss][b].std),
              f"lr_{muon}": self.runs[muon][b].lr, f"lr_{adamw}": self.runs[adamw][b].lr}
             for b in self.settings.batch_sizes
         ]  # fmt: skip
@@ -184,10 +183,6 @@ class StudyResult:
         }  # fmt: skip
 
 
-def _number(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else x
-
-
 def run_batch_study(
     settings: StudySettings,
     db: Database,
@@ -195,29 +190,25 @@ def run_batch_study(
     executor: Executor,
     name: str | None = None,
     on_trial: Callable[[str, Any], None] | None = None,
+    new: bool = False,
+    reuse: bool = True,
 ) -> StudyResult:
-    """Run (or resume) a study and return its numbers; the result is stored with the sweep."""
+    """Run (or resume) a study and return its numbers; the result is stored with the sweep.
+    `new`: a study of this name exists, start another under the next free name."""
     check_study(settings)
-    check_inputs(settings.model, settings.train, getattr(executor, "settings", ExecutorSettings()))
-    store.check_writable()
-    name = name or settings.default_name()
-    with db.lease(name):
-        db.resume_or_create(name, settings.trial_settings(), kind=KIND, parametrization=settings.muon_table,
-                            base_width=settings.base_width, calibration_width=settings.width)  # fmt: skip
-        try:
-            runs = {opt: {b: _best_run(settings, db, store, executor, name, o, i, b, on_trial)
-                          for i, b in enumerate(settings.batch_sizes)}
-                    for o, opt in enumerate(settings.optimizers)}  # fmt: skip
-            result = analyse(name, settings, runs)
-        except BaseException:
-            db.update_sweep(name, status="stopped")
-            raise
-        db.update_sweep(name, status="completed", result=result.to_dict())
+    record = RunRecord(KIND, name or settings.default_name(), settings.trial_settings(), settings.muon_table,
+                       settings.base_width, settings.width)  # fmt: skip
+    with open_run(db, store, executor, record, (settings.model, settings.train), new=new, reuse=reuse) as run:
+        runs = {opt: {b: _best_run(settings, run, o, i, b, on_trial or (lambda key, result: None))
+                      for i, b in enumerate(settings.batch_sizes)}
+                for o, opt in enumerate(settings.optimizers)}  # fmt: skip
+        result = analyse(run.name, settings, runs)
+        run.finish(result.to_dict())
     return result
 
 
 def _key(optimizer: str, batch_size: int, lr: float, seed: int) -> str:
-    return f"{optimizer}-B{batch_size}-lr={lr:.6g}-s{seed}"
+    return trial_key(f"{optimizer}-B{batch_size}", {"lr": lr}, seed)
 
 
 def _spec(settings: StudySettings, table: str, batch_size: int, lr: float, seed: int) -> TrialSpec:
@@ -231,44 +222,35 @@ def _spec(settings: StudySettings, table: str, batch_size: int, lr: float, seed:
 
 
 def _best_run(
-    settings: StudySettings,
-    db: Database,
-    store: MetricsStore,
-    executor: Executor,
-    name: str,
-    o: int,
-    i: int,
-    batch_size: int,
-    on_trial: Callable[[str, Any], None] | None,
+    settings: StudySettings, run: StoredRun, o: int, i: int, batch_size: int, on_trial: Callable[[str, Any], None]
 ) -> Run:
-    """The LR line of optimizer `o` at `batch_size`, extended outward while its best LR is on
-    an edge; returns the best LR's run."""
+    """The LR line of optimizer `o` at `batch_size`, extended outward (one point, twice at
+    most) while its best LR is on an edge; returns the best LR's run."""
     table, seeds = settings.optimizers[o], range(settings.seeds)
     center = settings.center_lr(table, batch_size)
     half = (settings.lr_points - 1) / 2
     lrs = [center * settings.lr_step ** (k - half) for k in range(settings.lr_points)]
-    new, level = list(lrs), o * len(settings.batch_sizes) + i
-    callbacks = {"on_finished": on_trial} if on_trial is not None else {}
-    for extension in range(MAX_EXTENSIONS + 1):
-        trials = [(_key(table, batch_size, lr, s), _spec(settings, table, batch_size, lr, s)) for lr in new for s in seeds]
-        db.plan_level(name, level, width=settings.width, grid=[{"lr": lr} for lr in new])
-        db.start_level(name, level)
-        run_pending(db, store, executor, name, level, trials, **callbacks)
-        rows = {r.key: r for r in db.trials(name)}
-        finals = {lr: _final_loss(rows, table, batch_size, lr, seeds) for lr in lrs}
-        best = min(lrs, key=lambda lr: finals[lr])
-        db.finish_level(name, level, best={"lr": best}, best_loss=_number(finals[best]))
+
+    def trials_of(new: Sequence[float]) -> list[tuple[str, TrialSpec]]:
+        return [(_key(table, batch_size, lr, s), _spec(settings, table, batch_size, lr, s)) for lr in new for s in seeds]
+
+    def assess(line: list[float], rows: dict[str, TrialRow], extensions: int) -> LineStep[float]:
+        finals = {lr: _final_loss(rows, table, batch_size, lr, seeds) for lr in line}
+        best = min(line, key=lambda lr: finals[lr])
         if not math.isfinite(finals[best]):
             raise TelescopeError(f"every {table} run at batch size {batch_size} diverged or failed")
-        if best not in (lrs[0], lrs[-1]) or extension == MAX_EXTENSIONS:
-            break
-        new = [best / settings.lr_step] if best == lrs[0] else [best * settings.lr_step]
-        lrs = sorted(lrs + new)
-        level += 2 * len(settings.batch_sizes)
+        edge = "down" if best == line[0] else "up" if best == line[-1] else None
+        more = extend_line(line, edge, 1, settings.lr_step) if edge and extensions < MAX_EXTENSIONS else ()
+        return LineStep(best, finite_or_none(finals[best]), more, best)
+
+    first = o * len(settings.batch_sizes) + i
+    stride = 2 * len(settings.batch_sizes)
+    _, step = run_line(run, settings.width, lrs, lambda j: first + stride * j, trials_of, assess, on_trial)
+    best = step.outcome
+    rows = {row.key: row for row in run.rows()}
     curves = []
     for s in seeds:
-        row = rows[_key(table, batch_size, best, s)]
-        frame = store.read(name, row.level, row.key)
+        frame = run.metrics(rows[_key(table, batch_size, best, s)])
         curves.append((frame["tokens"].astype(float).tolist(), frame["train_loss"].astype(float).tolist()))
     final = _mean([smoothed(loss, settings.smoothing)[-1] for _, loss in curves])
     return Run(table, batch_size, best, final, curves)

@@ -29,6 +29,8 @@ def batch_study(
     seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per point. Default: the config's seeds.per_point.")] = None,
     per_device: Annotated[int | None, typer.Option("--per-device", help="Sequences per device for the Pareto frontier. Default: the smallest batch size.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Study name. Default: batch-study-TABLE-HASH.")] = None,
+    new: Annotated[bool, typer.Option("--new", help="Start a new run under the next free name if this one exists.")] = False,
+    no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
     db: DbOption = None,
     store: StoreOption = None,
     executor: Annotated[ExecutorKind | None, typer.Option("--executor", help="ray or local. Default: the config's.")] = None,
@@ -44,7 +46,7 @@ def batch_study(
     from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.trials import make_executor
-    from telescope.trials.preflight import check_inputs
+    from telescope.runs.preflight import check_inputs
 
     cfg = load_config(config)
     overrides = {k: v for k, v in (("losses", _numbers(losses, float, "--losses")), ("seeds", seeds),
@@ -62,7 +64,7 @@ def batch_study(
     runner = make_executor(executor_settings)
     try:
         with Database(db) as database:
-            result = run_batch_study(settings, database, metrics, runner, name, trial_printer("train_loss"))
+            result = run_batch_study(settings, database, metrics, runner, name, trial_printer("train_loss"), new, not no_reuse)
     finally:
         runner.close()
     if plot is not None:

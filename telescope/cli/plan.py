@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from telescope import numbers
+from telescope import readable
 from telescope.cli.common import WideOption, print_rows
 from telescope.config import load_config
 from telescope.cost import Plan, plan as make_plan
@@ -28,7 +28,7 @@ def plan(
     the device exists here (exit 2 if not); --no-data-check skips that."""
     cfg = load_config(config)
     if not no_data_check:
-        from telescope.trials.preflight import check_inputs
+        from telescope.runs.preflight import check_inputs
 
         check_inputs(cfg.model, cfg.train, cfg.executor)
     p = make_plan(cfg)
@@ -39,7 +39,7 @@ def plan(
 
 
 def print_plan(p: Plan, wide: bool = False) -> None:
-    title = f"sweep plan{f': {p.name}' if p.name else ''} ({numbers.count(p.tokens_per_trial)} tokens per trial)"
+    title = f"sweep plan{f': {p.name}' if p.name else ''} ({readable.count(p.tokens_per_trial)} tokens per trial)"
     print_rows(_level_rows(p), title=title, drop=["heads", "FLOPs/trial"], wide=wide)
     print_rows(_total_rows(p), title="totals", wide=wide)
 
@@ -50,11 +50,11 @@ def _level_rows(p: Plan) -> list[dict[str, object]]:
             "level": lc.level,
             "width": lc.width,
             "heads": lc.heads,
-            "params": numbers.count(lc.params),
+            "params": readable.count(lc.params),
             "grid": lc.grid,
             "trials": lc.trials,
-            "FLOPs/trial": numbers.flops(lc.flops_per_trial),
-            "FLOPs/level": numbers.flops(lc.flops_per_level),
+            "FLOPs/trial": readable.flops(lc.flops_per_trial),
+            "FLOPs/level": readable.flops(lc.flops_per_level),
         }
         for lc in p.levels
     ]
@@ -62,15 +62,19 @@ def _level_rows(p: Plan) -> list[dict[str, object]]:
 
 def _total_rows(p: Plan) -> list[dict[str, object]]:
     return [
-        {"quantity": "sweep", "value": f"{numbers.flops(p.sweep_flops)} in {p.sweep_trials} trials"},
+        {"quantity": "sweep", "value": f"{readable.flops(p.sweep_flops)} in {p.sweep_trials} trials"},
+        {
+            "quantity": "edge extension (possible)",
+            "value": f"up to +{p.extension_trials_per_step} trials ({readable.flops(p.extension_flops_per_step)}) per step",
+        },
         {
             "quantity": "one target run",
-            "value": f"{numbers.flops(p.target_flops)} (width {p.target_width}, {numbers.count(p.target_params)} params)",
+            "value": f"{readable.flops(p.target_flops)} (width {p.target_width}, {readable.count(p.target_params)} params)",
         },
         {"quantity": "sweep / target run", "value": f"{p.ratio:.3g}x"},
         {
             "quantity": "brute-force grid at target",
-            "value": f"{numbers.flops(p.brute_force_flops)} in {p.brute_force_trials} trials",
+            "value": f"{readable.flops(p.brute_force_flops)} in {p.brute_force_trials} trials",
         },
         {"quantity": "saving vs brute force", "value": f"{p.saving:.3g}x"},
     ]

@@ -12,7 +12,7 @@ from telescope.cli.common import DbOption, FormatOption, OutputFormat, WideOptio
 from telescope.spec import FINISHED
 
 if TYPE_CHECKING:
-    from telescope.storage.database import LevelRow, SweepSummary, TrialRow
+    from telescope.storage.rows import LevelRow, SweepSummary, TrialRow
 
 
 def status(
@@ -59,14 +59,14 @@ LEVEL_COLUMNS = [
 ]  # fmt: skip
 TRIAL_COLUMNS = [
     "trial_key", "level", "width", "lr", "weight_decay", "muon_lr_ratio", "seed", "status",
-    "train_loss", "val_loss", "steps", "wall_time", "attempts", "error",
+    "train_loss", "val_loss", "steps", "wall_time", "attempts", "reused_from", "error",
 ]  # fmt: skip
 
 # What a narrow terminal leaves out first (csv and json keep every column; --wide shows them):
 # the trial key repeats the level, values and seed shown beside it.
 SWEEP_DROP = ["created", "kind"]
 LEVEL_DROP = ["best_muon_lr_ratio", "points"]
-TRIAL_DROP = ["trial_key", "train_loss", "steps", "attempts", "muon_lr_ratio", "width", "wall_time", "error"]
+TRIAL_DROP = ["trial_key", "reused_from", "train_loss", "steps", "attempts", "muon_lr_ratio", "width", "wall_time", "error"]
 
 
 def _columns(rows: list[dict[str, Any]], columns: list[str], fmt: OutputFormat, wide: bool) -> list[str]:
@@ -130,5 +130,6 @@ def _trial(t: TrialRow) -> dict[str, Any]:
         "steps": t.steps,
         "wall_time": t.wall_time,
         "attempts": t.attempts,
+        "reused_from": t.reused_from,
         "error": t.error.strip().splitlines()[-1] if t.error else None,  # the exception line of a traceback
     }

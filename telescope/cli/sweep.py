@@ -23,6 +23,7 @@ def sweep(
     check_transfer: Annotated[bool, typer.Option("--check-transfer", help="Run `telescope transfer-check` at the sweep's first widths before level 0.")] = False,
     check_threshold: Annotated[float, typer.Option("--check-threshold", help="The check's largest drift per doubling, in grid steps.")] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="Go on with the sweep when the transfer check fails.")] = False,
+    no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
 ) -> None:
     """Run the telescoping search; running it again resumes where it stopped."""
     from telescope.config import load_config
@@ -30,9 +31,8 @@ def sweep(
     from telescope.export import export_sweep
     from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore, check_sweep_name
+    from telescope.runs.preflight import check_inputs
     from telescope.sweep import run_sweep
-    from telescope.trials.preflight import check_inputs
-    from telescope.transfer_check.run import TransferCheckFailed
     from telescope.trials import make_executor
 
     cfg = load_config(config)
@@ -42,7 +42,7 @@ def sweep(
     if ray_address is not None:
         settings = dataclasses.replace(settings, kind="ray", ray_address=ray_address)
     sweep_name = check_sweep_name(name or cfg.name or config.stem)
-    check_inputs(cfg.model, cfg.train, settings)
+    check_inputs(cfg.model, cfg.train, settings)  # before Ray starts and the plan prints
     metrics = MetricsStore(store)
     metrics.check_writable()
     check = None
@@ -55,16 +55,35 @@ def sweep(
     try:
         with Database(db) as database:
             print_plan(make_plan(cfg))
+            section = None
+            if check is not None:
+                section = _check_transfer(cfg, check, database, metrics, runner, sweep_name, force, not no_reuse)
             result = run_sweep(
-                cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console, check=check, force=force
+                cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console, transfer_check=section,
+                reuse=not no_reuse,
             )
             payload = export_sweep(database, result["sweep"])
-    except TransferCheckFailed as failed:
-        from telescope.cli.transfer_check import print_result
-
-        print_result(failed.check)
-        err_console.print("the sweep did not start: the transfer check failed (rerun with --force to sweep anyway)")
-        raise typer.Exit(1) from None
     finally:
         runner.close()
     print_export(payload)
+
+
+def _check_transfer(cfg, check, database, metrics, runner, sweep_name: str, force: bool, reuse: bool) -> dict:
+    """The transfer check before level 0 (`SWEEP-transfer-check`, its plot in the metrics
+    folder's `transfer-check-plots/`); on FAIL without --force the sweep is stored stopped with
+    the check's section and the command exits 1."""
+    from telescope.cli.transfer_check import print_result
+    from telescope.sweep import stop_before_level_zero
+    from telescope.transfer_check.run import KIND, run_transfer_check
+
+    name = f"{sweep_name}-{KIND}"
+    folder = metrics.root / f"{KIND}-plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    result = run_transfer_check(check, database, metrics, runner, name, plot=folder / f"{name}.png", reuse=reuse)
+    section = result.report_section()
+    if not result.passed and not force:
+        stop_before_level_zero(cfg, database, metrics, runner, sweep_name, {"transfer_check": section})
+        print_result(result)
+        err_console.print("the sweep did not start: the transfer check failed (rerun with --force to sweep anyway)")
+        raise typer.Exit(1)
+    return section

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from telescope import numbers
+from telescope import readable
 
 # Short names for terminal headers (csv and json keep the full keys).
 HEADERS = {
@@ -33,12 +33,12 @@ HEADERS = {
 _LOSS = ("train_loss", "val_loss", "best_loss")
 _VALUE = ("lr", "weight_decay", "muon_lr_ratio", "best_lr", "best_weight_decay", "best_muon_lr_ratio")
 FORMATS: dict[str, Callable[[Any], str]] = {
-    **{key: numbers.loss for key in _LOSS},
-    **{key: numbers.value for key in _VALUE},
-    "flops": numbers.flops,
-    "tokens": numbers.count,
-    "params": numbers.count,
-    "wall_time": numbers.seconds,
+    **{key: readable.loss for key in _LOSS},
+    **{key: readable.value for key in _VALUE},
+    "flops": readable.flops,
+    "tokens": readable.count,
+    "params": readable.count,
+    "wall_time": readable.seconds,
 }
 
 TEXT = ("error", "warnings", "device", "value")  # free text: shortened, never the reason to drop a column
@@ -55,7 +55,7 @@ def cell(key: str, value: Any, raw: bool = False) -> str:
     if isinstance(value, float) and key in FORMATS and not raw:
         return FORMATS[key](value)
     if isinstance(value, float):
-        return numbers.value(value, 6)
+        return readable.value(value, 6)
     return str(value)
 
 

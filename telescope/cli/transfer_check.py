@@ -37,6 +37,8 @@ def transfer_check(
     ] = None,
     executor: Annotated[ExecutorKind | None, typer.Option(help="ray or local. Default: the config's, else ray.")] = None,
     name: Annotated[str | None, typer.Option(help="Check name in the database. Default: from the settings.")] = None,
+    new: Annotated[bool, typer.Option("--new", help="Start a new run under the next free name if this one exists.")] = False,
+    no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
     db: DbOption = None,
     store: StoreOption = None,
     plot: Annotated[Path | None, typer.Option(help="Draw loss vs lr per width, optima marked, to this PNG.")] = None,
@@ -50,7 +52,7 @@ def transfer_check(
     from telescope.transfer_check.plot import check_plot_path
     from telescope.transfer_check.run import check_settings, run_transfer_check
     from telescope.trials import make_executor
-    from telescope.trials.preflight import check_inputs
+    from telescope.runs.preflight import check_inputs
     from telescope.cli.common import model_rules
 
     settings, executor_settings = build_settings(
@@ -70,7 +72,8 @@ def transfer_check(
     runner = make_executor(executor_settings)
     try:
         with Database(db) as database:
-            result = run_transfer_check(settings, database, metrics, runner, name, trial_printer(settings.objective), plot)
+            result = run_transfer_check(settings, database, metrics, runner, name, trial_printer(settings.objective), plot, new,
+                                        not no_reuse)  # fmt: skip
     finally:
         runner.close()
     if json_out:

@@ -227,13 +227,20 @@ def run_trial(spec: TrialSpec, on_metrics: MetricsCallback | None = None) -> Tri
 
 
 def run_trials(
-    specs: Sequence[TrialSpec], on_metrics: Sequence[MetricsCallback | None] | None = None
+    specs: Sequence[TrialSpec],
+    on_metrics: Sequence[MetricsCallback | None] | None = None,
+    reference: bool = False,
 ) -> list[TrialResult]:
-    """Train the trials `specs` describe as one pack (see telescope.proxy.packed; one spec:
-    an ordinary trial) and return their results in order. Each trial streams its own
-    metrics to `on_metrics[i]` and stops recording when it diverges; the pack runs until
-    every trial has finished or diverged. A packed trial's wall_time is its share of the
-    pack's (pack wall time / k), and its device says so ("cpu, pack of 8")."""
+    """Train the trials `specs` describe as one pack (see telescope.proxy.packed) and return
+    their results in order. Each trial streams its own metrics to `on_metrics[i]` and stops
+    recording when it diverges; the pack runs until every trial has finished or diverged. A
+    packed trial's wall_time is its share of the pack's (pack wall time / k), and its device
+    says so ("cpu, pack of 8").
+
+    A proxy trial alone is a pack of one, so its numbers do not depend on its pack-mates:
+    the batched ops compute each trial's slice with the same kernels whatever the pack.
+    `reference=True` trains one trial unbatched with torch's AdamW instead, the math the
+    packed path is checked against (a user's model always trains so)."""
     started = time.perf_counter()
     callbacks = list(on_metrics) if on_metrics is not None else [None] * len(specs)
     for spec in specs:
@@ -252,7 +259,10 @@ def run_trials(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    learner = _Single(spec, table, device) if len(specs) == 1 else PackedProxies(specs, table, device)
+    packable = pack_key(spec) is not None and not reference
+    if not packable and len(specs) > 1:
+        raise ValueError("a user's model or a reference run trains one trial at a time")
+    learner = PackedProxies(specs, table, device) if packable else _Single(spec, table, device)
     k, B, T = len(specs), spec.train.batch_size, spec.model.seq_len
     seeds = [s.seed for s in specs]
     val_batches = data.val_batches(spec.train.eval_batches, B, T)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from telescope import numbers
+from telescope import readable
 from telescope.errors import TelescopeError
 from telescope.export import export_sweep
 from telescope.plotting import new_figure
@@ -48,7 +48,7 @@ def answer_rows(sweeps: list[Compared]) -> list[dict[str, Any]]:
         row("parametrization", [s.data.config.parametrization for s in sweeps]),
         row("widths", [" -> ".join(str(lv.width) for lv in s.data.levels) for s in sweeps]),
         row("trials", [sum(len(lv.trials) for lv in s.data.levels) for s in sweeps]),
-        row("best loss", [numbers.loss(s.data.result.get("best_loss")) for s in sweeps]),
+        row("best loss", [readable.loss(s.data.result.get("best_loss")) for s in sweeps]),
     ]
     for name in swept:
         rows.append(row(f"{name} chosen", [_value(s.data.result["best"].get(name)) for s in sweeps]))
@@ -59,7 +59,7 @@ def answer_rows(sweeps: list[Compared]) -> list[dict[str, Any]]:
 
 
 def _value(x: float | None) -> str:
-    return "-" if x is None else numbers.value(x)
+    return "-" if x is None else readable.value(x)
 
 
 def draw_comparison(sweeps: list[Compared]) -> Figure:
@@ -69,7 +69,7 @@ def draw_comparison(sweeps: list[Compared]) -> Figure:
         shown = curves(s.data, transfer_axis(s.data))
         if shown:
             _draw_curves(ax, shown, s.data.objective)
-        ax.set_title(f"{s.data.name} ({s.data.config.parametrization}): best {numbers.loss(s.data.result.get('best_loss'))}",
+        ax.set_title(f"{s.data.name} ({s.data.config.parametrization}): best {readable.loss(s.data.result.get('best_loss'))}",
                      fontsize="medium")  # fmt: skip
     for ax in axes[1:]:
         ax.set_ylabel("")

@@ -17,7 +17,8 @@ from telescope.config import SweepConfig, parse_config
 from telescope.errors import TelescopeError
 from telescope.search import Axis
 from telescope.spec import SWEEPABLE, Status
-from telescope.storage.database import Database, LevelRow, SweepRow, TrialRow
+from telescope.storage.database import Database
+from telescope.storage.rows import LevelRow, SweepRow, TrialRow
 
 # Float columns are compared with this relative tolerance: the trial values and the level
 # grid are written from the same floats, so in practice they are equal.

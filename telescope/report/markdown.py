@@ -5,7 +5,7 @@ extrapolation, the per-group values at the target width, the warnings, the cost 
 against the plan, the figures (written into a folder next to the report and linked
 with relative paths) and, when the sweep has one, the transfer check.
 
-Numbers read as a person reads them (telescope.numbers): FLOPs as `158 TFLOP`, parameters
+Numbers read as a person reads them (telescope.readable): FLOPs as `158 TFLOP`, parameters
 as `49.4k`, losses to 4 decimals, hyperparameters to 4 significant digits; `telescope
 query` and `telescope export` give the full values.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from telescope import numbers
+from telescope import readable
 from telescope.cost import Plan, plan
 from telescope.errors import TelescopeError
 from telescope.files import atomic_write
@@ -104,7 +104,7 @@ def num(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return numbers.value(value) if math.isfinite(value) else str(value)
+        return readable.value(value) if math.isfinite(value) else str(value)
     return str(value)
 
 
@@ -153,21 +153,21 @@ def _header(r: ReportData) -> str:
 def _plan_section(r: ReportData) -> str:
     p = r.plan
     rows = [
-        (lc.level, lc.width, lc.heads, numbers.count(lc.params), lc.grid, lc.trials, numbers.flops(lc.flops_per_trial),
-         numbers.flops(lc.flops_per_level))
+        (lc.level, lc.width, lc.heads, readable.count(lc.params), lc.grid, lc.trials, readable.flops(lc.flops_per_trial),
+         readable.flops(lc.flops_per_level))
         for lc in p.levels
     ]
     return "\n".join(
         [
             "## Plan",
             "",
-            f"{numbers.count(p.tokens_per_trial)} tokens per trial. Grid shapes are upper bounds: a sub-grid clipped at the range edge has fewer points.",
+            f"{readable.count(p.tokens_per_trial)} tokens per trial. Grid shapes are upper bounds: a sub-grid clipped at the range edge has fewer points.",
             "",
             table(("level", "width", "heads", "params", "grid", "trials", "FLOPs per trial", "FLOPs per level"), rows),
             "",
-            f"- planned: {p.sweep_trials} trials, {numbers.flops(p.sweep_flops)}, {p.ratio:.3g} x one target run "
-            f"({numbers.flops(p.target_flops)} at width {p.target_width}, {numbers.count(p.target_params)} params)",
-            f"- brute force at the target width: {p.brute_force_trials} trials, {numbers.flops(p.brute_force_flops)} "
+            f"- planned: {p.sweep_trials} trials, {readable.flops(p.sweep_flops)}, {p.ratio:.3g} x one target run "
+            f"({readable.flops(p.target_flops)} at width {p.target_width}, {readable.count(p.target_params)} params)",
+            f"- brute force at the target width: {p.brute_force_trials} trials, {readable.flops(p.brute_force_flops)} "
             f"({p.saving:.3g} x the sweep)",
         ]
     )
@@ -176,7 +176,7 @@ def _plan_section(r: ReportData) -> str:
 def _levels_section(r: ReportData) -> str:
     names = r.sweep.swept
     rows = [
-        (lv.level, lv.width, lv.grid, lv.cost.trials, *(lv.best.get(n) for n in names), numbers.loss(lv.best_loss), lv.cost.diverged, lv.cost.failed)
+        (lv.level, lv.width, lv.grid, lv.cost.trials, *(lv.best.get(n) for n in names), readable.loss(lv.best_loss), lv.cost.diverged, lv.cost.failed)
         for lv in r.levels
     ]
     columns = ("level", "width", "grid", "trials", *(f"best {n}" for n in names), f"best {r.sweep.objective}", "diverged", "failed")
@@ -208,7 +208,7 @@ def _answer_section(r: ReportData) -> str:
         "## Chosen values",
         "",
         f"The chosen values are the best point at the calibration width {result['calibration_width']} "
-        f"({result['objective']} {numbers.loss(result['best_loss'])}). "
+        f"({result['objective']} {readable.loss(result['best_loss'])}). "
         + (
             "The drift fit log x*(n) = log x_inf - alpha/n over the level optima extrapolates them to the target width."
             if drift
@@ -253,11 +253,11 @@ def _warnings_section(r: ReportData) -> str:
 def _cost_section(r: ReportData) -> str:
     p, s = r.plan, r.spent
     rows = [
-        (lv.level, lv.width, lv.cost.trials, lv.cost.diverged, lv.cost.failed, numbers.flops(lv.cost.flops),
-         numbers.flops(lv.planned_flops), numbers.seconds(lv.cost.wall_time))
+        (lv.level, lv.width, lv.cost.trials, lv.cost.diverged, lv.cost.failed, readable.flops(lv.cost.flops),
+         readable.flops(lv.planned_flops), readable.seconds(lv.cost.wall_time))
         for lv in r.levels
     ]
-    rows.append(("total", "", s.trials, s.diverged, s.failed, numbers.flops(s.flops), numbers.flops(p.sweep_flops), numbers.seconds(s.wall_time)))
+    rows.append(("total", "", s.trials, s.diverged, s.failed, readable.flops(s.flops), readable.flops(p.sweep_flops), readable.seconds(s.wall_time)))
     share = s.flops / p.sweep_flops if p.sweep_flops else None
     return "\n".join(
         [
@@ -265,9 +265,9 @@ def _cost_section(r: ReportData) -> str:
             "",
             table(("level", "width", "trials", "diverged", "failed", "FLOPs spent", "FLOPs planned", "trial time"), rows),
             "",
-            f"- spent {numbers.flops(s.flops)} over {s.trials} trials ({s.completed} completed, {s.diverged} diverged, "
+            f"- spent {readable.flops(s.flops)} over {s.trials} trials ({s.completed} completed, {s.diverged} diverged, "
             f"{s.failed} failed): {num(share)} x the plan and {s.flops / p.target_flops:.3g} x one target run",
-            f"- trial time {numbers.seconds(s.wall_time)} in total (summed over trials; trials may have run in parallel).",
+            f"- trial time {readable.seconds(s.wall_time)} in total (summed over trials; trials may have run in parallel).",
             "- Diverged trials stop early, so they spend less than planned.",
         ]
     )

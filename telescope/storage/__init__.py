@@ -1,16 +1,10 @@
 """Where sweeps live: the SQL database (sweeps, levels, trials), the Parquet step
 metrics, and read-only SQL over both."""
 
-from telescope.storage.database import (
-    Database,
-    LevelRow,
-    SweepRow,
-    SweepSummary,
-    TrialRow,
-    config_hash,
-)
+from telescope.storage.database import Database
 from telescope.storage.metrics import DEFAULT_STORE, MetricsStore
 from telescope.storage.query import QueryResult, run_query
+from telescope.storage.rows import LevelRow, SweepRow, SweepSummary, TrialRow, config_hash
 
 __all__ = [
     "DEFAULT_STORE",

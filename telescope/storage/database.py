@@ -17,179 +17,34 @@ server.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import importlib.util
-import json
 import math
-import sqlite3
-import urllib.parse
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
-from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from sqlalchemy import Engine, bindparam, case, create_engine, delete, event, func, inspect, select, text, update
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy import Text, bindparam, case, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from telescope.errors import StorageError
 from telescope.spec import FINISHED, SWEEPABLE, Status, TrialResult, TrialSpec
+from telescope.storage.engine import check_schema, check_sqlite_target, make_engine
+from telescope.storage.locks import ProcessLocks, Taken, lease_key
 from telescope.storage.metrics import check_sweep_name, check_trial_key
-from telescope.storage.schema import (
-    DATA_TABLES,
-    LEVEL_STATUSES,
-    SCHEMA_VERSION,
-    SWEEP_KINDS,
-    SWEEP_STATUSES,
-    VERSION_TABLE,
-    Base,
-    LevelModel,
-    SchemaVersionModel,
-    SweepModel,
-    TrialModel,
+from telescope.storage.rows import (
+    LevelRow,
+    SweepDetail,
+    SweepRow,
+    SweepSummary,
+    TrialRow,
+    canonical_json,
+    config_hash,
+    level_row,
+    sweep_row,
+    trial_row,
 )
-
-DEFAULT_DB = "telescope.db"
-SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-SQLITE_BUSY_TIMEOUT_S = 30.0
-_CREATE_LOCK_KEY = 0  # the lock taken while creating the tables (sweep leases use keys >= 1)
-
-
-# ---------------------------------------------------------------------------
-# Rows handed back to callers: plain frozen dataclasses, detached from SQLAlchemy.
-
-
-@dataclass(frozen=True)
-class SweepRow:
-    name: str
-    kind: str
-    status: str
-    config: dict[str, Any]
-    config_hash: str
-    parametrization: str
-    base_width: int
-    calibration_width: int
-    target_width: int | None
-    result: dict[str, Any] | None
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class LevelRow:
-    sweep: str
-    level: int
-    width: int
-    grid: list[dict[str, Any]]
-    status: str
-    best_lr: float | None
-    best_weight_decay: float | None
-    best_muon_lr_ratio: float | None
-    best_loss: float | None
-    warnings: list[str]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @property
-    def best(self) -> dict[str, float] | None:
-        """The best point as {hyperparameter: value}, or None before the level finished."""
-        point = {
-            name: value
-            for name, value in zip(SWEEPABLE, (self.best_lr, self.best_weight_decay, self.best_muon_lr_ratio))
-            if value is not None
-        }
-        return point or None
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    sweep: str
-    level: int
-    key: str
-    width: int
-    lr: float
-    weight_decay: float
-    muon_lr_ratio: float
-    seed: int
-    parametrization: str
-    status: Status
-    train_loss: float | None
-    val_loss: float | None
-    tokens: int | None
-    flops: float | None
-    wall_time: float | None
-    steps: int | None
-    device: str | None
-    error: str | None
-    attempts: int
-    fingerprint: dict[str, Any] | None
-    spec: TrialSpec
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    def result(self) -> TrialResult | None:
-        """The stored outcome as a TrialResult (non-finite losses read back as None),
-        or None while the trial is pending or running."""
-        if not self.finished:
-            return None
-        return TrialResult(
-            status=self.status,
-            train_loss=self.train_loss,
-            val_loss=self.val_loss,
-            tokens=self.tokens or 0,
-            flops=self.flops or 0.0,
-            wall_time=self.wall_time or 0.0,
-            steps=self.steps or 0,
-            device=self.device or "",
-            error=self.error,
-            fingerprint=self.fingerprint or {},
-        )
-
-
-@dataclass(frozen=True)
-class SweepSummary:
-    """One line of `telescope status`: a sweep and its progress."""
-
-    name: str
-    kind: str
-    status: str
-    levels_done: int
-    levels_planned: int
-    trials_done: int  # completed + diverged + failed
-    trials_total: int
-    best_loss: float | None  # best loss of the widest finished level
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class SweepDetail:
-    """One sweep as `telescope status SWEEP` shows it."""
-
-    sweep: SweepRow
-    levels: list[LevelRow]
-    trials: list[TrialRow]
-
-
-# ---------------------------------------------------------------------------
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """SHA-256 of the config's canonical JSON: equal configs hash equal, whatever the key order."""
-    return hashlib.sha256(_canonical_json(config).encode()).hexdigest()
-
-
-def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+from telescope.storage.schema import LEVEL_STATUSES, SWEEP_KINDS, SWEEP_STATUSES, LevelModel, SweepModel, TrialModel
+from telescope.storage.urls import resolve_url, safe_url, sqlite_path
 
 
 def _now() -> datetime:
@@ -201,83 +56,6 @@ def _finite(value: float | None) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def resolve_url(url: str | None) -> URL:
-    """The SQLAlchemy URL for `--db`: None means ./telescope.db, a plain path means a SQLite
-    file, otherwise a sqlite:/// or postgresql:// URL."""
-    if url is None or url == "":
-        return URL.create("sqlite", database=str(Path(DEFAULT_DB).absolute()))
-    if "://" not in url:
-        path = Path(url).expanduser().absolute()
-        if path.suffix.lower() not in SQLITE_SUFFIXES and not path.is_file():
-            raise StorageError(
-                f"--db {url!r} is neither a database URL nor a SQLite file ({', '.join(SQLITE_SUFFIXES)}): "
-                f"write sqlite:///{url} to create a SQLite file of that name, or postgresql://..."
-            )
-        return URL.create("sqlite", database=str(path))
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        raise StorageError(f"invalid database URL {_redact_text(url)!r}: expected sqlite:///FILE or postgresql://...") from None
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise StorageError(
-            f"unsupported database {parsed.get_backend_name()!r} in {safe_url(parsed)}: use sqlite:///FILE or postgresql://..."
-        )
-    if parsed.get_backend_name() == "postgresql":
-        parsed = _postgres_driver(parsed)
-    return parsed
-
-
-def _postgres_driver(url: URL) -> URL:
-    """psycopg 3 for postgresql:// (named explicitly: SQLAlchemy 2.0 would pick psycopg2);
-    postgresql+psycopg2:// only where psycopg2 happens to be installed."""
-    driver = url.drivername.partition("+")[2]
-    if driver in ("", "psycopg"):
-        return url.set(drivername="postgresql+psycopg")
-    if driver == "psycopg2" and importlib.util.find_spec("psycopg2") is None:
-        raise StorageError(
-            f"postgresql+psycopg2:// needs psycopg2, which is not installed: telescope uses psycopg 3, "
-            f"so write {safe_url(url)}"
-        )
-    return url
-
-
-def _secrets(url: URL) -> list[str]:
-    """The URL's password, whether after the user name or as a `?password=` parameter."""
-    values = [url.password, url.query.get("password")]
-    flat = [v for value in values for v in (value if isinstance(value, tuple) else (value,))]
-    return [str(v) for v in flat if v]
-
-
-def safe_url(url: URL) -> str:
-    """The URL as text with any password masked (and without the driver name), for messages."""
-    if "password" in url.query:
-        url = url.update_query_dict({"password": "***"})
-    return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
-
-
-def _redact_text(url: str) -> str:
-    # Best effort for text that did not parse: drop anything between "//" and "@".
-    head, sep, tail = url.partition("://")
-    if sep and "@" in tail:
-        tail = "***@" + tail.rsplit("@", 1)[1]
-    return head + sep + tail
-
-
-def _sqlite_path(url: URL) -> Path | None:
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    return Path(url.database)
-
-
-def error_line(error: BaseException, url: URL) -> str:
-    """First line of a driver error, never showing the password."""
-    original = getattr(error, "orig", None) or error
-    line = (str(original).strip().splitlines() or [type(original).__name__])[0]
-    for secret in _secrets(url):
-        line = line.replace(secret, "***")
-    return line
 
 
 class Database:
@@ -292,152 +70,34 @@ class Database:
     def __init__(self, url: str | None = None, *, create: bool = True) -> None:
         self.url = resolve_url(url)
         self.display_url = safe_url(self.url)
-        self._lock_file: BinaryIO | None = None
-        path = _sqlite_path(self.url)
+        path = sqlite_path(self.url)
         if path is not None:
-            if not path.exists() and not create:
-                raise StorageError(
-                    f"no telescope database at {path} (run `telescope sweep CONFIG` first, or pass --db)"
-                )
-            if not path.parent.is_dir():
-                raise StorageError(f"cannot create database {path}: folder {path.parent} does not exist")
-            if path.is_dir():
-                raise StorageError(f"database path {path} is a folder, not a file")
-            if path.exists():
-                _check_sqlite_file(path)
-        self.engine = self._make_engine()
+            check_sqlite_target(path, create)
+        self.engine = make_engine(self.url)
+        self._locks = ProcessLocks(self.url, self.engine)
         try:
-            self._check_schema(create)
+            check_schema(self.engine, self.url, self._locks, create)
         except BaseException:
-            self.engine.dispose()
+            self.close()
             raise
-
-    # -- opening -----------------------------------------------------------
-
-    def _make_engine(self) -> Engine:
-        kwargs: dict[str, Any] = {}
-        if self.url.get_backend_name() == "sqlite":
-            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-        else:
-            kwargs["pool_pre_ping"] = True
-            kwargs["connect_args"] = {"connect_timeout": 10}
-        try:
-            engine = create_engine(self.url, **kwargs)
-        except (ArgumentError, NoSuchModuleError, ImportError) as e:
-            raise StorageError(f"cannot use database {self.display_url}: {error_line(e, self.url)}") from None
-        if self.url.get_backend_name() == "sqlite":
-            event.listen(engine, "connect", _sqlite_on_connect)
-        return engine
-
-    def _check_schema(self, create: bool) -> None:
-        tables, version = self._schema()
-        foreign = VERSION_TABLE not in tables and tables & set(DATA_TABLES)
-        if create and version is None and not foreign:
-            # Two drivers starting on a fresh database would both create the tables (a duplicate
-            # key in PostgreSQL's catalog, "table already exists" in SQLite): they take turns,
-            # and the second finds the first one's tables.
-            with self._exclusive(_CREATE_LOCK_KEY, wait=True):
-                tables, version = self._schema()
-                if VERSION_TABLE not in tables:
-                    self._create_tables()
-                    tables, version = self._schema()
-        if VERSION_TABLE in tables:
-            if version != SCHEMA_VERSION:
-                raise StorageError(_incompatible_message(self.display_url, version))
-            return
-        if tables & set(DATA_TABLES):
-            raise StorageError(
-                f"{self.display_url} is not a telescope database (it has tables named "
-                f"{', '.join(sorted(tables & set(DATA_TABLES)))} but no {VERSION_TABLE}): pass another --db"
-            )
-        raise StorageError(
-            f"no telescope tables in {self.display_url} (run `telescope sweep CONFIG` first, or pass --db)"
-        )
-
-    def _schema(self) -> tuple[set[str], int | None]:
-        """The database's table names and its telescope schema version (None if not stored)."""
-        try:
-            tables = set(inspect(self.engine).get_table_names())
-            if VERSION_TABLE not in tables:
-                return tables, None
-            with Session(self.engine) as session:
-                return tables, session.scalar(select(SchemaVersionModel.schema_version))
-        except (DBAPIError, SQLAlchemyError) as e:
-            raise StorageError(f"cannot open database {self.display_url}: {error_line(e, self.url)}") from None
-
-    def _create_tables(self) -> None:
-        try:
-            Base.metadata.create_all(self.engine)
-            with Session(self.engine) as session, session.begin():
-                session.add(
-                    SchemaVersionModel(
-                        id=1, schema_version=SCHEMA_VERSION, library_version=_library_version(), created_at=_now()
-                    )
-                )
-            if self.url.get_backend_name() == "sqlite":
-                with self.engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        except (DBAPIError, SQLAlchemyError) as e:
-            raise StorageError(f"cannot create tables in {self.display_url}: {error_line(e, self.url)}") from None
 
     @contextmanager
     def lease(self, sweep: str) -> Iterator[None]:
         """Hold the right to run `sweep`: a second driver on the same sweep is refused with a
         StorageError instead of training every trial again. The lease goes with the process
         that holds it, however it ends."""
-        key = 1 + (int.from_bytes(hashlib.sha256(f"telescope-sweep:{sweep}".encode()).digest()[:8], "big") >> 2)
         try:
-            with self._exclusive(key, wait=False):
+            with self._locks.exclusive(lease_key(sweep), wait=False):
                 yield
-        except _Taken:
+        except Taken:
             raise StorageError(
                 f"sweep {sweep!r} is being run by another telescope process on {self.display_url}; wait for it to end"
             ) from None
 
-    @contextmanager
-    def _exclusive(self, key: int, wait: bool) -> Iterator[None]:
-        """A lock between processes, released when its holder ends however it ends: a
-        PostgreSQL session advisory lock, or on SQLite a lock on byte `key` of `DB.lock`.
-        Raises _Taken when another process holds it and not `wait`."""
-        if self.url.get_backend_name() == "postgresql":
-            with self.engine.connect() as conn:
-                if wait:
-                    conn.scalar(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-                elif not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
-                    raise _Taken
-                conn.commit()
-                try:
-                    yield
-                finally:
-                    conn.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                    conn.commit()
-            return
-        path = _sqlite_path(self.url)
-        if path is None:  # an in-memory database belongs to this process alone
-            yield
-            return
-        # One descriptor for the Database's life: closing any descriptor of a file drops every
-        # lock the process holds on it, nested ones (a sweep and its check) included.
-        if self._lock_file is None:
-            try:
-                self._lock_file = open(path.with_name(path.name + ".lock"), "a+b")
-            except OSError as e:
-                raise StorageError(f"cannot lock {path}: {e.strerror}") from None
-        try:
-            fcntl.lockf(self._lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), 1, key)
-        except OSError:
-            raise _Taken from None
-        try:
-            yield
-        finally:
-            fcntl.lockf(self._lock_file, fcntl.LOCK_UN, 1, key)
-
     def close(self) -> None:
         """Release every connection (on SQLite this also checkpoints the WAL into the file)."""
         self.engine.dispose()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        self._locks.close()
 
     def __enter__(self) -> "Database":
         return self
@@ -473,7 +133,7 @@ class Database:
             status=status,
             created_at=now,
             updated_at=now,
-            config_json=_canonical_json(config),
+            config_json=canonical_json(config),
             config_hash=config_hash(config),
             parametrization=parametrization,
             base_width=base_width,
@@ -489,37 +149,12 @@ class Database:
             raise StorageError(  # the CHECK constraint of a database made before this kind existed
                 f"{self.display_url} was created before sweeps of kind {kind!r} existed: use a new --db for them"
             ) from None
-        return _sweep_row(row)
-
-    def resume_or_create(
-        self,
-        name: str,
-        config: Mapping[str, Any],
-        *,
-        kind: str,
-        parametrization: str,
-        base_width: int,
-        calibration_width: int,
-    ) -> None:
-        """Create the run `name` of `kind` (a transfer check, a batch study), or reopen it to
-        resume: same kind and same settings only, with trials cut off by a killed driver
-        put back to pending."""
-        existing = self.get_sweep(name)
-        if existing is None:
-            self.create_sweep(name, config, parametrization=parametrization, base_width=base_width,
-                              calibration_width=calibration_width, kind=kind)  # fmt: skip
-            return
-        if existing.kind != kind:
-            raise StorageError(f"{name!r} is a {existing.kind}, not a {kind}; choose another --name")
-        if existing.config_hash != config_hash(config):
-            raise StorageError(f"{kind} {name!r} was run with different settings; pick another --name (or drop --name)")
-        self.reset_running(name)
-        self.update_sweep(name, status="running")
+        return sweep_row(row)
 
     def get_sweep(self, name: str) -> SweepRow | None:
         with Session(self.engine) as session:
             row = session.scalar(select(SweepModel).where(SweepModel.name == name))
-            return _sweep_row(row) if row is not None else None
+            return sweep_row(row) if row is not None else None
 
     def require_sweep(self, name: str) -> SweepRow:
         """The sweep, or a StorageError naming it and the sweeps that do exist."""
@@ -532,7 +167,7 @@ class Database:
         """All sweeps, oldest first."""
         with Session(self.engine) as session:
             rows = session.scalars(select(SweepModel).order_by(SweepModel.created_at, SweepModel.id))
-            return [_sweep_row(r) for r in rows]
+            return [sweep_row(r) for r in rows]
 
     def update_sweep(
         self, name: str, *, status: str | None = None, result: Mapping[str, Any] | None = None
@@ -542,7 +177,7 @@ class Database:
         if status is not None:
             values["status"] = _check_choice("sweep status", status, SWEEP_STATUSES)
         if result is not None:
-            values["result_json"] = _canonical_json(result)
+            values["result_json"] = canonical_json(result)
         with Session(self.engine) as session, session.begin():
             changed = session.execute(update(SweepModel).where(SweepModel.name == name).values(**values))
             if changed.rowcount == 0:
@@ -608,7 +243,7 @@ class Database:
     def plan_level(self, sweep: str, level: int, *, width: int, grid: Sequence[Mapping[str, Any]]) -> None:
         """Store a level's plan (its width and grid points); re-planning a level replaces
         the plan and keeps its outcome and times."""
-        grid_json = _canonical_json([dict(p) for p in grid])
+        grid_json = canonical_json([dict(p) for p in grid])
         with Session(self.engine) as session, session.begin():
             self._require_sweep_in(session, sweep)
             existing = session.scalar(
@@ -671,18 +306,25 @@ class Database:
     def levels(self, sweep: str) -> list[LevelRow]:
         with Session(self.engine) as session:
             rows = session.scalars(select(LevelModel).where(LevelModel.sweep == sweep).order_by(LevelModel.level))
-            return [_level_row(r) for r in rows]
+            return [level_row(r) for r in rows]
 
     def get_level(self, sweep: str, level: int) -> LevelRow | None:
         with Session(self.engine) as session:
             row = session.scalar(select(LevelModel).where(LevelModel.sweep == sweep, LevelModel.level == level))
-            return _level_row(row) if row is not None else None
+            return level_row(row) if row is not None else None
 
     # -- trials ------------------------------------------------------------
 
-    def add_trials(self, sweep: str, level: int, trials: Sequence[tuple[str, TrialSpec]]) -> int:
-        """Add trials as pending; keys already in the sweep are left untouched, so calling
-        this again on resume is a no-op. Returns how many were new."""
+    def add_trials(
+        self,
+        sweep: str,
+        level: int,
+        trials: Sequence[tuple[str, TrialSpec]],
+        content_keys: Mapping[str, str] | None = None,
+    ) -> int:
+        """Add trials as pending, with their content keys (by trial key) where given; keys
+        already in the sweep are left untouched, so calling this again on resume is a no-op.
+        Returns how many were new."""
         keys = [check_trial_key(key) for key, _ in trials]
         if len(set(keys)) != len(keys):
             raise ValueError(f"duplicate trial keys in one batch for sweep {sweep!r}")
@@ -703,7 +345,8 @@ class Database:
                     "parametrization": spec.parametrization,
                     "status": Status.PENDING.value,
                     "attempts": 0,
-                    "spec_json": _canonical_json(spec.to_dict()),
+                    "spec_json": canonical_json(spec.to_dict()),
+                    "content_key": (content_keys or {}).get(key),
                     "created_at": now,
                 }
                 for key, spec in trials
@@ -732,9 +375,13 @@ class Database:
                 )
             )
 
-    def record_results(self, sweep: str, results: Iterable[tuple[str, TrialResult]]) -> None:
+    def record_results(
+        self, sweep: str, results: Iterable[tuple[str, TrialResult]], reused_from: Mapping[str, str] | None = None
+    ) -> None:
         """Store finished trials' results in one transaction. Non-finite losses are stored
-        as NULL; the result's status (diverged, failed...) says why."""
+        as NULL; the result's status (diverged, failed...) says why. A trial in `reused_from`
+        (key -> "SWEEP/TRIAL_KEY") took that trial's result untrained: 0 attempts."""
+        reused_from = reused_from or {}
         results = list(results)
         if not results:
             return
@@ -753,8 +400,9 @@ class Database:
                     "steps": int(result.steps),
                     "device": result.device or None,
                     "error": result.error,
-                    "fingerprint": _canonical_json(result.fingerprint) if result.fingerprint else None,
+                    "fingerprint": canonical_json(result.fingerprint) if result.fingerprint else None,
                     "finished_at": now,
+                    "reused_from": reused_from.get(key),
                 }
                 for key, result in results
             ]
@@ -769,10 +417,28 @@ class Database:
                 .values(
                     {name: bindparam(f"new_{name}") for name in fields}
                     # a result without a start (an executor that never called started) is one attempt
-                    | {"attempts": case((table.c.attempts < 1, 1), else_=table.c.attempts)}
+                    | {"attempts": case((bindparam("new_reused_from", type_=Text).is_not(None), 0),
+                                        (table.c.attempts < 1, 1), else_=table.c.attempts)}  # fmt: skip
                 )
             )
             session.execute(statement, params)
+
+    def reusable(self, content_keys: Iterable[str]) -> dict[str, TrialRow]:
+        """The first finished trial (completed or diverged, in any run) with each of these
+        content keys that was trained rather than reused, by content key."""
+        wanted = sorted(set(content_keys))
+        found: dict[str, TrialRow] = {}
+        with Session(self.engine) as session:
+            for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
+                rows = session.scalars(
+                    select(TrialModel)
+                    .where(TrialModel.content_key.in_(chunk), TrialModel.reused_from.is_(None),
+                           TrialModel.status.in_([Status.COMPLETED.value, Status.DIVERGED.value]))
+                    .order_by(TrialModel.id)
+                )  # fmt: skip
+                for r in rows:
+                    found.setdefault(r.content_key, trial_row(r))
+        return found
 
     def trials(
         self, sweep: str, level: int | None = None, status: Status | Iterable[Status] | None = None
@@ -787,7 +453,7 @@ class Database:
             query = query.where(TrialModel.status.in_([Status(s).value for s in wanted]))
         with Session(self.engine) as session:
             rows = session.scalars(query.order_by(TrialModel.level, TrialModel.id))
-            return [_trial_row(r) for r in rows]
+            return [trial_row(r) for r in rows]
 
     def trial_counts(self, sweep: str, level: int | None = None) -> dict[Status, int]:
         """Number of trials per status (every status present, zeros included)."""
@@ -840,126 +506,7 @@ class Database:
         return ids
 
 
-def read_only_uri(path: Path) -> str:
-    """The sqlite3 URI that opens `path` read-only."""
-    return f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
-
-
-def _check_sqlite_file(path: Path) -> None:
-    """Refuse a damaged or foreign file before SQLAlchemy opens it read-write (which would
-    checkpoint a WAL into the damaged file): read it read-only and let SQLite check its pages."""
-    try:
-        connection = sqlite3.connect(read_only_uri(path), uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
-        try:
-            problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
-        finally:
-            connection.close()
-    except sqlite3.DatabaseError as e:
-        problems = [str(e)]
-    if problems != ["ok"]:
-        raise StorageError(
-            f"database {path} is damaged or not a SQLite file ({problems[0]}): restore it from a backup, "
-            f"or salvage it with `sqlite3 {path} .recover`, or pass another --db"
-        )
-
-
-class _Taken(Exception):
-    """Another process holds the lock."""
-
-
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"invalid {what} {value!r}; expected one of {', '.join(allowed)}")
     return value
-
-
-def _incompatible_message(url: str, version: int | None) -> str:
-    if version is None or version < SCHEMA_VERSION:
-        return (
-            f"{url} has telescope schema version {version}, this telescope needs version {SCHEMA_VERSION}: "
-            "there is no automatic upgrade; export what you need with `telescope export` or "
-            "`telescope query`, then use a new database with --db"
-        )
-    return (
-        f"{url} has telescope schema version {version}, newer than this telescope's {SCHEMA_VERSION}: "
-        "upgrade telescope (pip install -U telescope) or use another database with --db"
-    )
-
-
-def _library_version() -> str:
-    try:
-        return metadata.version("telescope")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-    cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL, one fsync per checkpoint
-    cursor.close()
-
-
-def _sweep_row(r: SweepModel) -> SweepRow:
-    return SweepRow(
-        name=r.name,
-        kind=r.kind,
-        status=r.status,
-        config=json.loads(r.config_json),
-        config_hash=r.config_hash,
-        parametrization=r.parametrization,
-        base_width=r.base_width,
-        calibration_width=r.calibration_width,
-        target_width=r.target_width,
-        result=json.loads(r.result_json) if r.result_json is not None else None,
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-    )
-
-
-def _level_row(r: LevelModel) -> LevelRow:
-    return LevelRow(
-        sweep=r.sweep,
-        level=r.level,
-        width=r.width,
-        grid=json.loads(r.grid_json),
-        status=r.status,
-        best_lr=r.best_lr,
-        best_weight_decay=r.best_weight_decay,
-        best_muon_lr_ratio=r.best_muon_lr_ratio,
-        best_loss=r.best_loss,
-        warnings=r.warnings.split("\n") if r.warnings else [],
-        created_at=r.created_at,
-        started_at=r.started_at,
-        finished_at=r.finished_at,
-    )
-
-
-def _trial_row(r: TrialModel) -> TrialRow:
-    return TrialRow(
-        sweep=r.sweep,
-        level=r.level,
-        key=r.trial_key,
-        width=r.width,
-        lr=r.lr,
-        weight_decay=r.weight_decay,
-        muon_lr_ratio=r.muon_lr_ratio,
-        seed=r.seed,
-        parametrization=r.parametrization,
-        status=Status(r.status),
-        train_loss=r.train_loss,
-        val_loss=r.val_loss,
-        tokens=r.tokens,
-        flops=r.flops,
-        wall_time=r.wall_time,
-        steps=r.steps,
-        device=r.device,
-        error=r.error,
-        attempts=r.attempts,
-        fingerprint=json.loads(r.fingerprint) if r.fingerprint else None,
-        spec=TrialSpec.from_dict(json.loads(r.spec_json)),
-        created_at=r.created_at,
-        started_at=r.started_at,
-        finished_at=r.finished_at,
-    )

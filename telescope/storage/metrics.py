@@ -134,6 +134,16 @@ class MetricsStore:
             pq.write_table(table, f)
         return target
 
+    def copy(self, source: tuple[str, int, str], sweep: str, level: int, trial_key: str) -> Path:
+        """Write the step metrics of trial `source` (sweep, level, key) as those of another
+        trial (a reused one), atomically."""
+        table = pq.read_table(self.path(*source), schema=STEP_SCHEMA)
+        table = table.set_column(0, "trial_key", pa.array([trial_key] * table.num_rows, pa.string()))
+        target = self.path(sweep, level, trial_key)
+        with atomic_write(target, make_parents=True) as f:
+            pq.write_table(table, f)
+        return target
+
     def check_writable(self) -> None:
         """A StorageError now, rather than after the first trial, if the store cannot be written."""
         try:

@@ -45,7 +45,8 @@ from sqlalchemy import BigInteger, Double, Integer
 from sqlalchemy.engine import URL
 
 from telescope.errors import StorageError
-from telescope.storage.database import SQLITE_BUSY_TIMEOUT_S, error_line, read_only_uri, resolve_url, safe_url
+from telescope.storage.engine import SQLITE_BUSY_TIMEOUT_S
+from telescope.storage.urls import error_line, read_only_uri, resolve_url, safe_url
 from telescope.storage.metrics import DEFAULT_STORE, PARTITION_SCHEMA, STEP_SCHEMA, readable_metrics_files
 from telescope.storage.schema import DATA_TABLES, Base, UTCDateTime
 

@@ -8,8 +8,9 @@ pivots. Levels and trials refer to their sweep by its unique name, which is
 also the `sweep=` partition of the Parquet step metrics, so SQL joins read
 naturally: `JOIN sweeps ON sweeps.name = trials.sweep`.
 
-Bump SCHEMA_VERSION whenever a table changes; an older or newer database is
-then refused with a message instead of failing halfway through a sweep.
+Bump SCHEMA_VERSION whenever a table changes; a newer database is then refused with
+a message instead of failing halfway through a sweep, and an older one is upgraded in
+place where UPGRADES says how (added columns only), else refused.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from telescope.spec import Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 VERSION_TABLE = "telescope_version"
 DATA_TABLES = ("sweeps", "levels", "trials")
 
@@ -74,6 +75,16 @@ class UTCDateTime(TypeDecorator):
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
+
+
+# version -> the statements that bring a database of that version to the next one
+UPGRADES: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE trials ADD COLUMN content_key VARCHAR(64)",
+        "ALTER TABLE trials ADD COLUMN reused_from TEXT",
+        "CREATE INDEX ix_trials_content_key ON trials (content_key)",
+    ),
+}
 
 
 class Base(DeclarativeBase):
@@ -174,6 +185,10 @@ class TrialModel(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     fingerprint: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
     spec_json: Mapped[str] = mapped_column(Text)  # the full TrialSpec as JSON
+    # Everything that decides the trial's numbers, hashed (telescope.runs.content): a
+    # completed trial with the same key, in any run, is reused instead of trained again.
+    content_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    reused_from: Mapped[str | None] = mapped_column(Text, nullable=True)  # "SWEEP/TRIAL_KEY" it was copied from
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -22,6 +22,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from telescope.errors import TelescopeError
+from telescope.search import Direction, extend_line
 
 SQRT2 = math.sqrt(2.0)
 DEFAULT_POINTS = 7
@@ -30,7 +31,6 @@ DEFAULT_MAX_EXTENSIONS = 3
 DEFAULT_THRESHOLD_STEPS = 1.0
 
 Edge = Literal["low", "high"]
-Direction = Literal["down", "up"]
 
 # Drifts that equal the threshold up to float noise (e.g. exactly one step) pass.
 _STEP_TOL = 1e-9
@@ -160,29 +160,6 @@ def _sorted_curve(lrs: Sequence[float], losses: Sequence[float]) -> tuple[np.nda
 
 
 # --------------------------------------------------------------------------- extension
-
-
-def extend_line(
-    lrs: Sequence[float], direction: Direction, n: int = DEFAULT_EXTENSION_POINTS, step: float | None = None
-) -> tuple[float, ...]:
-    """The `n` new learning rates beyond the line's edge in `direction`, ascending.
-
-    They continue the line's spacing on that side (the ratio of its two outermost points)
-    unless `step` is given.
-    """
-    if direction not in ("down", "up"):
-        raise TelescopeError(f"extension direction must be 'down' or 'up', got {direction!r}")
-    if n < 1:
-        raise TelescopeError(f"an extension needs at least 1 point, got {n}")
-    line = sorted(float(v) for v in lrs)
-    if len(line) < 2 or line[0] <= 0 or not math.isfinite(line[-1]):
-        raise TelescopeError(f"cannot extend a line of fewer than 2 positive learning rates: {line}")
-    if step is None:
-        step = line[-1] / line[-2] if direction == "up" else line[1] / line[0]
-    _check_step(step)
-    if direction == "up":
-        return tuple(line[-1] * step**k for k in range(1, n + 1))
-    return tuple(line[0] / step**k for k in range(n, 0, -1))
 
 
 def next_extension(

@@ -22,8 +22,13 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from telescope.errors import ConfigError, TelescopeError
-from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec
-from telescope.storage.database import Database, TrialRow, config_hash
+from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec, objective_value
+from telescope.numbers import finite_or_none
+from telescope.runs import keys
+from telescope.runs.line import LineStep, run_line
+from telescope.runs.stored import RunRecord, StoredRun, open_run
+from telescope.storage.database import Database
+from telescope.storage.rows import TrialRow
 from telescope.storage.metrics import MetricsStore
 from telescope.transfer_check.analysis import (
     DEFAULT_EXTENSION_POINTS,
@@ -37,9 +42,7 @@ from telescope.transfer_check.analysis import (
     next_extension,
     verdict_from_optima,
 )
-from telescope.trials.base import Executor, ExecutorSettings
-from telescope.trials.preflight import check_inputs
-from telescope.trials.recorder import run_pending
+from telescope.trials.base import Executor
 
 KIND = "transfer-check"
 DEFAULT_WIDTHS = (64, 256)
@@ -101,8 +104,7 @@ class CheckSettings:
 
     def default_name(self) -> str:
         """`transfer-check-TABLE-HASH`: the same settings resume the same check."""
-        digest = config_hash(self.trial_settings())[:8]
-        return f"{KIND}-{self.parametrization}-{digest}"
+        return keys.default_name(KIND, self.parametrization, self.trial_settings())
 
 
 def check_settings(settings: CheckSettings) -> None:
@@ -185,7 +187,7 @@ def _spec(settings: CheckSettings, width: int, lr: float, seed: int) -> TrialSpe
 
 
 def trial_key(width: int, lr: float, seed: int) -> str:
-    return f"w{width}-lr={lr:.6g}-s{seed}"
+    return keys.trial_key(f"w{width}", {"lr": lr}, seed)
 
 
 class TransferCheckFailed(Exception):
@@ -223,7 +225,7 @@ class CheckResult:
             "reasons": list(self.verdict.reasons),
             "widths": _json_rows(self.verdict.width_rows()),
             "doublings": _json_rows(self.verdict.doubling_rows()),
-            "curves": {str(w): [[lr, _num(loss)] for lr, loss in c] for w, c in self.curves.items()},
+            "curves": {str(w): [[lr, finite_or_none(loss)] for lr, loss in c] for w, c in self.curves.items()},
             "lr_center": self.settings.center,
             "step": self.settings.step,
             "seeds": list(self.settings.seed_list()),
@@ -242,7 +244,7 @@ class CheckResult:
             d = drift.get(r.width)
             rows.append({
                 "width": r.width, "optimum_lr": r.optimum_lr, "optimum_steps": round(r.optimum_steps, 3),
-                "best_loss": _num(r.best_loss), "edge": r.edge or "", "seed_std_steps": _round(r.seed_std_steps),
+                "best_loss": finite_or_none(r.best_loss), "edge": r.edge or "", "seed_std_steps": _round(r.seed_std_steps),
                 "drift_per_doubling": _round(d.drift_per_doubling) if d else None,
                 "drift_std": _round(d.drift_std) if d else None,
             })  # fmt: skip
@@ -260,16 +262,13 @@ class CheckResult:
         }
 
 
-def _num(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
 def _round(x: float | None, digits: int = 3) -> float | None:
-    return round(x, digits) if x is not None and math.isfinite(x) else None
+    x = finite_or_none(x)
+    return round(x, digits) if x is not None else None
 
 
 def _json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: _num(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    return [{k: finite_or_none(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
 def run_transfer_check(
@@ -280,96 +279,57 @@ def run_transfer_check(
     name: str | None = None,
     on_trial: Callable[[str, Any], None] | None = None,
     plot: str | Path | None = None,
+    new: bool = False,
+    reuse: bool = True,
 ) -> CheckResult:
     """Run (or resume) a transfer check, draw its plot to `plot` (a .png) if given, and
-    store its result; see the module docstring."""
+    store its result; see the module docstring. `new`: a check of this name exists, start
+    another under the next free name."""
     from telescope.transfer_check.plot import check_plot_path, plot_transfer_check
 
     check_settings(settings)
-    check_inputs(settings.model, settings.train, getattr(executor, "settings", ExecutorSettings()))
     if plot is not None:
         check_plot_path(plot)
-    name = name or settings.default_name()
-    store.check_writable()
-    with db.lease(name):
-        db.resume_or_create(name, settings.trial_settings(), kind=KIND, parametrization=settings.parametrization,
-                            base_width=settings.base, calibration_width=settings.widths[-1])  # fmt: skip
-        try:
-            result = _run(settings, db, store, executor, name, on_trial)
-            if plot is not None:
-                result.plot = str(plot_transfer_check(result, plot).resolve())
-        except BaseException:
-            db.update_sweep(name, status="stopped")
-            raise
-        db.update_sweep(name, status="completed", result=result.to_dict())
+    record = RunRecord(KIND, name or settings.default_name(), settings.trial_settings(), settings.parametrization,
+                       settings.base, settings.widths[-1])  # fmt: skip
+    with open_run(db, store, executor, record, (settings.model, settings.train), new=new, reuse=reuse) as run:
+        result = _run(settings, run, on_trial or (lambda key, result: None))
+        if plot is not None:
+            result.plot = str(plot_transfer_check(result, plot).resolve())
+        run.finish(result.to_dict())
     return result
 
 
-def _run(
-    settings: CheckSettings,
-    db: Database,
-    store: MetricsStore,
-    executor: Executor,
-    name: str,
-    on_trial: Callable[[str, Any], None] | None,
-) -> CheckResult:
+def _run(settings: CheckSettings, run: StoredRun, on_trial: Callable[[str, Any], None]) -> CheckResult:
     seeds = settings.seed_list()
     n = len(settings.widths)
     located: list[SeededOptimum] = []
     curves: dict[int, list[tuple[float, float]]] = {}
-    total = ran = failed = 0
+    total = failed = 0
     for i, width in enumerate(settings.widths):
-        lrs = list(lr_line(settings.center, settings.points, settings.step))
-        new = list(lrs)
-        extensions = 0
-        while True:
-            level = i + n * extensions
-            ran += _run_line(settings, db, store, executor, name, level, width, new, seeds, on_trial)
-            rows = {row.key: row for row in db.trials(name) if row.width == width}
+
+        def trials_of(lrs: Sequence[float], width: int = width) -> list[tuple[str, TrialSpec]]:
+            return [(trial_key(width, lr, s), _spec(settings, width, lr, s)) for lr in lrs for s in seeds]
+
+        def assess(lrs: list[float], rows: dict[str, TrialRow], extensions: int, width: int = width) -> LineStep:
             losses, n_failed = _loss_table(settings, rows, width, lrs, seeds)
             optimum = locate_seeds(lrs, losses, settings.step)
-            db.finish_level(name, level, best={"lr": optimum.mean.grid_lr}, best_loss=_num(optimum.mean.grid_loss))
-            new = list(
-                next_extension(
-                    lrs,
-                    optimum.mean,
-                    extensions,
-                    max_extensions=settings.max_extensions,
-                    n=settings.extension_points,
-                )
-            )
-            if not new:
-                break
-            lrs = sorted(lrs + new)
-            extensions += 1
+            more = next_extension(lrs, optimum.mean, extensions, max_extensions=settings.max_extensions,
+                                  n=settings.extension_points)  # fmt: skip
+            return LineStep(optimum.mean.grid_lr, finite_or_none(optimum.mean.grid_loss), more,
+                            (optimum, losses, n_failed))  # fmt: skip
+
+        lrs, step = run_line(run, width, lr_line(settings.center, settings.points, settings.step),
+                             lambda j, i=i: i + n * j, trials_of, assess, on_trial)  # fmt: skip
+        optimum, losses, n_failed = step.outcome
         located.append(optimum)
-        mean = [sum(col) / len(col) for col in zip(*losses)]
-        curves[width] = list(zip(lrs, mean))
+        curves[width] = list(zip(lrs, [sum(col) / len(col) for col in zip(*losses)]))
         total += len(lrs) * len(seeds)
         failed += n_failed
     verdict = verdict_from_optima(
         settings.widths, located, settings.threshold, loss_tolerance=settings.loss_tolerance, step=settings.step
     )
-    return CheckResult(name, settings, verdict, located, curves, total, ran, failed)
-
-
-def _run_line(
-    settings: CheckSettings,
-    db: Database,
-    store: MetricsStore,
-    executor: Executor,
-    name: str,
-    level: int,
-    width: int,
-    lrs: Sequence[float],
-    seeds: Sequence[int],
-    on_trial: Callable[[str, Any], None] | None,
-) -> int:
-    trials = [(trial_key(width, lr, s), _spec(settings, width, lr, s)) for lr in lrs for s in seeds]
-    db.plan_level(name, level, width=width, grid=[{"lr": lr} for lr in lrs])
-    db.start_level(name, level)
-    callbacks = {"on_finished": on_trial} if on_trial is not None else {}
-    return run_pending(db, store, executor, name, level, trials, **callbacks)
+    return CheckResult(run.name, settings, verdict, located, curves, total, run.ran, failed)
 
 
 def _loss_table(
@@ -385,31 +345,13 @@ def _loss_table(
             if row.status is Status.FAILED:
                 failed += 1
                 errors.append(row.error or "unknown error")
-            value = row.val_loss if settings.objective == "val_loss" else row.train_loss
-            line.append(value if value is not None and math.isfinite(value) else math.inf)
+            value = finite_or_none(objective_value(row, settings.objective))
+            line.append(value if value is not None else math.inf)
         table.append(line)
     if failed == len(lrs) * len(seeds):
         first = (errors[0] or "").strip().splitlines()
         raise TelescopeError(f"every trial at width {width} failed: {first[-1] if first else 'unknown error'}")
     return table, failed
-
-
-def run_sweep_check(
-    settings: CheckSettings, db: Database, store: MetricsStore, executor: Executor, sweep: str, force: bool = False
-) -> dict[str, Any]:
-    """The check `telescope sweep --check-transfer` runs before level 0, stored as the
-    transfer check `SWEEP-transfer-check` with its plot in the metrics store's folder
-    `transfer-check-plots/`. Returns its report section; raises TransferCheckFailed on FAIL
-    unless `force`, after storing the section in the stopped sweep's result."""
-    name = f"{sweep}-{KIND}"
-    folder = store.root / f"{KIND}-plots"
-    folder.mkdir(parents=True, exist_ok=True)
-    result = run_transfer_check(settings, db, store, executor, name, plot=folder / f"{name}.png")
-    section = result.report_section()
-    if not result.passed and not force:
-        db.update_sweep(sweep, result={"transfer_check": section})
-        raise TransferCheckFailed(result)
-    return section
 
 
 def settings_from_config(
@@ -421,9 +363,7 @@ def settings_from_config(
     width; the LR line centred on the middle of its lr range (or its fixed lr), weight decay
     and muon_lr_ratio at their fixed values or the middle of their ranges. Default widths:
     the sweep's first widths, `first_widths(config)`."""
-    values = dict(config.search.fixed)
-    for axis in config.search.axes:
-        values[axis.name] = math.sqrt(axis.lo * axis.hi)
+    values = config.search.centre()
     return CheckSettings(
         parametrization=config.parametrization,
         widths=tuple(widths) if widths is not None else first_widths(config),
@@ -460,7 +400,6 @@ __all__ = [
     "TransferCheckFailed",
     "check_settings",
     "first_widths",
-    "run_sweep_check",
     "run_transfer_check",
     "settings_from_config",
     "trial_key",

@@ -1,16 +1,19 @@
-"""What every trial needs, checked in the driver before anything is written."""
+"""What every trial needs, checked once per command before anything is written."""
 
 from __future__ import annotations
+
+import functools
 
 from telescope.errors import ConfigError
 from telescope.spec import ModelShape, TrainSettings
 from telescope.trials.base import ExecutorSettings
 
 
+@functools.cache  # once per process: a command checks early, its run finds it done
 def check_inputs(model: ModelShape, train: TrainSettings, executor: ExecutorSettings) -> None:
     """Check the device and the data (it loads, holds a sequence in both splits, and its
     tokens fit the model's vocabulary), so that bad input is one line instead of a level of
-    failed trials.
+    failed trials. A check that passed is not repeated in this process.
 
     On a cluster (`ray_address`) the workers may have the GPUs and the data path the driver
     lacks: there only the device's name is checked, and the data only if the path is here."""

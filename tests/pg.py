@@ -1,15 +1,9 @@
-"""Test helpers for running the same storage tests on SQLite and PostgreSQL.
+"""The PostgreSQL test server, for tests that run on SQLite and PostgreSQL alike.
 
-Like optuna's `testing/storages.py`, these live in the package so every test
-module (storage, query, the sweep driver) can parametrize over backends.
 PostgreSQL tests run against `TELESCOPE_TEST_PG_URL` (default: the local
 server, database `test`); each test module gets a throwaway database and each
-test its own schema. An unreachable server fails the tests loudly, unless
-TELESCOPE_SKIP_PG=1.
-
-In a test module, `from telescope.storage.testing import db_url, pg_database`
-runs every test that asks for `db_url` once per backend. Only tests import this
-module (it needs pytest).
+test its own schema (the `pg_database` and `db_url` fixtures in conftest.py).
+An unreachable server fails the tests loudly, unless TELESCOPE_SKIP_PG=1.
 """
 
 from __future__ import annotations
@@ -19,11 +13,10 @@ import secrets
 from contextlib import contextmanager
 from typing import Iterator
 
-import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
-from telescope.storage.database import resolve_url
+from telescope.storage.urls import resolve_url
 
 DEFAULT_TEST_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql")
@@ -68,21 +61,3 @@ def fresh_postgres_schema(database_url: URL) -> str:
         engine.dispose()
     url = database_url.update_query_dict({"options": f"-csearch_path={schema}"})
     return url.render_as_string(hide_password=False)
-
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[URL]:
-    if postgres_skipped():
-        pytest.skip("TELESCOPE_SKIP_PG=1")
-    with throwaway_postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    """A database URL with no tables yet: a SQLite file in tmp_path, or a fresh schema
-    in the module's throwaway PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'telescope.db'}"
-    return fresh_postgres_schema(request.getfixturevalue("pg_database"))
