@@ -127,7 +127,9 @@ def print_table(
     """Print a fitted table on `console`; with `wide`, at the width it needs even past the
     terminal's edge."""
     table, needed = fitted_table(list(rows), columns, console.width, title=title, drop=drop, wide=wide, raw=raw)
-    if wide and needed > console.width:
-        console.print(table, width=needed, crop=False)
+    if wide and needed > console.width:  # a console as wide as the table: rich caps print(width=) at its own
+        wider = Console(file=console.file, width=needed, markup=False, force_terminal=console.is_terminal,
+                        color_system=console.color_system, no_color=console.no_color)  # fmt: skip
+        wider.print(table, crop=False)
     else:
         console.print(table)
