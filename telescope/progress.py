@@ -113,7 +113,7 @@ class RemainingTime:
             spent = now - lv.began if lv.began is not None else 0.0
             expected = rate(lv.flops) * lv.flops * (trials_left + lv.ran)  # as the finished widths predict
             if own is not None and (not finished or spent > expected):  # its own rate is all there is
-                left += own * lv.flops * (trials_left - lv.running / 2)
+                left += own * lv.flops * max(0.0, trials_left - lv.running / 2)
             else:
                 left += max(0.0, expected - spent)
         return left
