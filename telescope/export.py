@@ -42,11 +42,13 @@ def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> d
             "transfers to wider models; for a narrower one read its level's best point with `telescope status`"
         )
     base = {**result["best"], **result["fixed"]}
+    advice = recommendation(result, width)
+    use = advice["values"]
     groups = transfer(
         config.parametrization,
-        lr=base["lr"],
-        weight_decay=base["weight_decay"],
-        muon_lr_ratio=base.get("muon_lr_ratio", 1.0),
+        lr=use["lr"],
+        weight_decay=use["weight_decay"],
+        muon_lr_ratio=use.get("muon_lr_ratio", 1.0),
         base_width=config.widths.base,
         width=width,
         parameters=parameter_roles(config.model, width, config.widths.base, config.parametrization),
@@ -59,7 +61,8 @@ def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> d
         "model": dataclasses.asdict(config.model),  # the proxy family, to build it at target_width
         "fingerprint": fingerprint(config.parametrization, base.get("muon_lr_ratio", 1.0)),
         "base": base,
-        "extrapolated": {d["name"]: d["x_inf"] * math.exp(-d["alpha"] / width) for d in result["drift"] or []},
+        "extrapolated": {d["name"]: _at(d, width) for d in result["drift"] or []},
+        "recommendation": advice,
         "groups": [dataclasses.asdict(g) for g in groups],
         "provenance": {
             "objective": result["objective"],
@@ -72,6 +75,54 @@ def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> d
             "warnings": result["warnings"],
         },
     }
+
+
+def _at(drift: dict[str, Any], width: int) -> float:
+    """The drift fit's optimum at `width`."""
+    return drift["x_inf"] * math.exp(-drift["alpha"] / width)
+
+
+def recommendation(result: dict[str, Any], width: int) -> dict[str, Any]:
+    """Which values to train the model at `width` with, per swept hyperparameter, and why.
+
+    The chosen value (the best point at the calibration width) is what muP transfers; the
+    drift fit's extrapolation replaces it only where it differs from it by more than twice
+    the fit's standard error (as stored for the config's target), i.e. where the optimum
+    measurably keeps moving with width."""
+    calibration = result["calibration_width"]
+    drift = {d["name"]: d for d in result.get("drift") or []}
+    use: dict[str, str] = {}
+    values = dict(result["best"])
+    for name, chosen in result["best"].items():
+        d = drift.get(name)
+        se = d.get("log_at_target_se") if d else None
+        if d is not None and se is not None and abs(math.log(_at(d, width) / chosen)) > 2 * se:
+            use[name], values[name] = "extrapolated", _at(d, width)
+        else:
+            use[name] = "chosen"
+    moved = [n for n, how in use.items() if how == "extrapolated"]
+    if not drift:
+        why = "one width only, so there is no drift to extrapolate; muP carries them to the target."
+    elif all(d.get("log_at_target_se") is None for d in drift.values()):
+        why = (
+            "with two widths the drift fit passes exactly through both optima and cannot tell a drift "
+            "from the grid's resolution; muP carries the chosen values to the target."
+        )
+    elif not moved:
+        why = (
+            f"the drift fit's values at width {width} are within twice its standard error of them, so no "
+            "drift is measurable beyond noise; muP carries the chosen values to the target."
+        )
+    else:
+        why = (
+            f"the optimum of {', '.join(moved)} moves with width by more than twice the fit's standard "
+            f"error, so the fit's value at width {width} is used for {'it' if len(moved) == 1 else 'them'}"
+            + ("; the others are within its error and keep their chosen values." if len(moved) < len(use) else ".")
+        )
+    kind = "extrapolated" if moved and len(moved) == len(use) else "chosen" if not moved else "mixed"
+    lead = {"chosen": f"Use the values chosen at width {calibration}", "extrapolated": f"Use the values extrapolated to width {width}",
+            "mixed": f"Use the values extrapolated to width {width} for {', '.join(moved)} and the chosen ones for the rest"}[kind]  # fmt: skip
+    return {"use": use, "values": {**values, **result["fixed"]}, "reason": f"{lead}: {why}"}
 
 
 def _toml_ready(value: Any) -> Any:

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from micro import write_micro_config
@@ -27,6 +28,7 @@ def study(tmp_path: Path, *extra: str):
     return runner.invoke(app, args)
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. matplotlib: a clipped title, a layout not applied
 def test_a_study_runs_stores_its_trials_and_resumes(tmp_path: Path) -> None:
     out = study(tmp_path, "--json", "--plot", str(tmp_path / "plots"))
     assert out.exit_code == 0, out.output

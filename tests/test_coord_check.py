@@ -17,6 +17,7 @@ def test_log_log_slope_recovers_a_power_law():
     assert np.isnan(log_log_slope(widths, np.array([0.0, 1.0, 2.0])))
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. matplotlib: a clipped title, a layout not applied
 def test_paper_passes_and_writes_a_plot(tmp_path):
     plot = tmp_path / "coord.png"
     out = CliRunner().invoke(app, ["coord-check", "-p", "paper", *SMALL, "--plot", str(plot)])

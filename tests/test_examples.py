@@ -31,18 +31,35 @@ def test_there_are_the_documented_examples() -> None:
 
 @pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: p.name)
 def test_plan_runs_on_every_example(config: Path) -> None:
-    result = runner.invoke(app, ["plan", str(config), "--json"])
+    result = runner.invoke(app, ["plan", str(config), "--json", "--no-data-check"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["sweep_trials"] == sum(level["trials"] for level in plan["levels"]) > 0
 
 
 def test_readme_plan_commands_run() -> None:
-    commands = re.findall(r"^telescope plan (\S+)\s*$", (ROOT / "README.md").read_text(), re.M)
-    assert commands, "the README shows no `telescope plan` command"
-    for path in commands:
-        result = runner.invoke(app, ["plan", str(ROOT / path)])
-        assert result.exit_code == 0, f"telescope plan {path}: {result.output}"
+    commands = re.findall(r"^telescope plan (\S+)((?: --[\w-]+)*)\s*(?:#.*)?$", (ROOT / "README.md").read_text(), re.M)
+    assert len(commands) >= 4, "the README shows no `telescope plan` command"
+    for path, options in commands:
+        result = runner.invoke(app, ["plan", str(ROOT / path), *options.split()])
+        assert result.exit_code == 0, f"telescope plan {path}{options}: {result.output}"
+
+
+def test_readme_python_blocks_run(smallest_sweep_db: str, tmp_path: Path) -> None:
+    """Every ```python block of the README, as written, in a folder holding what it reads:
+    `examples/tiny-cpu.toml` is the micro sweep's config there (the real one takes minutes),
+    and `export.json` a real export at width 128."""
+    from micro import SMALLEST, write_micro_config
+
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.M | re.S)
+    assert len(blocks) >= 2
+    (tmp_path / "examples").mkdir()
+    write_micro_config(tmp_path / "examples" / "tiny-cpu.toml", **SMALLEST, name="tiny-cpu")
+    exported = runner.invoke(app, ["export", "micro", "--db", smallest_sweep_db, "--target-width", "128", "-o", str(tmp_path / "export.json")])
+    assert exported.exit_code == 0, exported.output
+    for block in blocks:
+        done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{block}\n{done.stderr[-3000:]}"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

@@ -1,30 +1,121 @@
-"""The live view's counts and its remaining-time estimate."""
+"""The live view: level numbering, its first frame, counts and the remaining-time estimate."""
 
 import io
 
 import pytest
 from rich.console import Console
 
-from telescope.progress import SweepProgress, fit_trial_time
+from telescope.progress import PRIOR_EXPONENT, SweepProgress
+from telescope.progress import clock as clock_text
 from telescope.spec import Status
 
 
-def test_trial_time_fit_recovers_fixed_and_per_flop_costs():
-    observed = [(f, 2.0 + 3e-9 * f) for f in (1e9, 2e9, 4e9, 8e9)]
-    a, b = fit_trial_time(observed)
-    assert a == pytest.approx(2.0) and b == pytest.approx(3e-9)
-    assert fit_trial_time([(1e9, 5.0), (1e9, 7.0)]) == (0.0, pytest.approx(6e-9))  # one size: proportional
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_counts_and_remaining_time_after_a_level(monkeypatch):
-    clock = iter([0.0, 20.0, 20.0, 20.0])
-    monkeypatch.setattr("telescope.progress.time.monotonic", lambda: next(clock))
-    progress = SweepProgress([(4, 1e9), (2, 4e9)], console=Console(file=io.StringIO()))
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr("telescope.progress.time.monotonic", c)
+    return c
+
+
+def text_of(progress: SweepProgress) -> str:
+    console = Console(file=io.StringIO(), width=100)
+    console.print(progress._render())
+    return console.file.getvalue()
+
+
+def run_level(progress: SweepProgress, clock: Clock, level: int, width: int, trials: int, flops: float, seconds: float) -> None:
+    """All of a level's trials at once, finishing `seconds` later."""
+    progress.start_level(level, width, trials)
+    for _ in range(trials):
+        progress.trial_started()
+    clock.now += seconds
+    for _ in range(trials):
+        progress.trial_finished(Status.COMPLETED, flops, seconds)
+    progress.end_level()
+
+
+def test_first_frame_says_what_is_planned_not_level_1_of_width_0(clock):
+    frame = text_of(SweepProgress([(25, 1e9), (9, 4e9), (9, 16e9)]))
+    assert "starting: 3 levels, 43 trials planned" in frame
+    assert "width 0" not in frame and "0/0" not in frame and "level 1" not in frame
+
+
+def test_levels_count_from_0_as_plan_status_and_report_do(clock):
+    out = io.StringIO()
+    progress = SweepProgress([(2, 1e9), (2, 4e9), (2, 16e9)], console=Console(file=out, width=80))
+    with progress:
+        for level, width in enumerate((32, 64, 128)):
+            run_level(progress, clock, level, width, 2, 1e9 * 4**level, 10.0)
+            assert f"level {level} ({level + 1} of 3), width {width}" in text_of(progress)
+    lines = out.getvalue().splitlines()  # not a terminal: one line per level, then the closing note
+    assert [line.split(" |")[0] for line in lines[:3]] == [
+        "level 0 (1 of 3), width 32", "level 1 (2 of 3), width 64", "level 2 (3 of 3), width 128"]  # fmt: skip
+    assert "level 3" not in out.getvalue()
+    estimate = 10 + 10 * (4 ** (1 + PRIOR_EXPONENT) + 16 ** (1 + PRIOR_EXPONENT))  # 2 trials at 5 s, then scaled
+    assert lines[3] == f"sweep took 0:00:30; estimated {clock_text(estimate)} after the first level"
+
+
+def test_counts(clock):
+    progress = SweepProgress([(4, 1e9)], console=Console(file=io.StringIO()))
     progress.start_level(0, 32, total=4)
     for status in (Status.COMPLETED, Status.DIVERGED, Status.FAILED, Status.COMPLETED):
         progress.trial_started()
         progress.trial_finished(status, 1e9, seconds=10.0)
-    c = progress.counts
-    assert (c.done, c.running, c.diverged, c.failed) == (4, 0, 1, 1)
-    # 40 trial-seconds in 20 wall seconds: two at a time; 2 trials of 4x the FLOPs left at 40 s each.
-    assert progress.eta() == pytest.approx(2 * 40.0 / 2)
+    assert (progress.done, progress.running, progress.diverged, progress.failed) == (4, 0, 1, 1)
+    assert "4/4 done  0 running  1 diverged  1 failed" in text_of(progress)
+
+
+def test_remaining_time_after_the_first_level_uses_its_seconds_per_flop(clock):
+    progress = SweepProgress([(10, 1e9), (5, 4e9)], console=Console(file=io.StringIO()))
+    clock.now = 7.0  # before the first trial starts (e.g. Ray's workers): not a trial's cost
+    run_level(progress, clock, 0, 32, 10, 1e9, 20.0)  # 2 s per trial of 1 GFLOP
+    # 5 trials of 4x the FLOPs, each 4**(1 + PRIOR_EXPONENT) times as long as one of level 0
+    assert progress.eta() == pytest.approx(5 * 2.0 * 4 ** (1 + PRIOR_EXPONENT))
+    progress.start_level(1, 64, 5)
+    progress.trial_started()
+    clock.now += 4.0
+    assert progress.eta() == pytest.approx(5 * 2.0 * 4 ** (1 + PRIOR_EXPONENT) - 4.0)
+
+
+def test_two_measured_widths_give_the_exponent(clock):
+    progress = SweepProgress([(4, 1e9), (4, 4e9), (4, 16e9)], console=Console(file=io.StringIO()))
+    run_level(progress, clock, 0, 32, 4, 1e9, 10.0)
+    run_level(progress, clock, 1, 64, 4, 4e9, 20.0)  # 4x the FLOPs in 2x the time
+    assert progress.eta() == pytest.approx(40.0)
+    assert "~0:00:40 remaining" in text_of(progress)
+
+
+def test_resumed_trials_count_but_take_no_time(clock):
+    progress = SweepProgress([(4, 1e9), (4, 4e9)], console=Console(file=io.StringIO()))
+    progress.start_level(0, 32, 4)
+    for _ in range(2):
+        progress.trial_finished(Status.COMPLETED, 1e9, 99.0, resumed=True)
+    assert progress.done == 2 and progress.eta() is None
+    assert "~? remaining" in text_of(progress)
+
+
+def test_notes_are_rows_of_the_view(clock):
+    progress = SweepProgress([(1, 1e9)])
+    progress.set_note("dashboard", "http://127.0.0.1:8265")
+    assert "dashboard  http://127.0.0.1:8265" in text_of(progress)
+
+
+def test_an_extended_level_counts_its_new_trials(clock):
+    progress = SweepProgress([(2, 1e9)], console=Console(file=io.StringIO()))
+    progress.start_level(0, 32, 2)
+    for _ in range(2):
+        progress.trial_started()
+    clock.now += 10.0
+    for _ in range(2):
+        progress.trial_finished(Status.COMPLETED, 1e9, 10.0)
+    progress.extend_level(3)  # the edge extension: 3 more trials at the same width
+    assert "2/5 done" in text_of(progress)
+    assert progress.eta() == pytest.approx(3 * 5.0)  # 10 s for the first two

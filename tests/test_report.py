@@ -11,9 +11,11 @@ import pytest
 from test_plots import FinishedSweep, assert_png, build_micro_sweep, fabricate_one_axis_sweep
 from typer.testing import CliRunner
 
+from telescope import readable
 from telescope.cli.main import app
 from telescope.config import parse_config
 from telescope.cost import plan
+from telescope.export import export_sweep
 from telescope.report.plots import FIGURES
 from telescope.storage.database import Database
 
@@ -53,7 +55,8 @@ def first_table(text: str) -> list[dict[str, str]]:
 
 
 def g(value: float | None) -> str:
-    return "" if value is None else f"{value:.6g}"
+    """A hyperparameter as the report prints it: 4 significant digits."""
+    return "" if value is None else readable.value(value)
 
 
 def test_report_embeds_the_four_figures_by_relative_path(report: Path) -> None:
@@ -79,7 +82,7 @@ def test_level_table_matches_telescope_query(micro: FinishedSweep, report: Path)
     for row, lv, n in zip(rows, levels, counts):
         assert (row["level"], row["width"]) == (str(lv["level"]), str(lv["width"]))
         assert (row["best lr"], row["best weight_decay"], row["best val_loss"]) == (
-            g(lv["best_lr"]), g(lv["best_weight_decay"]), g(lv["best_loss"])
+            g(lv["best_lr"]), g(lv["best_weight_decay"]), readable.loss(lv["best_loss"])
         )  # fmt: skip
         assert (row["trials"], row["diverged"], row["failed"]) == (str(n["trials"]), str(n["diverged"]), str(n["failed"]))
     assert rows[0]["grid"] == "3x2" and rows[0]["diverged"] == "1" and rows[0]["failed"] == "1"
@@ -91,12 +94,12 @@ def test_cost_matches_telescope_query_and_the_plan(micro: FinishedSweep, report:
     (spent,) = query(micro, "SELECT count(*) AS n, sum(flops) AS flops, sum(wall_time) AS wall FROM trials WHERE sweep = 'micro'")
     with Database(micro.url, create=False) as db:
         the_plan = plan(parse_config(db.require_sweep("micro").config))
-    assert (rows["total"]["trials"], rows["total"]["FLOPs spent"]) == (str(spent["n"]), g(spent["flops"]))
-    assert rows["total"]["wall time (s)"] == g(spent["wall"])
-    assert rows["total"]["FLOPs planned"] == g(the_plan.sweep_flops)
+    assert (rows["total"]["trials"], rows["total"]["FLOPs spent"]) == (str(spent["n"]), readable.flops(spent["flops"]))
+    assert rows["total"]["trial time"] == readable.seconds(spent["wall"])
+    assert rows["total"]["FLOPs planned"] == readable.flops(the_plan.sweep_flops) and "FLOP" in rows["total"]["FLOPs planned"]
     per_level = query(micro, "SELECT level, sum(flops) AS flops FROM trials WHERE sweep = 'micro' GROUP BY level ORDER BY level")
     for lv in per_level:
-        assert rows[str(lv["level"])]["FLOPs spent"] == g(lv["flops"])
+        assert rows[str(lv["level"])]["FLOPs spent"] == readable.flops(lv["flops"])
     plan_rows = first_table(section(text, "Plan"))
     assert [(r["width"], r["grid"], r["trials"]) for r in plan_rows] == [
         (str(lc.width), lc.grid, str(lc.trials)) for lc in the_plan.levels
@@ -117,6 +120,25 @@ def test_chosen_values_and_drift_match_the_stored_result(micro: FinishedSweep, r
     warnings = section(text, "Warnings")
     for warning in result["warnings"]:
         assert f"- {warning}" in warnings
+
+
+def test_report_and_export_say_the_same_about_which_values_to_use(micro: FinishedSweep, report: Path) -> None:
+    with Database(micro.url, create=False) as db:
+        advice = export_sweep(db, "micro")["recommendation"]
+        result = db.require_sweep("micro").result
+    part = section(report.read_text(), "Chosen values")
+    assert f"### Which values to use\n\n{advice['reason']}" in part
+    rows = {r["hyperparameter"]: r for r in first_table(part)}
+    assert {name: rows[name]["use"] for name in result["best"]} == advice["use"]
+    for name, how in advice["use"].items():  # the recommended value is the chosen or the extrapolated one
+        expected = result["best"][name] if how == "chosen" else next(d["at_target"] for d in result["drift"] if d["name"] == name)
+        assert advice["values"][name] == pytest.approx(expected)
+
+
+def test_numbers_read_as_a_person_reads_them(report: Path) -> None:
+    text = report.read_text()
+    assert re.search(r"\d+ [GTP]FLOP", section(text, "Plan")) and "e+" not in text
+    assert all(re.fullmatch(r"\d\.\d{4}", r["best val_loss"]) for r in first_table(section(text, "Levels")))
 
 
 def test_transfer_check_section_when_the_result_has_one(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ def check(*args: str) -> tuple[int, dict | None, str]:
     return result.exit_code, payload, result.output
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. matplotlib: a clipped title, a layout not applied
 def test_check_runs_through_executor_and_storage_is_queryable_and_resumes(
     config: Path, places: list[str], tmp_path: Path
 ) -> None:

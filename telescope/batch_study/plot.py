@@ -8,17 +8,13 @@ from pathlib import Path
 
 from telescope.batch_study.run import StudyResult
 from telescope.files import atomic_write, cannot_write
+from telescope.plotting import new_figure, readable_log_ticks
 
 FIGURES = ("tokens-to-loss", "ratio", "pareto")
 
 
 def plot_study(result: StudyResult, out_dir: str | Path) -> list[Path]:
     """Write the three PNGs into `out_dir` (created if missing); returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -26,7 +22,7 @@ def plot_study(result: StudyResult, out_dir: str | Path) -> list[Path]:
         raise cannot_write(out_dir, e) from None
     s, (muon, adamw) = result.settings, result.settings.optimizers
     styles = {muon: ("tab:blue", "o"), adamw: ("tab:orange", "s")}
-    figures = {name: plt.subplots(figsize=(6.4, 4.2)) for name in FIGURES}
+    figures = {name: _one_axes() for name in FIGURES}
 
     fig, ax = figures["tokens-to-loss"]
     for k, L in enumerate(result.losses):
@@ -38,6 +34,7 @@ def plot_study(result: StudyResult, out_dir: str | Path) -> list[Path]:
                         label=f"{opt}, L = {L:g}")  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="batch size (sequences)", ylabel="tokens to reach L",
            title=f"tokens to reach the loss L (width {s.width})")  # fmt: skip
+    readable_log_ticks(ax.yaxis)
 
     fig, ax = figures["ratio"]
     for k, L in enumerate(result.losses):
@@ -57,24 +54,32 @@ def plot_study(result: StudyResult, out_dir: str | Path) -> list[Path]:
         if frontier:
             ax.plot([p.devices for p in frontier], [p.time for p in frontier], marker=marker, color=color, label=opt)
             for p in frontier:
-                ax.annotate(f"B={p.batch_size}", (p.devices, p.time), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(f"B={p.batch_size}", (p.devices, p.time), fontsize=7, xytext=(6, 6), textcoords="offset points")
     per_device = s.per_device or min(s.batch_sizes)
     ax.set(xscale="log", yscale="log", xlabel=f"devices ({per_device} sequences each)",
            ylabel="time to reach L (steps)", title=f"compute-time Pareto frontier at L = {L:g}" if L else "")  # fmt: skip
+    devices = sorted({p.devices for opt in (muon, adamw) for p in (result.pareto[L][opt] if L is not None else [])})
+    ax.set_xticks(devices, [f"{d:g}" for d in devices])
+    ax.minorticks_off()
+    readable_log_ticks(ax.yaxis)
+    ax.margins(x=0.12, y=0.12)  # room for the B= labels inside the axes
 
     for name in ("tokens-to-loss", "ratio"):  # the batch sizes themselves as ticks
         ax = figures[name][1]
-        ax.set_xticks(s.batch_sizes, [str(b) for b in s.batch_sizes])
+        ax.set_xticks(s.batch_sizes, [str(b) for b in s.batch_sizes], rotation=45 if len(s.batch_sizes) > 6 else 0)
         ax.minorticks_off()
     paths = []
     for name, (fig, ax) in figures.items():
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-        fig.tight_layout()
         path = out_dir / f"{name}.png"
         with atomic_write(path) as f:
             fig.savefig(f, format="png", dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _one_axes():
+    fig, (ax,) = new_figure(height=4.2)
+    return fig, ax

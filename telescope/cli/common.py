@@ -8,11 +8,10 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable
+from typing import Annotated, Any, Callable, Iterable, Sequence
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
@@ -21,6 +20,7 @@ try:  # newer typer carries its own copy of click
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
+from telescope.cli.tables import print_table
 from telescope.errors import TelescopeError
 
 # No markup: sweep names, stored errors, SQL results and paths are printed as they are
@@ -63,6 +63,9 @@ DbRetryOption = Annotated[
         "--db-retry-seconds",
         help="How long to wait for a database that is unavailable (restarting, failing over) before stopping.",
     ),
+]
+WideOption = Annotated[
+    bool, typer.Option("--wide", help="Every column at full width, even past the terminal's edge.")
 ]
 StoreOption = Annotated[
     str | None,
@@ -166,21 +169,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
 def print_rows(
     rows: Iterable[dict[str, Any]],
     fmt: OutputFormat = OutputFormat.table,
     columns: list[str] | None = None,
     title: str | None = None,
+    drop: Sequence[str] = (),
+    wide: bool = False,
+    raw: bool = False,
 ) -> None:
-    """Print rows (dicts) as a rich table, CSV or JSON; the one output path for row data."""
+    """Print rows (dicts) as a rich table, CSV or JSON; the one output path for row data.
+    The table fits the terminal (see telescope.cli.tables): `drop` names the columns it may
+    leave out, least important first, unless `wide`; `raw` keeps keys and full floats."""
     rows = list(rows)
     if columns is None:
         columns = list(rows[0].keys()) if rows else []
@@ -192,9 +192,4 @@ def print_rows(
         writer.writerow(columns)
         writer.writerows([_plain(r.get(c)) for c in columns] for r in rows)
     else:
-        table = Table(title=title)
-        for c in columns:
-            table.add_column(c, overflow="fold")
-        for r in rows:
-            table.add_row(*(_cell(r.get(c)) for c in columns))
-        console.print(table)
+        print_table(console, rows, columns, title=title, drop=drop, wide=wide, raw=raw)

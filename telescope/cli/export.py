@@ -74,13 +74,15 @@ def print_export(payload: dict[str, Any]) -> None:
 
     prov, fp = payload["provenance"], payload["fingerprint"]
     target = payload["target_width"]
+    advice = payload["recommendation"]
     base = Table(title=f"sweep {payload['sweep']}: base values (tuned at width {prov['calibration_width']})")
-    for column in ("hyperparameter", "chosen", f"drift fit at {target}"):
-        base.add_column(column)
+    for column in ("hyperparameter", "chosen", f"drift fit at {target}", "use"):
+        base.add_column(column, no_wrap=True)
     for key, value in payload["base"].items():
         extrapolated = payload["extrapolated"].get(key)
-        base.add_row(key, f"{value:.4g}", "-" if extrapolated is None else f"{extrapolated:.4g}")
+        base.add_row(key, f"{value:.4g}", "-" if extrapolated is None else f"{extrapolated:.4g}", advice["use"].get(key, "fixed"))
     console.print(base)
+    console.print(advice["reason"], highlight=False)
 
     groups = Table(
         title=f"parameter groups at width {target} ({payload['parametrization']}, m = {target / payload['base_width']:g})",

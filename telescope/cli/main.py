@@ -34,3 +34,5 @@ from telescope.cli import dashboard  # noqa: E402
 app.command("dashboard")(dashboard.dashboard)
 from telescope.cli import db  # noqa: E402
 app.add_typer(db.app, name="db")
+from telescope.cli import compare  # noqa: E402
+app.command("compare")(compare.compare)

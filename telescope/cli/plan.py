@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from telescope.cli.common import print_rows
+from telescope import readable
+from telescope.cli.common import WideOption, print_rows
 from telescope.config import load_config
 from telescope.cost import Plan, plan as make_plan
 
@@ -16,18 +17,31 @@ from telescope.cost import Plan, plan as make_plan
 def plan(
     config: Annotated[Path, typer.Argument(help="Sweep config (TOML).", show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object.")] = False,
+    no_data_check: Annotated[
+        bool, typer.Option("--no-data-check", help="Skip checking the data and device (to plan for another machine).")
+    ] = False,
+    wide: WideOption = False,
 ) -> None:
-    """Print every level's width, parameters, grid, trials and FLOPs, and the totals against one target run."""
-    p = make_plan(load_config(config))
+    """Print every level's width, parameters, grid, trials and FLOPs, and the totals against one target run.
+
+    Like `telescope sweep`, it first checks that the data loads and fits the model and that
+    the device exists here (exit 2 if not); --no-data-check skips that."""
+    cfg = load_config(config)
+    if not no_data_check:
+        from telescope.runs.preflight import check_inputs
+
+        check_inputs(cfg.model, cfg.train, cfg.executor)
+    p = make_plan(cfg)
     if json_out:
         typer.echo(json.dumps(p.to_dict(), indent=2))
         return
-    print_plan(p)
+    print_plan(p, wide)
 
 
-def print_plan(p: Plan) -> None:
-    print_rows(_level_rows(p), title=f"sweep plan{f': {p.name}' if p.name else ''} ({p.tokens_per_trial:,} tokens per trial)")
-    print_rows(_total_rows(p), title="totals")
+def print_plan(p: Plan, wide: bool = False) -> None:
+    title = f"sweep plan{f': {p.name}' if p.name else ''} ({readable.count(p.tokens_per_trial)} tokens per trial)"
+    print_rows(_level_rows(p), title=title, drop=["heads", "FLOPs/trial"], wide=wide)
+    print_rows(_total_rows(p), title="totals", wide=wide)
 
 
 def _level_rows(p: Plan) -> list[dict[str, object]]:
@@ -36,11 +50,11 @@ def _level_rows(p: Plan) -> list[dict[str, object]]:
             "level": lc.level,
             "width": lc.width,
             "heads": lc.heads,
-            "params": _count(lc.params),
+            "params": readable.count(lc.params),
             "grid": lc.grid,
             "trials": lc.trials,
-            "FLOPs/trial": _flops(lc.flops_per_trial),
-            "FLOPs/level": _flops(lc.flops_per_level),
+            "FLOPs/trial": readable.flops(lc.flops_per_trial),
+            "FLOPs/level": readable.flops(lc.flops_per_level),
         }
         for lc in p.levels
     ]
@@ -48,30 +62,19 @@ def _level_rows(p: Plan) -> list[dict[str, object]]:
 
 def _total_rows(p: Plan) -> list[dict[str, object]]:
     return [
-        {"quantity": "sweep", "value": f"{_flops(p.sweep_flops)} FLOPs in {p.sweep_trials} trials"},
+        {"quantity": "sweep", "value": f"{readable.flops(p.sweep_flops)} in {p.sweep_trials} trials"},
         {
             "quantity": "edge extension (possible)",
-            "value": f"up to +{p.extension_trials_per_step} trials ({_flops(p.extension_flops_per_step)} FLOPs) per step",
+            "value": f"up to +{p.extension_trials_per_step} trials ({readable.flops(p.extension_flops_per_step)}) per step",
         },
         {
             "quantity": "one target run",
-            "value": f"{_flops(p.target_flops)} FLOPs (width {p.target_width}, {_count(p.target_params)} params)",
+            "value": f"{readable.flops(p.target_flops)} (width {p.target_width}, {readable.count(p.target_params)} params)",
         },
         {"quantity": "sweep / target run", "value": f"{p.ratio:.3g}x"},
         {
             "quantity": "brute-force grid at target",
-            "value": f"{_flops(p.brute_force_flops)} FLOPs in {p.brute_force_trials} trials",
+            "value": f"{readable.flops(p.brute_force_flops)} in {p.brute_force_trials} trials",
         },
         {"quantity": "saving vs brute force", "value": f"{p.saving:.3g}x"},
     ]
-
-
-def _count(n: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(n)
-
-
-def _flops(x: float) -> str:
-    return f"{x:.3g}"

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from telescope.cli.common import DbOption, FormatOption, OutputFormat, StoreOption, err_console, print_rows
+from telescope.cli.common import DbOption, FormatOption, OutputFormat, StoreOption, WideOption, err_console, print_rows
 
 # The library's defaults (telescope.storage.query), repeated so `--help` needs no database driver.
 DEFAULT_LIMIT = 1000
@@ -29,6 +29,7 @@ def query(
             help="Run in DuckDB with a `metrics` table of step metrics (default: when the SQL mentions metrics).",
         ),
     ] = None,
+    wide: WideOption = False,
 ) -> None:
     """Run one read-only SQL statement and print its rows.
 
@@ -40,7 +41,7 @@ def query(
 
     text = sys.stdin.read() if sql == "-" else sql
     result = run_query(text, db, store, limit=limit, timeout=timeout, metrics=metrics)
-    print_rows(result.records(), fmt, columns=result.columns)
+    print_rows(result.records(), fmt, columns=result.columns, wide=wide, raw=True)  # SQL's names, full floats
     for path in result.skipped_files:
         err_console.print(f"left out 1 unreadable metrics file (truncated or not Parquet): {path}", markup=False, highlight=False, soft_wrap=True)
     if result.truncated:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from telescope.cli.common import DbOption, FormatOption, OutputFormat, console, print_rows, styled
+from telescope.cli.common import DbOption, FormatOption, OutputFormat, WideOption, console, print_rows, styled
 from telescope.spec import FINISHED
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ def status(
     levels: Annotated[
         bool, typer.Option("--levels", help="Only the levels table (csv/json print the trials unless given).")
     ] = False,
+    wide: WideOption = False,
 ) -> None:
     """Show the sweeps in the database, or one sweep's levels and trials.
 
@@ -32,7 +33,8 @@ def status(
 
     with Database(db, create=False) as database:
         if sweep is None:
-            print_rows([_summary(s) for s in database.sweep_summaries()], fmt, columns=SWEEP_COLUMNS, title="sweeps")
+            rows = [_summary(s) for s in database.sweep_summaries()]
+            print_rows(rows, fmt, columns=SWEEP_COLUMNS, title="sweeps", drop=SWEEP_DROP, wide=wide)
             return
         detail = database.sweep_detail(sweep)
     show_levels = levels or fmt is OutputFormat.table
@@ -40,14 +42,14 @@ def status(
     if show_levels:
         counts = _per_level_counts(detail.trials)
         rows = [_level(level, counts) for level in detail.levels]
-        print_rows(rows, fmt, columns=_columns(rows, LEVEL_COLUMNS, fmt), title=f"{sweep}: levels")
+        print_rows(rows, fmt, columns=_columns(rows, LEVEL_COLUMNS, fmt, wide), title=f"{sweep}: levels", drop=LEVEL_DROP, wide=wide)
         if fmt is OutputFormat.table:  # under the table, where a sentence has room
             for level in detail.levels:
                 for warning in level.warnings:
                     console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)
     if show_trials:
         rows = [_trial(t) for t in detail.trials]
-        print_rows(rows, fmt, columns=_columns(rows, TRIAL_COLUMNS, fmt), title=f"{sweep}: trials")
+        print_rows(rows, fmt, columns=_columns(rows, TRIAL_COLUMNS, fmt, wide), title=f"{sweep}: trials", drop=TRIAL_DROP, wide=wide)
 
 
 SWEEP_COLUMNS = ["name", "kind", "status", "levels", "trials", "best_loss", "created"]
@@ -60,17 +62,19 @@ TRIAL_COLUMNS = [
     "train_loss", "val_loss", "steps", "wall_time", "attempts", "reused_from", "error",
 ]  # fmt: skip
 
+# What a narrow terminal leaves out first (csv and json keep every column; --wide shows them):
+# the trial key repeats the level, values and seed shown beside it.
+SWEEP_DROP = ["created", "kind"]
+LEVEL_DROP = ["best_muon_lr_ratio", "points"]
+TRIAL_DROP = ["trial_key", "reused_from", "train_loss", "steps", "attempts", "muon_lr_ratio", "width", "wall_time", "error"]
 
-# Left out of terminal tables (csv and json keep every column) to fit a terminal.
-_WIDE_ONLY = {"train_loss", "steps", "warnings"}
 
-
-def _columns(rows: list[dict[str, Any]], columns: list[str], fmt: OutputFormat) -> list[str]:
-    """Every column for csv/json; for a terminal table, without the wide-only columns and
-    those that are empty in every row."""
+def _columns(rows: list[dict[str, Any]], columns: list[str], fmt: OutputFormat, wide: bool) -> list[str]:
+    """Every column for csv/json; for a terminal table, those with a value in some row, and
+    the warnings only with --wide (they are printed in full under the table)."""
     if fmt is not OutputFormat.table:
         return columns
-    return [c for c in columns if c not in _WIDE_ONLY and (not rows or any(r[c] is not None for r in rows))]
+    return [c for c in columns if (wide or c != "warnings") and (not rows or any(r[c] is not None for r in rows))]
 
 
 def _time(value: datetime | None) -> str | None:

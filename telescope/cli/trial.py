@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from telescope.cli.common import print_rows
+from telescope.cli.common import WideOption, print_rows
 from telescope.parametrization import DEFAULT_PARAMETRIZATION
 from telescope.spec import ModelShape, TrainSettings, TrialSpec
 
 RESULT_COLUMNS = ["status", "train_loss", "val_loss", "steps", "tokens", "flops", "wall_time", "device"]
+RESULT_DROP = ["steps", "tokens", "device"]  # what a narrow terminal leaves out first
 
 
 def trial(
@@ -38,6 +39,7 @@ def trial(
     seed: Annotated[int, typer.Option(help="Seed for init and data order.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print spec and result as one JSON object.")] = False,
+    wide: WideOption = False,
 ) -> None:
     """Train one proxy model and print its losses, tokens, FLOPs and wall time."""
     from telescope.data import load_train_data
@@ -67,5 +69,7 @@ def trial(
     print_rows(
         [result.to_dict()],
         columns=RESULT_COLUMNS,
+        drop=RESULT_DROP,
+        wide=wide,
         title=f"trial: {parametrization}, width {width}, lr {spec.lr:g}, weight decay {weight_decay:g}",
     )

@@ -217,37 +217,41 @@ def coord_check(settings: CoordCheckSettings) -> CoordCheckResult:
 
 
 def plot_coord_check(result: CoordCheckResult, path: str) -> None:
-    """One panel per layer: mean |activation| against width, one line per step (log-log)."""
-    import matplotlib
+    """One panel per layer: mean |activation| against width, one line per step (log width;
+    log values unless they span less than telescope.plotting.NARROW_RATIO, then a linear
+    axis from 0, where a narrow range reads as the flat line it is)."""
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from telescope.plotting import fitting_scale, new_figure, wrapped
 
     widths = sorted(result.settings.widths)
     n = len(result.layers)
     cols = min(4, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
-    cmap = plt.get_cmap("viridis")
+    fig, axes = new_figure(cols, rows, width=3.2, height=2.9)
+    cmap = colormaps["viridis"]
     steps = result.settings.steps
-    for ax, verdict in zip(axes.flat, result.layers):
+    for ax, verdict in zip(axes, result.layers):
         arr = result.sizes[verdict.layer]
         for t in range(arr.shape[1]):
             ax.plot(widths, arr[:, t], color=cmap(t / max(1, steps)), marker=".", lw=1)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.set_xticks([], minor=True)
+        scale = fitting_scale(arr.ravel().tolist())
+        ax.set_yscale(scale)
+        if scale == "linear":  # from 0: a flat line reads flat, not as a jump of 0.1%
+            ax.set_ylim(0.0, float(arr.max()) * 1.1 or 1.0)
         mark = "PASS" if verdict.passed else "FAIL"
-        ax.set_title(f"{verdict.layer}: slope {verdict.slope:+.2f} {mark}", fontsize=8)
+        ax.set_title(wrapped(verdict.layer, 34) + f"\nslope {verdict.slope:+.2f} {mark}", fontsize=8)
         ax.set_xlabel("width", fontsize=7)
         ax.tick_params(labelsize=6)
-    for ax in list(axes.flat)[n:]:
+    for ax in axes[n:]:
         ax.axis("off")
     fig.suptitle(
         f"coord check: {result.settings.parametrization}, lr {result.lr:g}, "
         f"steps 0..{steps} (dark to light)",
         fontsize=9,
     )
-    fig.tight_layout()
     with atomic_write(path) as f:
         fig.savefig(f, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
-    plt.close(fig)

@@ -5,7 +5,9 @@ extrapolation, the per-group values at the target width, the warnings, the cost 
 against the plan, the figures (written into a folder next to the report and linked
 with relative paths) and, when the sweep has one, the transfer check.
 
-Every number is printed with 6 significant digits, as `telescope query` prints it.
+Numbers read as a person reads them (telescope.readable): FLOPs as `158 TFLOP`, parameters
+as `49.4k`, losses to 4 decimals, hyperparameters to 4 significant digits; `telescope
+query` and `telescope export` give the full values.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from telescope import readable
 from telescope.cost import Plan, plan
 from telescope.errors import TelescopeError
 from telescope.files import atomic_write
@@ -96,11 +99,12 @@ def _cost(rows: Iterable[Any]) -> Cost:
 
 
 def num(value: Any) -> str:
-    """A cell as `telescope query` prints it: 6 significant digits, empty for missing."""
+    """A cell: a float to 4 significant digits (losses, FLOPs and counts are formatted by
+    their own rule before they get here), empty for missing."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value + 0.0:.6g}" if math.isfinite(value) else str(value)  # + 0.0: no "-0"
+        return readable.value(value) if math.isfinite(value) else str(value)
     return str(value)
 
 
@@ -149,21 +153,22 @@ def _header(r: ReportData) -> str:
 def _plan_section(r: ReportData) -> str:
     p = r.plan
     rows = [
-        (lc.level, lc.width, lc.heads, lc.params, lc.grid, lc.trials, lc.flops_per_trial, lc.flops_per_level)
+        (lc.level, lc.width, lc.heads, readable.count(lc.params), lc.grid, lc.trials, readable.flops(lc.flops_per_trial),
+         readable.flops(lc.flops_per_level))
         for lc in p.levels
     ]
     return "\n".join(
         [
             "## Plan",
             "",
-            f"{p.tokens_per_trial} tokens per trial. Grid shapes are upper bounds: a sub-grid clipped at the range edge has fewer points.",
+            f"{readable.count(p.tokens_per_trial)} tokens per trial. Grid shapes are upper bounds: a sub-grid clipped at the range edge has fewer points.",
             "",
             table(("level", "width", "heads", "params", "grid", "trials", "FLOPs per trial", "FLOPs per level"), rows),
             "",
-            f"- planned: {p.sweep_trials} trials, {num(p.sweep_flops)} FLOPs, "
-            f"{num(p.ratio)} x one target run ({num(p.target_flops)} FLOPs at width {p.target_width}, {p.target_params} params)",
-            f"- brute force at the target width: {p.brute_force_trials} trials, {num(p.brute_force_flops)} FLOPs "
-            f"({num(p.saving)} x the sweep)",
+            f"- planned: {p.sweep_trials} trials, {readable.flops(p.sweep_flops)}, {p.ratio:.3g} x one target run "
+            f"({readable.flops(p.target_flops)} at width {p.target_width}, {readable.count(p.target_params)} params)",
+            f"- brute force at the target width: {p.brute_force_trials} trials, {readable.flops(p.brute_force_flops)} "
+            f"({p.saving:.3g} x the sweep)",
         ]
     )
 
@@ -171,7 +176,7 @@ def _plan_section(r: ReportData) -> str:
 def _levels_section(r: ReportData) -> str:
     names = r.sweep.swept
     rows = [
-        (lv.level, lv.width, lv.grid, lv.cost.trials, *(lv.best.get(n) for n in names), lv.best_loss, lv.cost.diverged, lv.cost.failed)
+        (lv.level, lv.width, lv.grid, lv.cost.trials, *(lv.best.get(n) for n in names), readable.loss(lv.best_loss), lv.cost.diverged, lv.cost.failed)
         for lv in r.levels
     ]
     columns = ("level", "width", "grid", "trials", *(f"best {n}" for n in names), f"best {r.sweep.objective}", "diverged", "failed")
@@ -181,6 +186,7 @@ def _levels_section(r: ReportData) -> str:
 def _answer_section(r: ReportData) -> str:
     result = r.sweep.result
     drift = {row["name"]: row for row in result.get("drift") or []}
+    advice = r.export["recommendation"]
     rows = []
     for name, value in result["best"].items():
         d = drift.get(name)
@@ -193,25 +199,35 @@ def _answer_section(r: ReportData) -> str:
                 d["alpha"] if d else None,
                 d["at_target"] if d else None,
                 math.exp(se) if se is not None else None,
+                advice["use"].get(name),
             )
         )
     for name, value in result.get("fixed", {}).items():
-        rows.append((f"{name} (fixed)", value, None, None, None, None))
+        rows.append((f"{name} (fixed)", value, None, None, None, None, "fixed"))
     lines = [
         "## Chosen values",
         "",
-        f"The best point at the calibration width {result['calibration_width']} "
-        f"({result['objective']} {num(result['best_loss'])}) is the answer. "
+        f"The chosen values are the best point at the calibration width {result['calibration_width']} "
+        f"({result['objective']} {readable.loss(result['best_loss'])}). "
         + (
-            "The drift fit log x*(n) = log x_inf - alpha/n over the level optima extrapolates it to the target width."
+            "The drift fit log x*(n) = log x_inf - alpha/n over the level optima extrapolates them to the target width."
             if drift
             else "One level only: no drift fit."
         ),
         "",
         table(
-            ("hyperparameter", "chosen", "x_inf", "alpha", f"extrapolated to {r.sweep.target_width}", "uncertainty (x/ factor)"),
+            ("hyperparameter", "chosen", "x_inf", "alpha", f"extrapolated to {r.export['target_width']}",
+             "uncertainty (x/ factor)", "use"),
             rows,
-        ),
+        ),  # fmt: skip
+        "",
+        "### Which values to use",
+        "",
+        f"{advice['reason']} Under a muP parametrization the optimal base values do not depend on width, so the "
+        "best point at the widest proxy is the estimate least disturbed by the small widths; the drift fit takes "
+        "over only where the optimum still moves with width by more than the fit's standard error, because its "
+        f"extrapolation is only as good as that fit. `telescope export {r.sweep.name}` states the same in its "
+        "`recommendation` field, and its parameter groups (below) use these values.",
     ]
     groups = r.export.get("groups") or []
     if groups:
@@ -221,7 +237,8 @@ def _answer_section(r: ReportData) -> str:
             "",
             table(
                 ("role", "params", "optimizer", "lr", "weight_decay", "init_std", "multiplier"),
-                [(g["role"], ", ".join(g["params"]), g["optimizer"], g["lr"], g["weight_decay"], g["init_std"], g["multiplier"]) for g in groups],
+                [(g["role"], ", ".join(g["params"]), g["optimizer"], g["lr"], g["weight_decay"], g["init_std"] if g["init"] == "normal" else g["init"],
+                  g["multiplier"]) for g in groups],  # fmt: skip
             ),
         ]
     return "\n".join(lines)
@@ -236,20 +253,21 @@ def _warnings_section(r: ReportData) -> str:
 def _cost_section(r: ReportData) -> str:
     p, s = r.plan, r.spent
     rows = [
-        (lv.level, lv.width, lv.cost.trials, lv.cost.diverged, lv.cost.failed, lv.cost.flops, lv.planned_flops, lv.cost.wall_time)
+        (lv.level, lv.width, lv.cost.trials, lv.cost.diverged, lv.cost.failed, readable.flops(lv.cost.flops),
+         readable.flops(lv.planned_flops), readable.seconds(lv.cost.wall_time))
         for lv in r.levels
     ]
-    rows.append(("total", "", s.trials, s.diverged, s.failed, s.flops, p.sweep_flops, s.wall_time))
+    rows.append(("total", "", s.trials, s.diverged, s.failed, readable.flops(s.flops), readable.flops(p.sweep_flops), readable.seconds(s.wall_time)))
     share = s.flops / p.sweep_flops if p.sweep_flops else None
     return "\n".join(
         [
             "## Cost",
             "",
-            table(("level", "width", "trials", "diverged", "failed", "FLOPs spent", "FLOPs planned", "wall time (s)"), rows),
+            table(("level", "width", "trials", "diverged", "failed", "FLOPs spent", "FLOPs planned", "trial time"), rows),
             "",
-            f"- spent {num(s.flops)} FLOPs over {s.trials} trials ({s.completed} completed, {s.diverged} diverged, "
-            f"{s.failed} failed): {num(share)} x the plan and {num(s.flops / p.target_flops)} x one target run",
-            f"- trial wall time {num(s.wall_time)} s in total (summed over trials; trials may have run in parallel).",
+            f"- spent {readable.flops(s.flops)} over {s.trials} trials ({s.completed} completed, {s.diverged} diverged, "
+            f"{s.failed} failed): {num(share)} x the plan and {s.flops / p.target_flops:.3g} x one target run",
+            f"- trial time {readable.seconds(s.wall_time)} in total (summed over trials; trials may have run in parallel).",
             "- Diverged trials stop early, so they spend less than planned.",
         ]
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from telescope.errors import TelescopeError
+from telescope.plotting import fitting_scale, new_figure, readable_log_ticks, wrapped
 from telescope.files import atomic_write, cannot_write
 from telescope.report.data import Curve, DriftSeries, FigureData, LevelMap, PowerLaw, SweepData, figure_data
 from telescope.spec import Status
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 DIVERGED_STYLE = dict(marker="x", color="tab:red", linestyle="none", markersize=8, mew=2)
 FAILED_STYLE = dict(marker="s", color="0.55", linestyle="none", markersize=6, fillstyle="none", mew=1.5)
+_LABEL_BOX = dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="none", alpha=0.85)  # text over hatching
 # Where off-scale trials sit, in axes coordinates (fraction of the height).
 DIVERGED_Y, FAILED_Y = 0.96, 0.90
 
@@ -45,16 +47,6 @@ FIGURES = (
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 4.4, **kwargs) -> tuple[Figure, list[Axes]]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
-    return fig, [ax for row in axes for ax in row]
 
 
 def _colours(n: int) -> list:
@@ -112,7 +104,11 @@ def _draw_curves(ax: Axes, curves: list[Curve], objective: str) -> None:
         _mark_off_scale(ax, diverged, failed)
         any_diverged |= bool(diverged)
         any_failed |= bool(failed)
+    if any_diverged or any_failed:  # a band along the top for their marks, above every point
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, lo + (hi - lo) / min(DIVERGED_Y, FAILED_Y) * 1.08)
     ax.set_xscale("log")
+    readable_log_ticks(ax.xaxis)
     ax.set_xlabel(_pretty(curves[0].axis) if curves else "")
     ax.set_ylabel(objective)
     ax.grid(True, which="both", alpha=0.3)
@@ -126,7 +122,7 @@ def _draw_curves(ax: Axes, curves: list[Curve], objective: str) -> None:
 
 def draw_transfer(curves: list[Curve], objective: str, sweep: str = "") -> Figure:
     """Loss against learning rate (log x), one curve per width at its best weight decay."""
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     if curves:
         _draw_curves(ax, curves, objective)
     ax.set_title(f"{sweep}: {objective} vs {curves[0].axis if curves else 'lr'} per width (muP transfer)")
@@ -135,7 +131,7 @@ def draw_transfer(curves: list[Curve], objective: str, sweep: str = "") -> Figur
 
 def draw_level_lines(curves: list[Curve], objective: str, sweep: str = "") -> Figure:
     """With a single swept hyperparameter: one panel per level, loss against it."""
-    fig, axes = _figure(ncols=len(curves) or 1, width=4.2, sharex=True, sharey=True)
+    fig, axes = new_figure(ncols=len(curves) or 1, width=4.2, sharex=True, sharey=True)
     for ax, curve in zip(axes, curves):
         _draw_curves(ax, [curve], objective)
         ax.set_title(f"level {curve.level}, width {curve.width}")
@@ -146,69 +142,63 @@ def draw_level_lines(curves: list[Curve], objective: str, sweep: str = "") -> Fi
 # --------------------------------------------------------------------------- figure 2
 
 
-def draw_level_maps(maps: list[LevelMap], objective: str, sweep: str = "", ranges: dict[str, tuple[float, float]] | None = None) -> Figure:
-    """One heatmap per level over (x, y) in log space, shared axes and colour scale, so the
-    narrowing shows; hatched red cells diverged, grey failed, a star at the best point."""
+def draw_level_maps(maps: list[LevelMap], objective: str, sweep: str = "") -> Figure:
+    """One heatmap per level over (x, y) in log space, each zoomed to its own sub-grid with its
+    own colour scale (levels differ in loss by more than one level's cells do), the loss
+    printed in every cell; hatched red cells diverged, grey failed, a star at the best point."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Patch, Rectangle
 
-    fig, axes = _figure(ncols=len(maps), width=4.2, height=4.0, sharex=True, sharey=True)
-    losses = [c.loss for m in maps for c in m.cells if c.loss is not None]
-    norm = Normalize(min(losses), max(losses)) if losses else Normalize(0, 1)
-    from matplotlib import colormaps
-
+    fig, axes = new_figure(ncols=len(maps) or 1, width=4.2, height=4.6)
     cmap = colormaps["viridis_r"]
-    (x0, y0), (x1, y1) = _extent(maps[0]) if maps and maps[0].cells else ((1.0, 1.0), (math.e, math.e))
-    previous = None
     for ax, m in zip(axes, maps):
-        # A number fits a cell at least ~1/12 of the (shared) axes wide; narrower cells only get colour.
-        labelled = m.x_spacing >= math.log(x1 / x0) / 12 and m.y_spacing >= math.log(y1 / y0) / 12
+        losses = [c.loss for c in m.cells if c.loss is not None]
+        norm = Normalize(min(losses), max(losses)) if losses else Normalize(0.0, 1.0)
+        lift = math.exp(m.y_spacing * 0.25)  # the best cell: star above the centre, loss below
         for c in m.cells:
             box = dict(zip(("xy", "width", "height"), _cell_box(m, c.values)), linewidth=0.8, edgecolor="white")
             x, y = c.values[m.x], c.values[m.y]
             is_best = bool(m.best) and all(math.isclose(c.values[n], m.best[n], rel_tol=1e-9) for n in (m.x, m.y))
+            text_y = y / lift if is_best else y
             if c.status is Status.COMPLETED:
                 ax.add_patch(Rectangle(facecolor=cmap(norm(c.loss)), **box))
-                if labelled and not is_best:  # the best cell's loss is in the title; its star would hide the text
-                    ax.text(x, y, f"{c.loss:.3f}", ha="center", va="center", fontsize=7, color="white" if norm(c.loss) > 0.5 else "black")
+                ax.text(x, text_y, f"{c.loss:.4f}", ha="center", va="center", fontsize=7, color="white" if norm(c.loss) > 0.6 else "black")
             elif c.status is Status.DIVERGED:
                 ax.add_patch(Rectangle(facecolor="mistyrose", hatch="xx", **dict(box, edgecolor="tab:red")))
-                ax.text(x, y, "diverged", ha="center", va="center", fontsize=6, color="tab:red")
+                ax.text(x, text_y, "diverged", ha="center", va="center", fontsize=7, color="tab:red", bbox=_LABEL_BOX)
             else:
                 ax.add_patch(Rectangle(facecolor="0.85", hatch="//", **dict(box, edgecolor="0.5")))
-                ax.text(x, y, "failed", ha="center", va="center", fontsize=6, color="0.3")
-        if m.best:
-            ax.plot([m.best[m.x]], [m.best[m.y]], marker="*", markersize=16, color="gold", mec="black", linestyle="none", zorder=5)
-        if previous is not None and previous.cells:  # the sub-grid this level narrowed from
-            (x0, y0), (x1, y1) = _extent(previous)
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linestyle="--", edgecolor="0.4", linewidth=0.8))
+                ax.text(x, text_y, "failed", ha="center", va="center", fontsize=7, color="0.2", bbox=_LABEL_BOX)
+            if is_best:
+                ax.plot([x], [y * lift], marker="*", markersize=13, color="white", mec="black", linestyle="none", zorder=5)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        if m.cells:
+            (x0, y0), (x1, y1) = _extent(m)
+            ax.set_xlim(x0, x1)
+            ax.set_ylim(y0, y1)
+        for axis, name in ((ax.xaxis, m.x), (ax.yaxis, m.y)):
+            ticks = sorted({c.values[name] for c in m.cells})
+            axis.set_ticks(ticks, [f"{v:.3g}" for v in ticks], rotation=30 if axis is ax.xaxis and len(ticks) > 4 else 0)
+            axis.set_ticks([], minor=True)
         ax.set_xlabel(_pretty(m.x))
-        best_loss = next((c.loss for c in m.cells if m.best and c.loss is not None and all(math.isclose(c.values[n], m.best[n], rel_tol=1e-9) for n in (m.x, m.y))), None)
-        title = f"level {m.level}, width {m.width}" + (f", best {best_loss:.4g}" if best_loss is not None else "")
-        ax.set_title(title + (f"\n{_held_text(m.held)}" if m.held else ""), fontsize="medium")
-        previous = m
-    axes[0].set_ylabel(_pretty(maps[0].y) if maps else "")
-    if ranges and maps:  # the full search range with room for the widest cells: every level on one scale
-        (x0, x1), (y0, y1) = ranges[maps[0].x], ranges[maps[0].y]
-        sx, sy = _widest_cell(maps, maps[0].x), _widest_cell(maps, maps[0].y)
-        axes[0].set_xlim(x0 / sx, x1 * sx)
-        axes[0].set_ylim(y0 / sy, y1 * sy)
-    else:
-        axes[0].autoscale_view()
-    from matplotlib.cm import ScalarMappable
-
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=objective, shrink=0.8)
+        ax.set_ylabel(_pretty(m.y))
+        ax.set_title(f"level {m.level}, width {m.width}" + (f"\n{_held_text(m.held)}" if m.held else ""), fontsize="medium")
+        if len(set(losses)) > 1:  # one loss has no range to show
+            bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, location="bottom", shrink=0.9, aspect=30)
+            bar.set_label(f"{objective} (this level's range)", fontsize="small")
+            bar.ax.tick_params(labelsize=7)
     statuses = {c.status for m in maps for c in m.cells}
-    handles = [Patch(facecolor="white", edgecolor="0.4", linestyle="--", label="previous level's sub-grid")] if len(maps) > 1 else []
+    handles = []
     if Status.DIVERGED in statuses:
         handles.append(Patch(facecolor="mistyrose", hatch="xx", edgecolor="tab:red", label="diverged"))
     if Status.FAILED in statuses:
         handles.append(Patch(facecolor="0.85", hatch="//", edgecolor="0.5", label="failed"))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
-    fig.suptitle(f"{sweep}: {objective} on each level's sub-grid (star: best)")
+    fig.suptitle(f"{sweep}: {objective} on each level's sub-grid (star: best; colours per level)")
     return fig
 
 
@@ -228,11 +218,6 @@ def _extent(m: LevelMap) -> tuple[tuple[float, float], tuple[float, float]]:
     )
 
 
-def _widest_cell(maps: list[LevelMap], axis: str) -> float:
-    spacing = [m.x_spacing if m.x == axis else m.y_spacing for m in maps]
-    return math.exp(max(spacing) / 2) if spacing else 1.0
-
-
 # --------------------------------------------------------------------------- figure 3
 
 
@@ -240,21 +225,25 @@ def draw_loss_vs_width(points: list[tuple[int, float]], law: PowerLaw | None, no
     """Best loss per width and the fitted L(d) = A/d^a + E (or a note why there is no fit)."""
     import numpy as np
 
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     widths = [w for w, _ in points]
     ax.plot(widths, [loss for _, loss in points], "o", color="tab:blue", markersize=8, label="best loss per level", zorder=3)
     if law is not None and widths:
         d = np.geomspace(min(widths) / 1.5, max(widths) * 1.5, 100)
         ax.plot(d, [law(x) for x in d], "-", color="tab:orange", label=f"L(d) = {law.A:.3g}/d^{law.a:.3g} + {law.E:.3g}")
         ax.axhline(law.E, color="tab:orange", linestyle=":", linewidth=1, label=f"E = {law.E:.3g}")
-    elif note:
-        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.3")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.set_xticks([], minor=True)
     ax.set_xlabel("width d")
     ax.set_ylabel(f"best {objective}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
-    ax.set_title(f"{sweep}: best {objective} against width")
+    title = f"{sweep}: best {objective} against width"
+    if law is None and note:  # said above the axes, where it covers no point
+        ax.set_title(f"{title}\n" + wrapped(f"no fit: {note}", 80), fontsize="medium")
+    else:
+        ax.set_title(title)
     return fig
 
 
@@ -266,7 +255,7 @@ def draw_drift(series: list[DriftSeries], sweep: str = "") -> Figure:
     and its extrapolation to the target width (with the fit's standard error when known)."""
     import numpy as np
 
-    fig, axes = _figure(ncols=len(series) or 1, width=4.8)
+    fig, axes = new_figure(ncols=len(series) or 1, width=4.8)
     for ax, s in zip(axes, series):
         inv = [1.0 / w for w, _ in s.optima]
         ax.plot(inv, [v for _, v in s.optima], "o", color="tab:blue", markersize=8, label="level optimum", zorder=3)
@@ -284,11 +273,15 @@ def draw_drift(series: list[DriftSeries], sweep: str = "") -> Figure:
                 yerr = [[at_target - at_target * math.exp(-se)], [at_target * math.exp(se) - at_target]]
             ax.errorbar([target], [at_target], yerr=yerr, fmt="D", color="tab:red", capsize=4, label=f"target {s.target_width}: {at_target:.3g}")
         else:
-            ax.text(0.5, 0.5, "the drift fit needs 2 widths", transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.3")
+            ax.set_title("no drift fit: it needs 2 widths", fontsize="small", color="0.3")
         shown = [v for line in ax.get_lines() for v in line.get_ydata()] + _error_ends(s)
         ax.axvline(target, color="tab:red", linestyle=":", linewidth=1)
-        ax.set_yscale("log")
-        ax.set_ylim(*_log_limits(shown))
+        if fitting_scale(shown) == "log":
+            ax.set_yscale("log")
+            ax.set_ylim(*_log_limits(shown))
+            readable_log_ticks(ax.yaxis)
+        else:  # a narrow range: a log axis would only magnify it
+            ax.margins(y=0.15)
         ax.set_xlim(left=0.0)
         ax.set_xlabel("1 / width")
         ax.set_ylabel(_pretty(s.name))
@@ -322,8 +315,7 @@ def draw_figures(data: SweepData, figures: FigureData | None = None) -> dict[str
     """The four figures by name (see FIGURES), from a loaded sweep."""
     f = figures or figure_data(data)
     if f.maps is not None:
-        ranges = {a.name: (a.lo, a.hi) for a in data.axes}
-        grids = draw_level_maps(f.maps, data.objective, data.name, ranges)
+        grids = draw_level_maps(f.maps, data.objective, data.name)
     else:
         grids = draw_level_lines(f.lines or [], data.objective, data.name)
     return {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from telescope.errors import TelescopeError
 from telescope.files import atomic_write
+from telescope.plotting import new_figure, readable_log_ticks
 
 
 def check_plot_path(path: str | Path) -> Path:
@@ -22,14 +23,11 @@ def check_plot_path(path: str | Path) -> Path:
 def plot_transfer_check(result, path: str | Path) -> Path:
     """Draw `result` (a CheckResult) to `path`: seed-mean loss vs lr per width (log lr),
     diverged points left out, each width's located optimum as a star."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
     path = check_plot_path(path)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    cmap = plt.get_cmap("viridis")
+    fig, (ax,) = new_figure(height=4.2)
+    cmap = colormaps["viridis"]
     widths = list(result.curves)
     for i, width in enumerate(widths):
         color = cmap(i / max(1, len(widths) - 1) * 0.85)
@@ -40,18 +38,17 @@ def plot_transfer_check(result, path: str | Path) -> Path:
         if math.isfinite(row.best_loss):
             ax.plot([row.optimum_lr], [row.best_loss], marker="*", ms=13, color=color, mec="black", mew=0.6)
     ax.set_xscale("log")
+    readable_log_ticks(ax.xaxis)
     ax.set_xlabel("base learning rate eta0")
     ax.set_ylabel(result.settings.objective)
     worst = max(result.verdict.doublings, key=lambda d: abs(d.drift_per_doubling))
     ax.set_title(
-        f"transfer check {result.settings.parametrization}: {result.verdict.label} "
-        f"(drift {worst.drift_per_doubling:+.2f} steps/doubling, limit {result.verdict.threshold_steps:g})",
+        f"transfer check {result.settings.parametrization}: {result.verdict.label}\n"
+        f"drift {worst.drift_per_doubling:+.2f} grid steps per doubling (limit {result.verdict.threshold_steps:g})",
         fontsize=9,
     )
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
     with atomic_write(path) as f:
-        fig.savefig(f, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=110)
-    plt.close(fig)
+        fig.savefig(f, format="png", dpi=110)
     return path
