@@ -102,10 +102,12 @@ def test_resumed_trials_count_but_take_no_time(clock):
     assert "~? remaining" in text_of(progress)
 
 
-def test_notes_are_rows_of_the_view(clock):
+def test_the_dashboard_and_a_database_notice_are_rows_of_the_view(clock, monkeypatch):
+    monkeypatch.setattr(SweepProgress, "dashboard", "http://127.0.0.1:8265")
     progress = SweepProgress([(1, 1e9)])
-    progress.set_note("dashboard", "http://127.0.0.1:8265")
+    progress.notice = "database unavailable, retrying (23 s)"
     assert "dashboard  http://127.0.0.1:8265" in text_of(progress)
+    assert "database unavailable, retrying (23 s)" in text_of(progress)
 
 
 def test_an_extended_level_counts_its_new_trials(clock):
