@@ -41,7 +41,7 @@ from telescope.spec import TrialSpec
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 from telescope.sweep import run_sweep
-from telescope.trials import make_executor
+from telescope.runs.executor import make_executor
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "tiny-cpu.toml"
 CPUS = len(os.sched_getaffinity(0))

@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "plan": "telescope.cost",
     "Plan": "telescope.cost",
     "run_sweep": "telescope.sweep",
-    "make_executor": "telescope.trials",
+    "make_executor": "telescope.runs.executor",
     "ExecutorSettings": "telescope.trials",
     # storage (telescope status / query)
     "Database": "telescope.storage",

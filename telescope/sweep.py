@@ -34,7 +34,7 @@ from telescope.search import (
 from telescope.spec import Status, TrialResult, TrialSpec, objective_value
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
-from telescope.trials import make_executor
+from telescope.runs.executor import make_executor
 from telescope.trials.base import Executor
 
 KIND = "sweep"

@@ -13,7 +13,7 @@ from telescope.config import parse_config
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 from telescope.sweep import run_sweep
-from telescope.trials import make_executor
+from telescope.runs.executor import make_executor
 
 MICRO: dict[str, Any] = {
     "name": "micro",

@@ -22,7 +22,8 @@ import fake_trials
 from fake_trials import FakePack, FakeTrial, expected_val_loss
 from telescope.errors import TelescopeError
 from telescope.spec import Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
-from telescope.trials import ExecutorSettings, make_executor
+from telescope.runs.executor import make_executor
+from telescope.trials import ExecutorSettings, Packing
 
 STEPS = 20
 PLAIN, FLAKY, BROKEN, DIVERGING = (0, 1, 2, 3), 4, 5, 6
@@ -221,7 +222,7 @@ def test_ray_pack_whose_worker_dies_is_split_so_only_the_trial_that_kills_it_fai
 
     trial = FakeTrial(str(tmp_path), crash=frozenset({1}))
     settings = ExecutorSettings(kind="ray", max_concurrent=1, pack=2, max_retries=1)  # one pack of both
-    executor = RayExecutor(settings, trial, pack_fn=FakePack(trial), report_interval_s=0.05)
+    executor = RayExecutor(settings, trial, Packing(lambda spec: 0, FakePack(trial)), report_interval_s=0.05)
     events = Recorder()
     try:
         executor.run([("fine", spec(0)), ("dies", spec(1))], events)
@@ -295,7 +296,8 @@ sys.path.insert(0, {tests!r})
 import ray.cloudpickle, fake_trials
 ray.cloudpickle.register_pickle_by_value(fake_trials)
 from telescope.spec import TrainSettings, TrialSpec
-from telescope.trials import ExecutorSettings, make_executor
+from telescope.runs.executor import make_executor
+from telescope.trials import ExecutorSettings
 
 class Events:
     def __init__(self): self.results = {{}}

@@ -8,8 +8,10 @@ import pytest
 from telescope.errors import ConfigError
 from telescope.proxy.train import run_trial, run_trials
 from telescope.spec import ModelShape, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
-from telescope.trials import ExecutorSettings, make_executor
-from telescope.trials.packs import pack_key, plan_packs
+from telescope.proxy.train import pack_key
+from telescope.runs.executor import make_executor
+from telescope.trials import ExecutorSettings, Packing
+from telescope.trials.packs import plan_packs
 
 SHAPE = ModelShape(depth=2, head_dim=16, seq_len=32)
 
@@ -150,7 +152,7 @@ def test_a_pack_that_raises_runs_its_trials_one_by_one_through_the_executor():
         def finished(self, key, result):
             calls.append(("finished", key, result.val_loss))
 
-    executor = make_executor(ExecutorSettings(kind="local", pack=4), trial_fn, pack_fn)
+    executor = make_executor(ExecutorSettings(kind="local", pack=4), trial_fn, Packing(pack_key, pack_fn))
     executor.run([(f"t{i}", spec(lr=0.01 * (i + 1))) for i in range(3)], Events())
     for i in range(3):
         mine = [c[0] if c[0] == "started" else c for c in calls if c[1] == f"t{i}"]

@@ -27,7 +27,7 @@ from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 from telescope.storage.query import run_query
 from telescope.sweep import run_sweep
-from telescope.trials import make_executor
+from telescope.runs.executor import make_executor
 from micro import micro_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

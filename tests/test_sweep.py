@@ -199,7 +199,7 @@ def test_the_last_level_extends_past_an_edge_best_until_it_is_interior(tmp_path:
 
     from telescope.config import parse_config
     from telescope.sweep import run_sweep
-    from telescope.trials import make_executor
+    from telescope.runs.executor import make_executor
 
     from micro import micro_config
 

@@ -56,7 +56,7 @@ def batch_study(
     from telescope.config import load_config
     from telescope.files import check_writable_folder
     from telescope.storage.metrics import MetricsStore, check_sweep_name
-    from telescope.trials import make_executor
+    from telescope.runs.executor import make_executor
     from telescope.runs.preflight import check_inputs
 
     cfg = load_config(config)

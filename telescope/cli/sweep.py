@@ -45,7 +45,7 @@ def sweep(
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.runs.preflight import check_inputs
     from telescope.sweep import run_sweep
-    from telescope.trials import make_executor
+    from telescope.runs.executor import make_executor
 
     cfg = load_config(config)
     settings = cfg.executor

@@ -63,7 +63,7 @@ def transfer_check(
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.transfer_check.plot import check_plot_path
     from telescope.transfer_check.run import check_settings, run_transfer_check
-    from telescope.trials import make_executor
+    from telescope.runs.executor import make_executor
     from telescope.runs.preflight import check_inputs
     from telescope.cli.common import model_rules
 

@@ -6,6 +6,7 @@ Exceptions other than divergence propagate: the executor catches them in one pla
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from typing import Any, Sequence
@@ -30,11 +31,18 @@ from telescope.spec import (
     TrialSpec,
     check_token_count,
 )
-from telescope.trials.packs import pack_key
 
 SMOOTHING_STEPS = 10  # the reported train loss is the mean over this many final steps
 HOST_SYNC_STEPS = 16  # on an accelerator, losses are read (and divergence checked) every this many steps
 WSD_DECAY_FRACTION = 0.2  # WSD: the last 20% of the steps decay linearly
+
+
+def pack_key(spec: TrialSpec) -> TrialSpec | None:
+    """Trials with equal keys can share a pack: everything but LR, weight decay, Muon LR
+    ratio and seed is equal. A user's model (`model_factory`) is never packed: None."""
+    if spec.model_factory is not None:
+        return None
+    return dataclasses.replace(spec, lr=1.0, weight_decay=0.0, muon_lr_ratio=1.0, seed=0)
 
 
 def lr_multiplier(step: int, train: TrainSettings) -> float:

@@ -1,30 +1,24 @@
-"""Trial executors: run a level's trials on Ray Tune or in-process, report events to the driver."""
+"""Trial executors: run keyed trials on Ray Tune or in-process, report events to the driver.
+
+Executors know neither the model nor the database: the trial function and how to pack
+trials (`Packing`) come from the caller (telescope.runs.executor gives the proxy's)."""
 
 from __future__ import annotations
 
-from telescope.trials.base import Executor, ExecutorSettings, PackFn, TrialEvents, TrialFn
+from telescope.trials.base import Executor, ExecutorSettings, Packing, PackFn, TrialEvents, TrialFn
 
 
-def make_executor(
-    settings: ExecutorSettings, trial_fn: TrialFn | None = None, pack_fn: PackFn | None = None
-) -> Executor:
-    """The executor `settings.kind` names, running `trial_fn` (default: the proxy trial),
-    and packs of up to `settings.pack` trials through `pack_fn` (default with the proxy
-    trial: its packed form; with a `trial_fn` of yours: none, one trial at a time).
-
-    Ray is imported only when asked for; `close()` the executor when done.
-    """
-    if trial_fn is None:
-        from telescope.proxy.train import run_trial, run_trials
-
-        trial_fn, pack_fn = run_trial, pack_fn or run_trials
+def create_executor(settings: ExecutorSettings, trial_fn: TrialFn, packing: Packing | None = None) -> Executor:
+    """The executor `settings.kind` names, running `trial_fn`, and packs of up to
+    `settings.pack` trials with equal `packing.key` through `packing.train` (no `packing`:
+    one trial at a time). Ray is imported only when asked for; `close()` the executor when done."""
     if settings.kind == "local":
         from telescope.trials.local import LocalExecutor
 
-        return LocalExecutor(settings, trial_fn, pack_fn)
+        return LocalExecutor(settings, trial_fn, packing)
     from telescope.trials.ray import RayExecutor
 
-    return RayExecutor(settings, trial_fn, pack_fn)
+    return RayExecutor(settings, trial_fn, packing)
 
 
-__all__ = ["Executor", "ExecutorSettings", "PackFn", "TrialEvents", "TrialFn", "make_executor"]
+__all__ = ["Executor", "ExecutorSettings", "PackFn", "Packing", "TrialEvents", "TrialFn", "create_executor"]

@@ -7,7 +7,7 @@ storage, they call the `TrialEvents` methods in the driver's process instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Callable, Hashable, Literal, Protocol, Sequence
 
 from telescope.errors import ConfigError
 from telescope.spec import MetricsCallback, StepMetrics, TrialResult, TrialSpec
@@ -15,6 +15,8 @@ from telescope.spec import MetricsCallback, StepMetrics, TrialResult, TrialSpec
 TrialFn = Callable[[TrialSpec, MetricsCallback], TrialResult]
 # Trains several trials as one pack (telescope.proxy.train.run_trials): results in order.
 PackFn = Callable[[Sequence[TrialSpec], Sequence[MetricsCallback]], list[TrialResult]]
+# Trials with equal keys can share a pack; None: the trial always runs alone.
+PackKeyFn = Callable[[TrialSpec], Hashable | None]
 
 DEFAULT_PACK = 8  # trials per pack when the config does not say
 
@@ -50,6 +52,15 @@ class ExecutorSettings:
     @property
     def pack_size(self) -> int:
         return DEFAULT_PACK if self.pack is None else self.pack
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How an executor packs trials, given by whoever trains them (executors know no model):
+    `key` says which trials can share a pack, `train` trains one."""
+
+    key: PackKeyFn
+    train: PackFn
 
 
 class TrialEvents(Protocol):

@@ -11,8 +11,8 @@ from typing import Sequence
 
 from telescope.spec import TrialSpec
 from telescope.trials.attempts import run_pack_with_retries
-from telescope.trials.base import ExecutorSettings, PackFn, TrialEvents, TrialFn
-from telescope.trials.packs import pack_key, plan_packs
+from telescope.trials.base import ExecutorSettings, Packing, TrialEvents, TrialFn
+from telescope.trials.packs import plan_packs
 from telescope.trials.threads import threads_for, torch_threads
 
 
@@ -27,14 +27,15 @@ class _DriverFailed(BaseException):
 
 
 class LocalExecutor:
-    def __init__(self, settings: ExecutorSettings, trial_fn: TrialFn, pack_fn: PackFn | None = None):
+    def __init__(self, settings: ExecutorSettings, trial_fn: TrialFn, packing: Packing | None = None):
         self.settings = settings
         self._trial_fn = trial_fn
-        self._pack_fn = pack_fn
+        self._packing = packing
 
     def run(self, trials: Sequence[tuple[str, TrialSpec]], events: TrialEvents) -> None:
-        pack_size = self.settings.pack_size if self._pack_fn is not None else 1
-        for pack in plan_packs([pack_key(spec) for _, spec in trials], pack_size, slots=1):
+        pack_size = self.settings.pack_size if self._packing is not None else 1
+        keys = [self._packing.key(spec) if self._packing else None for _, spec in trials]
+        for pack in plan_packs(keys, pack_size, slots=1):
             self._run_pack([trials[i] for i in pack], events)
 
     def _run_pack(self, trials: Sequence[tuple[str, TrialSpec]], events: TrialEvents) -> None:
@@ -55,7 +56,7 @@ class LocalExecutor:
             with torch_threads(threads_for(self.settings.cpus_per_trial)):
                 results = run_pack_with_retries(
                     self._trial_fn,
-                    self._pack_fn,
+                    self._packing.train if self._packing else None,
                     [spec for _, spec in trials],
                     [callback(key) for key in keys],
                     self.settings.max_retries,

@@ -33,8 +33,8 @@ from ray import tune
 from telescope.errors import TelescopeError
 from telescope.spec import StepMetrics, Status, TrialResult, TrialSpec
 from telescope.trials.attempts import run_pack_with_retries
-from telescope.trials.base import ExecutorSettings, PackFn, TrialEvents, TrialFn
-from telescope.trials.packs import pack_key, plan_packs
+from telescope.trials.base import ExecutorSettings, Packing, PackFn, TrialEvents, TrialFn
+from telescope.trials.packs import plan_packs
 from telescope.trials.ray_cluster import check_resources, connect, logger_level
 from telescope.trials.threads import limit_threads, threads_for
 
@@ -65,12 +65,12 @@ class RayExecutor:
         self,
         settings: ExecutorSettings,
         trial_fn: TrialFn,
-        pack_fn: PackFn | None = None,
+        packing: Packing | None = None,
         report_interval_s: float = REPORT_INTERVAL_S,
     ):
         self.settings = settings
         self._trial_fn = trial_fn
-        self._pack_fn = pack_fn
+        self._packing = packing
         self._report_interval_s = report_interval_s
         self._pool: _WorkerPool | None = None
         self._owns_connection = connect(settings.ray_address)
@@ -87,14 +87,16 @@ class RayExecutor:
         keys = [key for key, _ in trials]
         if len(set(keys)) != len(keys):
             raise ValueError("trial keys must be unique within one run")
-        pack_size = self.settings.pack_size if self._pack_fn is not None else 1
-        packs = plan_packs([pack_key(spec) for _, spec in trials], pack_size, self._slots)
+        pack_size = self.settings.pack_size if self._packing is not None else 1
+        packs = plan_packs([self._packing.key(spec) if self._packing else None for _, spec in trials], pack_size,
+                           self._slots)  # fmt: skip
         if self._pool is None or not self._pool.alive:
             self._start_pool()
         self._pool.run([[trials[i] for i in pack] for pack in packs], events)
 
     def _start_pool(self) -> None:
-        self._pool = _WorkerPool(self.settings, self._trial_fn, self._pack_fn, self._slots, self._report_interval_s)
+        pack_fn = self._packing.train if self._packing else None
+        self._pool = _WorkerPool(self.settings, self._trial_fn, pack_fn, self._slots, self._report_interval_s)
 
     def close(self) -> None:
         if self._pool is not None:
