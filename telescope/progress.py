@@ -20,10 +20,11 @@ from telescope.spec import Status
 
 # Before a second width has run, how a level's wall seconds per FLOP scale with the FLOPs of
 # one trial: spf ~ flops**k. Small proxies do not use a device fully (fixed per-step and
-# per-trial costs dominate), so a trial 4x the FLOPs takes about 4**(1 + k) = 2.1x as long.
-# Fitted to a run of the README's tiny sweep (widths 32 -> 128, Ray, 2 CPUs); two finished
-# levels replace it with their own fit.
-PRIOR_EXPONENT = -0.45
+# per-trial costs dominate), so a trial 4x the FLOPs takes about 4**(1 + k) = 2.5x as long.
+# Fitted to three runs of the README's tiny sweep (widths 32 -> 128, Ray, 2 shared CPUs, at
+# different loads): after level 0 each estimate came within 26% of the time the planned
+# levels then took. Two finished levels replace it with their own fit.
+PRIOR_EXPONENT = -0.35
 
 
 def clock(seconds: float | None) -> str:
