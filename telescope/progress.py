@@ -90,11 +90,13 @@ class RemainingTime:
             lv.began = now
 
     def finish_trial(self, level: int, resumed: bool) -> None:
+        """Count a finished trial; one that was not started in this run (resumed, or reused
+        from a trial trained before) took none of its time."""
         lv = self.levels[level]
         lv.done += 1
-        if not resumed:
+        if not resumed and lv.running > 0:
             lv.ran += 1
-            lv.running = max(0, lv.running - 1)
+            lv.running -= 1
 
     def end(self, level: int, now: float) -> None:
         self.levels[level].ended = now
@@ -103,6 +105,7 @@ class RemainingTime:
         """Seconds left, or None before any trial has finished in this run."""
         finished = [lv for lv in self.levels if lv.ended is not None and lv.ran]
         measured = [(lv.flops, lv.seconds_per_flop(now)) for lv in finished or [lv for lv in self.levels if lv.ran]]
+        measured = [(flops, rate) for flops, rate in measured if rate is not None]
         if not measured:
             return None
         rate = _power_law(measured)  # type: ignore[arg-type]
