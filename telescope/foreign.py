@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from telescope.config import FACTORY_SPEC
 from telescope.errors import ConfigError, TelescopeError
 from telescope.parametrization import Role, Table, check_same_fingerprint, fingerprint, get_table, width_multiplier
 from telescope.proxy.optim import Optimizers, build_optimizers
@@ -66,13 +67,11 @@ def classification_report(model: nn.Module, rules: Sequence[RuleLike] | None = N
 
 # --------------------------------------------------------------------------- factories
 
-_FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
 
 def load_factory(spec: str) -> Callable[[int], nn.Module]:
     """The callable `package.module:factory` names (width -> model). The current directory is
     searched first, so a module next to you imports as it would with `python -c`."""
-    if not _FACTORY_SPEC.fullmatch(spec or ""):
+    if not FACTORY_SPEC.fullmatch(spec or ""):
         raise TelescopeError(f"model factory {spec!r} is not of the form package.module:factory")
     module_name, attr_path = spec.split(":")
     added = os.getcwd() not in sys.path
@@ -100,22 +99,35 @@ def load_factory(spec: str) -> Callable[[int], nn.Module]:
 
 
 def make_model(factory: Callable[[int], nn.Module], width: int, name: str | None = None) -> nn.Module:
-    """`factory(width)`, checked to be an nn.Module."""
-    model = factory(width)
+    """`factory(width)`, checked to be an nn.Module; a factory that raises is one line."""
+    label = name or getattr(factory, "__qualname__", repr(factory))
+    try:
+        model = factory(width)
+    except TelescopeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code failed; say where, in one line
+        raise TelescopeError(f"model factory {label} failed at width {width}: {_one_line(e)}") from None
     if not isinstance(model, nn.Module):
-        label = name or getattr(factory, "__qualname__", repr(factory))
         raise TelescopeError(f"model factory {label} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
 def build_user_model(
-    factory: str, table: str | Table, width: int, base_width: int, seed: int, rules: Sequence[RuleLike] | None = None
+    factory: str | Callable[[int], nn.Module],
+    table: str | Table,
+    width: int,
+    base_width: int,
+    seed: int,
+    rules: Sequence[RuleLike] | None = None,
+    name: str | None = None,
 ) -> nn.Module:
-    """`factory(width)` (a "package.module:factory" spec) built from `seed` and parametrized
-    per `table`: how trials, coord checks and transfer checks get the user's model."""
+    """`factory(width)` (a callable, or a "package.module:factory" spec) built from `seed` and
+    parametrized per `table`: how trials, coord checks and transfer checks get the user's model."""
+    if isinstance(factory, str):
+        factory, name = load_factory(factory), factory
     with torch.random.fork_rng(devices=[]):  # the factory's own init draws from the global RNG
         torch.manual_seed(seed)
-        model = make_model(load_factory(factory), width, factory)
+        model = make_model(factory, width, name)
     parametrize(model, table, width, base_width, rules, generator=torch.Generator().manual_seed(seed))
     return model
 

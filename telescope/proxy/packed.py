@@ -22,16 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
-from telescope.parametrization import (
-    ADAMW_BETAS,
-    ADAMW_EPS,
-    LR_ADJUST,
-    MUON_MOMENTUM,
-    MUON_NESTEROV,
-    NS_COEFFICIENTS,
-    NS_STEPS,
-    Table,
-)
+from telescope.parametrization import LR_ADJUST, NS_COEFFICIENTS, NS_STEPS, Table
 from telescope.proxy.model import build_model
 from telescope.proxy.muon import adjusted_lr, momentum_update, zeropower_via_newtonschulz5
 from telescope.proxy.optim import param_groups
@@ -56,6 +47,7 @@ class PackedProxies:
         with torch.device("meta"):  # holds no weights of its own: functional_call passes the stacked ones
             self._template = build_model(first.model, first.width, first.base_width, table)
         self.k = len(specs)
+        self.recipe = first.train.recipe
         self.muon = [_packed_group(self.params, [g["muon"][i] for g in groups], device) for i in range(len(groups[0]["muon"]))]
         self.adamw = [_packed_group(self.params, [g["adamw"][i] for g in groups], device) for i in range(len(groups[0]["adamw"]))]
         self._state: dict[Tensor, dict[str, Tensor]] = {}
@@ -86,10 +78,20 @@ class PackedProxies:
     @torch.no_grad()
     def step(self) -> None:
         self._steps += 1
+        if self.recipe.grad_clip is not None:
+            self._clip(self.recipe.grad_clip)
         for group in self.muon:
             self._muon_step(group)
         for group in self.adamw:
             self._adamw_step(group)
+
+    def _clip(self, max_norm: float) -> None:
+        """Each trial's gradients scaled down to at most `max_norm` in its own global norm
+        (as torch.nn.utils.clip_grad_norm_ on the trial alone)."""
+        coefficients = torch.clamp(max_norm / (self.grad_norms() + 1e-6), max=1.0)
+        for p in self.params.values():
+            if p.grad is not None:
+                p.grad.mul_(coefficients.view((-1,) + (1,) * (p.ndim - 1)))
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -107,7 +109,7 @@ class PackedProxies:
         for shape, params in by_shape.items():
             grads = [p.grad for p in params]
             bufs = [self._buffer(p, "momentum_buffer") for p in params]
-            directions = torch.stack(momentum_update(grads, bufs, MUON_MOMENTUM, MUON_NESTEROV))
+            directions = torch.stack(momentum_update(grads, bufs, self.recipe.muon_momentum, self.recipe.muon_nesterov))
             updates = zeropower_via_newtonschulz5(directions.flatten(0, 1), NS_COEFFICIENTS, NS_STEPS)
             scale = (lr * adjusted_lr(1.0, shape, LR_ADJUST)).view(-1, 1, 1)
             for p, update in zip(params, updates.view_as(directions).unbind(0)):
@@ -116,7 +118,7 @@ class PackedProxies:
                 p.sub_(update * scale)
 
     def _adamw_step(self, group: dict) -> None:
-        beta1, beta2 = ADAMW_BETAS
+        beta1, beta2 = self.recipe.adamw_betas
         lr = group["peak_lr"] * self._multiplier
         decay = 1 - lr * group["weight_decay"]
         step_size = lr / (1 - beta1**self._steps)
@@ -128,7 +130,7 @@ class PackedProxies:
                 p.mul_(decay.view(per_trial))
             exp_avg.lerp_(p.grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAMW_EPS)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.recipe.adamw_eps)
             p.sub_(exp_avg / denom * step_size.view(per_trial))
 
     def _buffer(self, p: Tensor, name: str) -> Tensor:

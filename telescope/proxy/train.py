@@ -17,6 +17,7 @@ from torch import nn
 
 from telescope.config import check_token_count
 from telescope.errors import ConfigError
+from telescope.models import model_identity
 from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.data import load_data
 from telescope.proxy.model import build_model
@@ -171,8 +172,8 @@ def _finite(x: float) -> float | None:
 
 
 def train_flops(spec: TrialSpec, tokens: int, model: nn.Module | None = None) -> float:
-    """The proxy's cost model; for a user's model (`model_factory`) the 6 * params * tokens rule."""
-    if spec.model_factory is not None and model is not None:
+    """The proxy's cost model; for a user's model the 6 * params * tokens rule."""
+    if spec.user_model and model is not None:
         return 6.0 * sum(p.numel() for p in model.parameters()) * tokens
     from telescope.cost import train_flops as cost_train_flops
 
@@ -180,21 +181,25 @@ def train_flops(spec: TrialSpec, tokens: int, model: nn.Module | None = None) ->
 
 
 def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tuple[nn.Module, Optimizers]:
-    """The model the trial trains, initialised from `spec.seed` on `device`, and its optimizers:
-    the proxy, or the user's `spec.model_factory` model parametrized per the same table."""
+    """The model the trial trains, initialised from `spec.seed` on `device`, and its optimizers
+    (with the spec's recipe): the proxy, or the user's model (a factory or a Hugging Face
+    config) parametrized per the same table."""
     generator = torch.Generator().manual_seed(spec.seed)
-    if spec.model_factory is None:
+    recipe = spec.train.recipe
+    if not spec.user_model:
         model = build_model(spec.model, spec.width, spec.base_width, table, generator).to(device)
         optimizers = build_optimizers(
-            model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio
+            model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, recipe=recipe
         )
         return model, optimizers
-    from telescope.foreign import build_foreign_optimizers, build_user_model
+    from telescope.foreign import build_user_model
+    from telescope.models import model_maker
 
     rules = with_defaults(spec.model_rules)
-    model = build_user_model(spec.model_factory, table, spec.width, spec.base_width, spec.seed, rules).to(device)
-    optimizers = build_foreign_optimizers(
-        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, rules
+    maker, label = model_maker(spec.model_factory, spec.hf_config, spec.hf_config_hash)
+    model = build_user_model(maker, table, spec.width, spec.base_width, spec.seed, rules, label).to(device)
+    optimizers = build_optimizers(
+        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, rules, recipe=recipe
     )
     return model, optimizers
 
@@ -313,6 +318,7 @@ def run_trials(
     wall_time = (time.perf_counter() - started) / k
     model = learner.model if isinstance(learner, _Single) else None
     where = describe_device(device) + (f", pack of {k}" if k > 1 else "")
+    identity = model_identity(spec.model_factory, spec.hf_config, spec.hf_config_hash)
     results = []
     for i, trial in enumerate(specs):
         tail = losses[i][-SMOOTHING_STEPS:]
@@ -326,7 +332,7 @@ def run_trials(
             wall_time=wall_time,
             steps=len(losses[i]),
             device=where,
-            fingerprint=fingerprint(table, trial.muon_lr_ratio),
+            fingerprint=fingerprint(table, trial.muon_lr_ratio, trial.train.recipe, identity),
         ))  # fmt: skip
     return results
 
