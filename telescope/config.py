@@ -203,11 +203,12 @@ _PROXY_ONLY = ("depth", "head_dim", "kv_ratio", "mlp_ratio", "tied_embeddings")
 
 
 def with_model(config: SweepConfig, factory: str | None, rules: tuple[tuple[str, str], ...] = ()) -> SweepConfig:
-    """The config with `telescope sweep --model SPEC [--rules FILE]` applied (the factory
-    replaces the config's model, and the rules its rules)."""
-    if factory is None:
+    """The config with `--model SPEC` (replacing the config's model) and `--rules FILE`
+    (replacing its rules) applied."""
+    if factory is None and not rules:
         return config
-    source = ModelSource(factory=factory, rules=rules or config.source.rules, check=config.source.check)
+    source = config.source if factory is None else ModelSource(factory=factory, check=config.source.check)
+    source = dataclasses.replace(source, rules=rules or source.rules)
     data = config.to_dict()
     data["model"] = _model_table(config.model, source)
     return parse_config(data)

@@ -74,6 +74,30 @@ def trial_printer(objective: str) -> Callable[[str, Any], None]:
     return on_trial
 
 
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", help="Sweep your model: package.module:factory, factory(width) -> nn.Module (replaces the config's [model]).")
+]
+RulesOption = Annotated[
+    Path | None, typer.Option("--rules", help="Role rules for your model (TOML or JSON), tried before the defaults.")
+]
+
+
+def load_sweep_config(path: Path, model: str | None = None, rules: Path | None = None) -> Any:
+    """The sweep config at `path`, with --model and --rules applied (--rules needs a user
+    model: --model, or the config's factory or hf_config)."""
+    from telescope.config import load_config, with_model
+
+    config = load_config(path)
+    if rules is not None and model is None and not config.user_model:
+        raise TelescopeError("--rules gives role rules for your model: pass --model, or name it in the config's [model]")
+    if rules is None:
+        return with_model(config, model)
+    from telescope.roles import load_rules
+
+    return with_model(config, model, load_rules(rules))
+
+
 def model_rules(path: Path | None, model: str | None) -> tuple[tuple[str, str], ...]:
     """The --rules file's rules for --model (none without the file); --rules needs --model."""
     if path is None:

@@ -8,17 +8,18 @@ from typing import Annotated
 
 import typer
 
-from telescope.cli.common import print_rows
-from telescope.config import load_config
+from telescope.cli.common import ModelOption, RulesOption, load_sweep_config, print_rows
 from telescope.cost import Plan, plan as make_plan
 
 
 def plan(
     config: Annotated[Path, typer.Argument(help="Sweep config (TOML).", show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object.")] = False,
+    model: ModelOption = None,
+    rules: RulesOption = None,
 ) -> None:
     """Print every level's width, parameters, grid, trials and FLOPs, and the totals against one target run."""
-    p = make_plan(load_config(config))
+    p = make_plan(load_sweep_config(config, model, rules))
     if json_out:
         typer.echo(json.dumps(p.to_dict(), indent=2))
         return

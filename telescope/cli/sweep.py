@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from telescope.cli.common import DbOption, ExecutorKind, StoreOption, err_console
+from telescope.cli.common import DbOption, ExecutorKind, ModelOption, RulesOption, StoreOption, err_console, print_rows
 from telescope.cli.export import print_export
 from telescope.cli.plan import print_plan
 
@@ -24,9 +24,11 @@ def sweep(
     check_threshold: Annotated[float, typer.Option("--check-threshold", help="The check's largest drift per doubling, in grid steps.")] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="Go on with the sweep when the transfer check fails.")] = False,
     no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
+    model: ModelOption = None,
+    rules: RulesOption = None,
 ) -> None:
     """Run the telescoping search; running it again resumes where it stopped."""
-    from telescope.config import load_config
+    from telescope.cli.common import load_sweep_config
     from telescope.cost import plan as make_plan
     from telescope.export import export_sweep
     from telescope.storage.database import Database
@@ -35,7 +37,7 @@ def sweep(
     from telescope.sweep import run_sweep
     from telescope.trials import make_executor
 
-    cfg = load_config(config)
+    cfg = load_sweep_config(config, model, rules)
     settings = cfg.executor
     if executor is not None:
         settings = dataclasses.replace(settings, kind=executor.value)
@@ -45,6 +47,7 @@ def sweep(
     check_inputs(cfg.model, cfg.train, settings)  # before Ray starts and the plan prints
     metrics = MetricsStore(store)
     metrics.check_writable()
+    model_check = _check_user_model(cfg) if cfg.user_model else None
     check = None
     if check_transfer:
         from telescope.transfer_check.run import check_settings, settings_from_config
@@ -87,3 +90,27 @@ def _check_transfer(cfg, check, database, metrics, runner, sweep_name: str, forc
         err_console.print("the sweep did not start: the transfer check failed (rerun with --force to sweep anyway)")
         raise typer.Exit(1)
     return section
+
+
+def _check_user_model(cfg) -> dict:
+    """The user's model runs on the sweep's data, and its proxies pass the coord check
+    (`[model] check = "coord"`), before anything is written; on FAIL the per-layer slopes
+    and roles are printed and the command exits 1."""
+    from telescope.models.check import check_user_model
+
+    verdict = check_user_model(cfg)
+    if verdict.check == "coord":
+        widths = ", ".join(map(str, verdict.widths))
+        err_console.print(f"coord check of your model at widths {widths}: {'PASS' if verdict.passed else 'FAIL'}", highlight=False)
+    if not verdict.passed:
+        print_rows(
+            [{"layer": v.layer, "roles": v.roles, "slope": round(v.slope, 3), "verdict": "PASS" if v.passed else "FAIL"}
+             for v in verdict.layers],
+            title=f"coord check: {verdict.steps} steps, lr {verdict.lr:g}, |slope| <= {verdict.threshold} passes",
+        )  # fmt: skip
+        err_console.print(
+            "the sweep did not start: the coord check failed, so the learning rates would not transfer across widths "
+            "(check the roles above; give rules with --rules, or set [model] check = \"none\" to sweep anyway)"
+        )
+        raise typer.Exit(1)
+    return verdict.to_dict()

@@ -45,6 +45,8 @@ class CoordCheckSettings:
     seed: int = 0
     model_factory: str | None = None  # "package.module:factory": check the user's model, not the proxy
     model_rules: tuple[tuple[str, str], ...] = ()  # its role rules, before FOREIGN_RULES
+    hf_config: str | None = None  # or a Hugging Face config.json to build it from (telescope.models.hf)
+    hf_config_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,16 @@ def build_checked_model(settings: CoordCheckSettings, width: int, base_width: in
     """(model, optimizers, measured layers) at `width`: the proxy, or the user's model
     parametrized per the same table, with the proxy's optimizers (weight decay 0)."""
     generator = torch.Generator().manual_seed(settings.seed)
-    if settings.model_factory is None:
+    if settings.model_factory is None and settings.hf_config is None:
         model = build_model(settings.shape, width, base_width, settings.parametrization, generator)
         optimizers = build_optimizers(model, settings.parametrization, lr, 0.0, width, base_width)
         return model, optimizers, layer_modules(model)
     from telescope.foreign import build_foreign_optimizers, build_user_model
+    from telescope.models import model_maker
 
     rules = with_defaults(settings.model_rules)
-    model = build_user_model(settings.model_factory, settings.parametrization, width, base_width, settings.seed, rules)
+    maker, label = model_maker(settings.model_factory, settings.hf_config, settings.hf_config_hash)
+    model = build_user_model(maker, settings.parametrization, width, base_width, settings.seed, rules, label)
     optimizers = build_foreign_optimizers(model, settings.parametrization, lr, 0.0, width, base_width, rules=rules)
     return model, optimizers, foreign_layer_modules(model)
 
@@ -141,6 +145,10 @@ def _probe_width(settings: CoordCheckSettings, width: int, base_width: int, lr: 
     B, T = settings.batch_size, settings.shape.seq_len
     model, optimizers, layers = build_checked_model(settings, width, base_width, lr)
     probe_inputs, _ = data.val_batches(1, B, T)[0]
+    if settings.model_factory is not None or settings.hf_config is not None:
+        from telescope.models.check import check_forward
+
+        check_forward(model, probe_inputs, data.vocab_size, settings.model_factory or settings.hf_config, settings.data)
 
     outputs: dict[str, torch.Tensor] = {}
 

@@ -15,8 +15,8 @@ PackKey = TrialSpec | None
 
 def pack_key(spec: TrialSpec) -> PackKey:
     """Trials with equal keys can share a pack: everything but LR, weight decay, Muon LR
-    ratio and seed is equal. A user's model (`model_factory`) is never packed: None."""
-    if spec.model_factory is not None:
+    ratio and seed is equal. A user's model (a factory or a Hugging Face config) is never packed: None."""
+    if spec.user_model:
         return None
     return dataclasses.replace(spec, lr=1.0, weight_decay=0.0, muon_lr_ratio=1.0, seed=0)
 
