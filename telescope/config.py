@@ -135,6 +135,11 @@ class SweepConfig:
 
 def load_config(path: str | Path) -> SweepConfig:
     """Read and validate a sweep config; ConfigError (one line naming the field) if wrong."""
+    return parse_config(read_config_file(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The TOML document of a sweep config, not yet validated."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
@@ -146,7 +151,7 @@ def load_config(path: str | Path) -> SweepConfig:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {_one_line(str(e))}") from None
-    return parse_config(data)
+    return data
 
 
 def check_token_count(train: TrainSettings, seq_len: int) -> None:
@@ -165,7 +170,7 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     model_table = {k: v for k, v in model_table.items() if k not in _SOURCE_KEYS}
     model = _build(ModelShape, model_table, "model", _MODEL_RULES)
     widths = _build(Widths, _table(data, "widths", required=True), "widths", _WIDTH_RULES)
-    if source == ModelSource():
+    if source.factory is None and source.hf_config is None:
         _check_widths(widths, model)
     else:
         model = _user_model_shape(model, model_table, source)
@@ -202,16 +207,19 @@ _SOURCE_KEYS = ("factory", "hf_config", "hf_config_hash", "rules", "check")
 _PROXY_ONLY = ("depth", "head_dim", "kv_ratio", "mlp_ratio", "tied_embeddings")
 
 
-def with_model(config: SweepConfig, factory: str | None, rules: tuple[tuple[str, str], ...] = ()) -> SweepConfig:
-    """The config with `--model SPEC` (replacing the config's model) and `--rules FILE`
-    (replacing its rules) applied."""
-    if factory is None and not rules:
-        return config
-    source = config.source if factory is None else ModelSource(factory=factory, check=config.source.check)
-    source = dataclasses.replace(source, rules=rules or source.rules)
-    data = config.to_dict()
-    data["model"] = _model_table(config.model, source)
-    return parse_config(data)
+def with_model(data: Mapping[str, Any], factory: str | None, rules: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """A config document (TOML's dict) with `--model SPEC` (replacing the config's model:
+    its factory or hf_config, and the built-in proxy's shape) and `--rules FILE` (replacing
+    its rules) applied."""
+    data = dict(data)
+    model = dict(_table(data, "model"))
+    if factory is not None:
+        model = {k: v for k, v in model.items() if k not in (*_PROXY_ONLY, "hf_config", "hf_config_hash")}
+        model["factory"] = factory
+    if rules:
+        model["rules"] = [list(pair) for pair in rules]
+    data["model"] = model
+    return data
 
 
 def _parse_source(table: Mapping[str, Any]) -> ModelSource:
@@ -224,7 +232,7 @@ def _parse_source(table: Mapping[str, Any]) -> ModelSource:
         raise ConfigError(f"model.factory: must be of the form package.module:function, got {factory!r}")
     rules = _parse_rules(table.get("rules"))
     if factory is None and hf_config is None:
-        extra = [k for k in ("hf_config_hash", "rules", "check") if k in table]
+        extra = [k for k in ("hf_config_hash", "rules") if k in table]
         if extra:
             raise ConfigError(f"model.{extra[0]}: only for a model named by model.factory or model.hf_config")
         return ModelSource(check=check)
@@ -300,8 +308,8 @@ def _check_user_widths(widths: Widths, source: ModelSource) -> None:
 
 
 def _model_table(model: ModelShape, source: ModelSource) -> dict[str, Any]:
-    if source == ModelSource():
-        return dataclasses.asdict(model)
+    if source.factory is None and source.hf_config is None:  # `check` waits for a --model
+        return dataclasses.asdict(model) | ({"check": source.check} if source.check != "coord" else {})
     table: dict[str, Any] = {"seq_len": model.seq_len, "vocab_size": model.vocab_size}
     table |= {"factory": source.factory, "hf_config": source.hf_config, "hf_config_hash": source.hf_config_hash}
     if source.rules:

@@ -86,16 +86,17 @@ RulesOption = Annotated[
 def load_sweep_config(path: Path, model: str | None = None, rules: Path | None = None) -> Any:
     """The sweep config at `path`, with --model and --rules applied (--rules needs a user
     model: --model, or the config's factory or hf_config)."""
-    from telescope.config import load_config, with_model
+    from telescope.config import parse_config, read_config_file, with_model
 
-    config = load_config(path)
-    if rules is not None and model is None and not config.user_model:
-        raise TelescopeError("--rules gives role rules for your model: pass --model, or name it in the config's [model]")
+    data = read_config_file(path)
     if rules is None:
-        return with_model(config, model)
+        return parse_config(with_model(data, model))
+    named = model is not None or any(k in data.get("model", {}) for k in ("factory", "hf_config"))
+    if not named:
+        raise TelescopeError("--rules gives role rules for your model: pass --model, or name it in the config's [model]")
     from telescope.roles import load_rules
 
-    return with_model(config, model, load_rules(rules))
+    return parse_config(with_model(data, model, load_rules(rules)))
 
 
 def model_rules(path: Path | None, model: str | None) -> tuple[tuple[str, str], ...]:

@@ -45,9 +45,10 @@ def sweep(
         settings = dataclasses.replace(settings, kind="ray", ray_address=ray_address)
     sweep_name = check_sweep_name(name or cfg.name or config.stem)
     check_inputs(cfg.model, cfg.train, settings)  # before Ray starts and the plan prints
+    if cfg.user_model:
+        _check_user_model(cfg)  # its verdict (a dict) is for the sweep's record
     metrics = MetricsStore(store)
     metrics.check_writable()
-    model_check = _check_user_model(cfg) if cfg.user_model else None
     check = None
     if check_transfer:
         from telescope.transfer_check.run import check_settings, settings_from_config
