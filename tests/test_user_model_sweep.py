@@ -78,7 +78,7 @@ def test_hf_sweep_resumes_after_sigkill_and_exports_the_models_own_names(tmp_pat
         for t in trials:
             if t.key in finished:  # not trained again
                 assert (t.attempts, t.val_loss) == (finished[t.key].attempts, finished[t.key].val_loss)
-        assert all(t.result.fingerprint["model"] == {"architecture": family, "config_hash": t.spec.hf_config_hash}
+        assert all(t.fingerprint["model"] == {"architecture": family, "config_hash": t.spec.hf_config_hash}
                    for t in trials if t.status.value == "completed")  # fmt: skip
         payload = export_sweep(db, "s")
     names = {name for group in payload["groups"] for name in group["params"]}
@@ -156,3 +156,16 @@ def test_without_transformers_an_hf_sweep_is_one_line(tmp_path: Path, monkeypatc
     result = runner.invoke(app, sweep_args(write_sweep(tmp_path, "llama"), tmp_path))
     assert result.exit_code == 2 and "pip install 'telescope[hf]'" in result.output, result.output
     assert not (tmp_path / "t.db").exists()
+
+
+def test_the_coord_check_gives_a_transformers_llama_one_verdict_on_either_ladder(tmp_path: Path) -> None:
+    from telescope.models.check import check_user_model, coord_widths
+
+    # The ladders 32, 64, 128 and 64, 128, 256 once flipped the verdict (see telescope.models.check).
+    assert coord_widths(32, 64) == coord_widths(64, 128) == coord_widths(16, 128) == (64, 128, 256)
+    config = load_config(write_sweep(tmp_path, "llama", check="coord"))
+    verdict = check_user_model(config)
+    assert verdict.passed, verdict.failing()
+    assert verdict.widths == (64, 128, 256) and {"embedding", "hidden", "vector"} <= {
+        role for layer in verdict.layers for role in layer.roles.split(", ")
+    }

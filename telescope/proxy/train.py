@@ -22,7 +22,7 @@ from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.data import load_data
 from telescope.proxy.model import build_model
 from telescope.proxy.optim import Optimizers, build_optimizers
-from telescope.proxy.packed import PackedProxies
+from telescope.proxy.packed import PackedProxies, logits_of
 from telescope.roles import with_defaults
 from telescope.trials.packs import pack_key
 from telescope.spec import MetricsCallback, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
@@ -124,11 +124,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits a model returned: the tensor itself, or a Hugging Face ModelOutput's `.logits`."""
-    return output if isinstance(output, torch.Tensor) else getattr(output, "logits", output)
 
 
 def loss_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -245,7 +240,8 @@ def run_trials(
     A proxy trial alone is a pack of one, so its numbers do not depend on its pack-mates:
     the batched ops compute each trial's slice with the same kernels whatever the pack.
     `reference=True` trains one trial unbatched with torch's AdamW instead, the math the
-    packed path is checked against (a user's model always trains so)."""
+    packed path is checked against (a user's model that cannot be batched always trains
+    so, one trial at a time: telescope.models.packing)."""
     started = time.perf_counter()
     callbacks = list(on_metrics) if on_metrics is not None else [None] * len(specs)
     for spec in specs:
@@ -266,7 +262,7 @@ def run_trials(
 
     packable = pack_key(spec) is not None and not reference
     if not packable and len(specs) > 1:
-        raise ValueError("a user's model or a reference run trains one trial at a time")
+        raise ValueError("a reference run, or a model that cannot be batched, trains one trial at a time")
     learner = PackedProxies(specs, table, device) if packable else _Single(spec, table, device)
     k, B, T = len(specs), spec.train.batch_size, spec.model.seq_len
     seeds = [s.seed for s in specs]

@@ -15,9 +15,13 @@ PackKey = TrialSpec | None
 
 def pack_key(spec: TrialSpec) -> PackKey:
     """Trials with equal keys can share a pack: everything but LR, weight decay, Muon LR
-    ratio and seed is equal. A user's model (a factory or a Hugging Face config) is never packed: None."""
+    ratio and seed is equal. A user's model (a factory or a Hugging Face config) is packed
+    when telescope.models.packing finds it batchable; else None: one trial per process."""
     if spec.user_model:
-        return None
+        from telescope.models.packing import batchable
+
+        if not batchable(spec):
+            return None
     return dataclasses.replace(spec, lr=1.0, weight_decay=0.0, muon_lr_ratio=1.0, seed=0)
 
 
