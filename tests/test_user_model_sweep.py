@@ -169,3 +169,39 @@ def test_the_coord_check_gives_a_transformers_llama_one_verdict_on_either_ladder
     assert verdict.widths == (64, 128, 256) and {"embedding", "hidden", "vector"} <= {
         role for layer in verdict.layers for role in layer.roles.split(", ")
     }
+
+
+def test_an_export_warns_once_on_a_model_unlike_its_proxies_strict_refuses_and_its_recipe_is_used(capsys) -> None:
+    import torch
+
+    from hf_models import llama
+    from telescope.config import parse_config
+    from telescope.errors import TelescopeError
+    from telescope.export import measured_on
+    from telescope.foreign import optimizers_from_export
+    from telescope.parametrization import fingerprint
+    from telescope.spec import Recipe
+
+    proxies = parse_config(micro_config())  # the built-in proxy: head dim 16, QK-norm, one layer
+    recipe = Recipe(grad_clip=0.5, adamw_betas=(0.8, 0.9), adamw_eps=1e-6, muon_momentum=0.9, muon_nesterov=False)
+    payload = {"sweep": "micro", "target_width": 64, "base_width": 16, "parametrization": "paper",
+               "fingerprint": fingerprint("paper", 1.0, recipe), "base": {"lr": 0.01, "weight_decay": 0.1},
+               "groups": [], "measured_on": measured_on(proxies)}  # fmt: skip
+    model = llama(64)  # head dim 16, no QK-norm, two layers
+    optimizers, _ = optimizers_from_export(model, payload)
+    err = capsys.readouterr().err
+    assert err.startswith("telescope: warning: ") and err.count("\n") == 1
+    assert "qk_norm False vs True" in err and "depth 2 vs 1" in err and "head_dim" not in err
+    with pytest.raises(TelescopeError, match="differs from the proxies the export 'micro' was measured on"):
+        optimizers_from_export(model, payload, strict=True)
+    adamw = next(o for o in optimizers.optimizers if isinstance(o, torch.optim.AdamW))
+    muon = next(o for o in optimizers.optimizers if not isinstance(o, torch.optim.AdamW))
+    assert adamw.defaults["betas"] == (0.8, 0.9) and adamw.defaults["eps"] == 1e-6
+    assert (muon.defaults["momentum"], muon.defaults["nesterov"], optimizers.grad_clip) == (0.9, False, 0.5)
+
+
+def test_coord_check_of_a_model_with_too_small_a_vocabulary_is_one_line() -> None:
+    result = runner.invoke(app, ["coord-check", "--model", "foreign_models:small_vocab", "--widths", "32,64", "--steps", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert "its logits have 100 entries but the data 'stdlib' has 256 tokens" in result.output
