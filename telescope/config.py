@@ -12,7 +12,6 @@ import dataclasses
 import difflib
 import json
 import math
-import re
 import tomllib
 import types
 import typing
@@ -22,6 +21,7 @@ from typing import Any, Callable, Literal, Mapping
 
 from telescope.errors import ConfigError
 from telescope.models import ModelSource
+from telescope.models.config import SOURCE_KEYS, check_user_widths, model_table, parse_source, user_model_shape
 from telescope.search import Axis, LevelPlan, Narrowing, Widths, plan_levels
 from telescope.spec import SWEEPABLE, ModelShape, TrainSettings, TrialSpec
 from telescope.trials.base import ExecutorSettings
@@ -118,7 +118,7 @@ class SweepConfig:
             "name": self.name,
             "objective": self.objective,
             "parametrization": self.parametrization,
-            "model": _model_table(self.model, self.source),
+            "model": model_table(self.model, self.source),
             "widths": dataclasses.asdict(self.widths),
             "train": dataclasses.asdict(self.train),
             "search": search,
@@ -166,15 +166,15 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     """Validate an already-parsed TOML document (a dict) into a SweepConfig."""
     _check_keys(data, [f.name for f in dataclasses.fields(SweepConfig) if f.name != "source"], "")
     model_table = _table(data, "model")
-    source = _parse_source({k: v for k, v in model_table.items() if k in _SOURCE_KEYS})
-    model_table = {k: v for k, v in model_table.items() if k not in _SOURCE_KEYS}
+    source = parse_source({k: v for k, v in model_table.items() if k in SOURCE_KEYS})
+    model_table = {k: v for k, v in model_table.items() if k not in SOURCE_KEYS}
     model = _build(ModelShape, model_table, "model", _MODEL_RULES)
     widths = _build(Widths, _table(data, "widths", required=True), "widths", _WIDTH_RULES)
     if source.factory is None and source.hf_config is None:
         _check_widths(widths, model)
     else:
-        model = _user_model_shape(model, model_table, source)
-        _check_user_widths(widths, source)
+        model = user_model_shape(model, model_table, source)
+        check_user_widths(widths, source)
     train = _build(TrainSettings, _table(data, "train"), "train", _TRAIN_RULES)
     if train.warmup_steps > train.steps:
         raise ConfigError(f"train.warmup_steps: must be <= train.steps ({train.steps}), got {train.warmup_steps}")
@@ -198,123 +198,6 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     if name is not None and not name.strip():
         raise ConfigError("name: must not be empty")
     return SweepConfig(model, widths, train, search, narrowing, seeds, executor, objective, parametrization, name, source)
-
-
-# --------------------------------------------------------------------------- the user's model
-
-_SOURCE_KEYS = ("factory", "hf_config", "hf_config_hash", "rules", "check")
-# What the built-in proxy's shape says that a user's model decides itself.
-_PROXY_ONLY = ("depth", "head_dim", "kv_ratio", "mlp_ratio", "tied_embeddings")
-
-
-def with_model(data: Mapping[str, Any], factory: str | None, rules: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
-    """A config document (TOML's dict) with `--model SPEC` (replacing the config's model:
-    its factory or hf_config, and the built-in proxy's shape) and `--rules FILE` (replacing
-    its rules) applied."""
-    data = dict(data)
-    model = dict(_table(data, "model"))
-    if factory is not None:
-        model = {k: v for k, v in model.items() if k not in (*_PROXY_ONLY, "hf_config", "hf_config_hash")}
-        model["factory"] = factory
-    if rules:
-        model["rules"] = [list(pair) for pair in rules]
-    data["model"] = model
-    return data
-
-
-def _parse_source(table: Mapping[str, Any]) -> ModelSource:
-    factory = _coerce(table.get("factory"), str | None, "model.factory")
-    hf_config = _coerce(table.get("hf_config"), str | None, "model.hf_config")
-    check = _coerce(table.get("check", "coord"), Literal["coord", "none"], "model.check")
-    if factory is not None and hf_config is not None:
-        raise ConfigError("model.factory: give either factory or hf_config, not both")
-    if factory is not None and not FACTORY_SPEC.fullmatch(factory):
-        raise ConfigError(f"model.factory: must be of the form package.module:function, got {factory!r}")
-    rules = _parse_rules(table.get("rules"))
-    if factory is None and hf_config is None:
-        extra = [k for k in ("hf_config_hash", "rules") if k in table]
-        if extra:
-            raise ConfigError(f"model.{extra[0]}: only for a model named by model.factory or model.hf_config")
-        return ModelSource(check=check)
-    digest = None
-    if hf_config is not None:
-        from telescope.models import hf
-
-        digest = hf.architecture_hash(hf.read_config(hf_config))
-        stored = _coerce(table.get("hf_config_hash"), str | None, "model.hf_config_hash")
-        if stored is not None and stored != digest:
-            raise ConfigError(
-                f"model.hf_config: {hf_config!r} is not the config this sweep was started with (its architecture changed)"
-            )
-    return ModelSource(factory, hf_config, digest, rules, check)
-
-
-# "package.module:function": how a factory is named (telescope.foreign loads it).
-FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
-
-def _parse_rules(value: Any) -> tuple[tuple[str, str], ...]:
-    """`rules`: a TOML/JSON file of role rules (the format of --rules) or [[pattern, role], ...]."""
-    if value is None:
-        return ()
-    from telescope.roles import as_rules, load_rules
-
-    if isinstance(value, str):
-        try:
-            return load_rules(value)
-        except ConfigError as e:
-            raise ConfigError(f"model.rules: {str(e).removeprefix('--rules ')}") from None
-    if not isinstance(value, list) or not all(
-        isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in value
-    ):
-        raise ConfigError(f"model.rules: must be a rules file or an array of [pattern, role] pairs, got {_show(value)}")
-    pairs = tuple((p[0], p[1]) for p in value)
-    try:
-        as_rules(pairs)
-    except ConfigError as e:
-        raise ConfigError(f"model.rules: {e}") from None
-    return pairs
-
-
-def _user_model_shape(model: ModelShape, table: Mapping[str, Any], source: ModelSource) -> ModelShape:
-    """The shape of a user's model: seq_len (and, for a factory, vocab_size) from the
-    config; the rest is the model's own, so the proxy's fields are refused."""
-    named = "model.factory" if source.factory is not None else "model.hf_config"
-    for key in _PROXY_ONLY:
-        if key in table:
-            raise ConfigError(f"model.{key}: the proxies are your model ({named}), which decides its own {key}")
-    if source.hf_config is None:
-        return model
-    from telescope.models import hf
-
-    vocab = hf.read_config(source.hf_config).get("vocab_size")
-    if not isinstance(vocab, int) or vocab < 2:
-        raise ConfigError(f"model.hf_config: {source.hf_config!r} has no vocab_size")
-    if "vocab_size" in table and table["vocab_size"] != vocab:
-        raise ConfigError(f"model.vocab_size: {table['vocab_size']} differs from the hf_config's vocab_size {vocab}")
-    return dataclasses.replace(model, vocab_size=vocab)
-
-
-def _check_user_widths(widths: Widths, source: ModelSource) -> None:
-    _check_width_ladder(widths)
-    if source.hf_config is None:
-        return
-    from telescope.models import hf
-
-    config = hf.read_config(source.hf_config)
-    level_widths = [widths.base << k for k in range((widths.calibration // widths.base).bit_length())]
-    for width in [*level_widths, widths.target]:
-        hf.at_width(config, width)
-
-
-def _model_table(model: ModelShape, source: ModelSource) -> dict[str, Any]:
-    if source.factory is None and source.hf_config is None:  # `check` waits for a --model
-        return dataclasses.asdict(model) | ({"check": source.check} if source.check != "coord" else {})
-    table: dict[str, Any] = {"seq_len": model.seq_len, "vocab_size": model.vocab_size}
-    table |= {"factory": source.factory, "hf_config": source.hf_config, "hf_config_hash": source.hf_config_hash}
-    if source.rules:
-        table["rules"] = [list(pair) for pair in source.rules]
-    return table | {"check": source.check}
 
 
 # --------------------------------------------------------------------------- section rules
@@ -402,10 +285,11 @@ def _check_widths(widths: Widths, model: ModelShape) -> None:
                 f"{model.mlp_ratio} * {w} (widths.{key}) = {model.mlp_ratio * w:g}"
             )
 
-    _check_width_ladder(widths)
+    check_width_ladder(widths)
 
 
-def _check_width_ladder(widths: Widths) -> None:
+def check_width_ladder(widths: Widths) -> None:
+    """Calibration is base times a power of two, and the target is no narrower."""
     ratio = widths.calibration / widths.base
     if widths.calibration % widths.base or not _is_power_of_two(widths.calibration // widths.base):
         raise ConfigError(

@@ -60,7 +60,7 @@ def export_sweep(
         "target_width": width,
         "base_width": config.widths.base,
         "parametrization": config.parametrization,
-        "model": _model_table(config),  # the proxy family, to build it at target_width
+        "model": config.to_dict()["model"],  # the proxy family (or the user's model), to build it at target_width
         "fingerprint": fingerprint(config.parametrization, ratio, config.train.recipe, identity),
         "measured_on": measured_on(config),
         "notes": target.notes if target is not None else [],
@@ -167,10 +167,6 @@ def _parameters(config: SweepConfig, width: int) -> list[Any]:
     from telescope.roles import classify, with_defaults
 
     return classify(build_on_meta(config.source, width), with_defaults(config.source.rules))
-
-
-def _model_table(config: SweepConfig) -> dict[str, Any]:
-    return config.to_dict()["model"]
 
 
 def _toml_ready(value: Any) -> Any:

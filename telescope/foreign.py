@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from telescope.config import FACTORY_SPEC
+from telescope.models.config import FACTORY_SPEC
 from telescope.errors import ConfigError, TelescopeError
 from telescope.models.describe import check_measured_on
 from telescope.parametrization import Role, Table, check_same_fingerprint, fingerprint, get_table, width_multiplier

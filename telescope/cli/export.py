@@ -117,7 +117,9 @@ def print_export(payload: dict[str, Any]) -> None:
     )
     console.print(
         f"Muon {fp['lr_adjust']}, {fp['ns_steps']} Newton-Schulz steps, momentum {fp['muon_momentum']}; "
-        f"AdamW betas {tuple(fp['adamw_betas'])}; muon_lr_ratio {fp['muon_lr_ratio']:g}; torch {fp['torch']}",
+        f"{'' if fp.get('muon_nesterov', True) else 'no '}Nesterov; AdamW betas {tuple(fp['adamw_betas'])}, eps {fp['adamw_eps']:g}; "
+        f"gradient clipping {'off' if fp.get('grad_clip') is None else fp['grad_clip']}; "
+        f"muon_lr_ratio {fp['muon_lr_ratio']:g}; torch {fp['torch']}",
         highlight=False,
     )
     horizon = payload.get("measured_on", {}).get("horizon")
