@@ -1,7 +1,7 @@
 """Wall time of a sweep over a transformers Llama of the built-in proxy's shape against the
 built-in proxy's sweep on the same grid, on the CPU, measured in the same run.
 
-    python benchmarks/bench_user_model.py --repeats 3
+    python benchmarks/bench_user_model.py --repeats 3 --steps 10
 
 Both sweeps: widths 32 -> 64, depth 2, head dim 32, 4x MLP, vocabulary 256, untied, a
 3x3 grid at each level, the local executor. The Llama is built from a config.json by
