@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from telescope.errors import ConfigError
+from telescope.models import ModelSource
+from telescope.models.config import SOURCE_KEYS, check_user_widths, model_table, parse_source, user_model_shape
 from telescope.search import Axis, LevelPlan, Narrowing, Widths, plan_levels
 from telescope.spec import (
     SWEEPABLE,
@@ -84,6 +86,11 @@ class SweepConfig:
     objective: Objective = "val_loss"
     parametrization: str = "paper"
     name: str | None = None
+    source: ModelSource = field(default_factory=ModelSource)  # the user's own model, if named
+
+    @property
+    def user_model(self) -> bool:
+        return self.source.factory is not None or self.source.hf_config is not None
 
     def trial_spec(self, width: int, point: Mapping[str, float], seed: int) -> TrialSpec:
         """The trial for one grid point (`point` holds exactly the swept hyperparameters)."""
@@ -97,6 +104,10 @@ class SweepConfig:
             seed=seed,
             model=self.model,
             train=self.train,
+            model_factory=self.source.factory,
+            model_rules=self.source.rules,
+            hf_config=self.source.hf_path,
+            hf_config_hash=self.source.hf_config_hash,
             **values,
         )
 
@@ -112,7 +123,7 @@ class SweepConfig:
             "name": self.name,
             "objective": self.objective,
             "parametrization": self.parametrization,
-            "model": dataclasses.asdict(self.model),
+            "model": model_table(self.model, self.source),
             "widths": dataclasses.asdict(self.widths),
             "train": dataclasses.asdict(self.train),
             "search": search,
@@ -129,6 +140,11 @@ class SweepConfig:
 
 def load_config(path: str | Path) -> SweepConfig:
     """Read and validate a sweep config; ConfigError (one line naming the field) if wrong."""
+    return parse_config(read_config_file(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The TOML document of a sweep config, not yet validated."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
@@ -140,15 +156,22 @@ def load_config(path: str | Path) -> SweepConfig:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {_one_line(str(e))}") from None
-    return parse_config(data)
+    return data
 
 
 def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     """Validate an already-parsed TOML document (a dict) into a SweepConfig."""
-    _check_keys(data, [f.name for f in dataclasses.fields(SweepConfig)], "")
-    model = _build(ModelShape, _table(data, "model"), "model", _MODEL_RULES)
+    _check_keys(data, [f.name for f in dataclasses.fields(SweepConfig) if f.name != "source"], "")
+    model_table = _table(data, "model")
+    source = parse_source({k: v for k, v in model_table.items() if k in SOURCE_KEYS})
+    model_table = {k: v for k, v in model_table.items() if k not in SOURCE_KEYS}
+    model = _build(ModelShape, model_table, "model", _MODEL_RULES)
     widths = _build(Widths, _table(data, "widths", required=True), "widths", _WIDTH_RULES)
-    _check_widths(widths, model)
+    if source.factory is None and source.hf_config is None:
+        _check_widths(widths, model)
+    else:
+        model = user_model_shape(model, model_table, source)
+        check_user_widths(widths, source)
     train = _build(TrainSettings, _table(data, "train"), "train", _TRAIN_RULES)
     if train.warmup_steps > train.steps:
         raise ConfigError(f"train.warmup_steps: must be <= train.steps ({train.steps}), got {train.warmup_steps}")
@@ -171,7 +194,7 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     name = _coerce(top.get("name"), str | None, "name")
     if name is not None and not name.strip():
         raise ConfigError("name: must not be empty")
-    return SweepConfig(model, widths, train, search, narrowing, seeds, executor, objective, parametrization, name)
+    return SweepConfig(model, widths, train, search, narrowing, seeds, executor, objective, parametrization, name, source)
 
 
 # --------------------------------------------------------------------------- section rules
@@ -218,6 +241,11 @@ _TRAIN_RULES: dict[str, Rule] = {
     "tokenizer": lambda v: None if v is None or v.strip() else "must not be empty",
     "device": _non_empty,
     "divergence_factor": lambda v: None if v > 1 else f"must be > 1, got {v}",
+    "grad_clip": lambda v: None if v is None or v > 0 else f"must be > 0 (leave it out for no clipping), got {v}",
+    "adamw_beta1": _between(0.0, 1.0),
+    "adamw_beta2": _between(0.0, 1.0),
+    "adamw_eps": _positive,
+    "muon_momentum": _between(0.0, 1.0),
 }
 _NARROWING_RULES: dict[str, Rule] = {
     "shrink": lambda v: None if v == "auto" or 0 < v <= 1 else f"must be 'auto' or in (0, 1], got {v}",
@@ -255,6 +283,11 @@ def _check_widths(widths: Widths, model: ModelShape) -> None:
                 f"{model.mlp_ratio} * {w} (widths.{key}) = {model.mlp_ratio * w:g}"
             )
 
+    check_width_ladder(widths)
+
+
+def check_width_ladder(widths: Widths) -> None:
+    """Calibration is base times a power of two, and the target is no narrower."""
     ratio = widths.calibration / widths.base
     if widths.calibration % widths.base or not _is_power_of_two(widths.calibration // widths.base):
         raise ConfigError(

@@ -9,6 +9,11 @@ FLOPs count every matrix multiply, 2 per multiply-add: the block projections, th
 unembedding (also when tied) and both attention products (QK^T and AV), where a causal
 query at position i sees i + 1 keys. Norms, rotary, softmax and the embedding lookup
 are not matmuls and are left out. Training = forward + backward = 3 x forward.
+
+A sweep of the user's own model (`[model] factory` or `hf_config`) is costed from that
+model itself, built on the meta device at each width (telescope.models.measure): its
+exact parameter count, and its forward FLOPs per token as torch's FLOP counter sees one
+sequence (2 x parameters when its forward cannot run on the meta device, e.g. an MoE).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from telescope.spec import ModelShape
 
@@ -71,7 +76,7 @@ def train_flops(shape: ModelShape, width: int, tokens: int) -> float:
 class LevelCost:
     level: int
     width: int
-    heads: int
+    heads: int | None  # None: a user's model built by a factory (its heads are its own)
     params: int
     non_embedding_params: int
     grid: str  # e.g. "8x8"
@@ -108,15 +113,15 @@ def plan(config: SweepConfig) -> Plan:
     """Cost of every level of the sweep and the totals, from the config alone."""
     shape, train = config.model, config.train
     tokens = train.steps * train.batch_size * shape.seq_len
+    costs = _user_model_costs(config, tokens) if config.user_model else _proxy_costs(config, tokens)
     levels = []
     for lp in config.levels():
-        counts = param_counts(shape, lp.width)
-        per_trial = train_flops(shape, lp.width, tokens)
+        counts, per_trial, heads = costs(lp.width)
         levels.append(
             LevelCost(
                 level=lp.level,
                 width=lp.width,
-                heads=lp.width // shape.head_dim,
+                heads=heads,
                 params=counts.total,
                 non_embedding_params=counts.non_embedding,
                 grid=lp.shape,
@@ -127,8 +132,7 @@ def plan(config: SweepConfig) -> Plan:
         )
     sweep = sum(lc.flops_per_level for lc in levels)
     target = config.widths.target
-    target_counts = param_counts(shape, target)
-    target_flops = train_flops(shape, target, tokens)
+    target_counts, target_flops, _ = costs(target)
     brute_trials = math.prod(a.points for a in config.search.axes) * config.seeds.per_point
     last = config.levels()[-1]
     extension = (math.prod(n + 1 for n in last.counts) - math.prod(last.counts)) * last.seeds
@@ -149,3 +153,28 @@ def plan(config: SweepConfig) -> Plan:
         extension_trials_per_step=extension,
         extension_flops_per_step=extension * levels[-1].flops_per_trial,
     )
+
+
+Costs = Callable[[int], tuple[ParamCounts, float, int | None]]  # width -> (counts, FLOPs per trial, heads)
+
+
+def _proxy_costs(config: SweepConfig, tokens: int) -> Costs:
+    shape = config.model
+    return lambda width: (param_counts(shape, width), train_flops(shape, width, tokens), width // shape.head_dim)
+
+
+def _user_model_costs(config: SweepConfig, tokens: int) -> Costs:
+    from telescope.models.measure import measure
+
+    head_dim = None
+    if config.source.hf_config is not None:
+        from telescope.models import hf
+
+        head_dim = hf.head_dim(hf.read_config(config.source.hf_config))
+
+    def costs(width: int) -> tuple[ParamCounts, float, int | None]:
+        total, non_embedding, forward = measure(config.source, width, config.model.seq_len)
+        per_token = forward if forward is not None else 2.0 * total
+        return ParamCounts(total, non_embedding), 3.0 * per_token * tokens, head_dim and width // head_dim
+
+    return costs

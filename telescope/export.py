@@ -7,9 +7,10 @@ import json
 import math
 from typing import Any, Literal
 
-from telescope.config import parse_config
+from telescope.config import SweepConfig, parse_config
 from telescope.cost import param_counts
 from telescope.errors import TelescopeError
+from telescope.models import model_identity
 from telescope.parametrization import fingerprint, transfer
 from telescope.proxy.model import parameter_roles
 from telescope.storage.database import Database
@@ -18,18 +19,26 @@ ExportFormat = Literal["json", "yaml", "toml"]
 MAX_TARGET_PARAMETERS = 10**15  # beyond any model anyone trains; far beyond it, torch cannot index the weights
 
 
-def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> dict[str, Any]:
-    """Base values, fingerprint, provenance and every parameter group's absolute values at
-    `target_width` (default: the config's target)."""
+def export_sweep(
+    db: Database, sweep: str, target_width: int | None = None, target_config: str | None = None
+) -> dict[str, Any]:
+    """Base values, fingerprint, provenance, what the proxies were (`measured_on`) and every
+    parameter group's absolute values at `target_width` (default: the config's target), by
+    the model's own parameter names. `target_config`: the full-size Hugging Face config of
+    a sweep over `[model] hf_config`; the width is its own."""
     row = db.require_sweep(sweep)
     if row.status != "completed" or not row.result:
         raise TelescopeError(f"sweep {sweep!r} has not finished (status {row.status}); run it to the end first")
     config = parse_config(row.config)
     result = row.result
+    target = None
+    if target_config is not None:
+        target = target_model(config, target_config, target_width)
+        target_width = target.width
     width = target_width or result["target_width"]
-    if width % config.model.head_dim:
+    if not config.user_model and width % config.model.head_dim:
         raise TelescopeError(f"--target-width {width} is not a multiple of head_dim {config.model.head_dim}")
-    if param_counts(config.model, width).total > MAX_TARGET_PARAMETERS:
+    if not config.user_model and param_counts(config.model, width).total > MAX_TARGET_PARAMETERS:
         raise TelescopeError(
             f"--target-width {width} makes a model of {param_counts(config.model, width).total:.3g} parameters, "
             f"more than {MAX_TARGET_PARAMETERS:.0e}: pass the width of the model you will train"
@@ -44,6 +53,7 @@ def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> d
     base = {**result["best"], **result["fixed"]}
     advice = recommendation(result, width)
     use = advice["values"]
+    ratio = use.get("muon_lr_ratio", 1.0)
     groups = transfer(
         config.parametrization,
         lr=use["lr"],
@@ -51,15 +61,18 @@ def export_sweep(db: Database, sweep: str, target_width: int | None = None) -> d
         muon_lr_ratio=use.get("muon_lr_ratio", 1.0),
         base_width=config.widths.base,
         width=width,
-        parameters=parameter_roles(config.model, width, config.widths.base, config.parametrization),
+        parameters=target.parameters if target is not None else _parameters(config, width),
     )
+    identity = model_identity(config.source.factory, config.source.hf_path, config.source.hf_config_hash)
     return {
         "sweep": sweep,
         "target_width": width,
         "base_width": config.widths.base,
         "parametrization": config.parametrization,
-        "model": dataclasses.asdict(config.model),  # the proxy family, to build it at target_width
-        "fingerprint": fingerprint(config.parametrization, base.get("muon_lr_ratio", 1.0)),
+        "model": config.to_dict()["model"],  # the proxy family (or the user's model), to build it at target_width
+        "fingerprint": fingerprint(config.parametrization, ratio, config.train.recipe, identity),
+        "measured_on": measured_on(config),
+        "notes": target.notes if target is not None else [],
         "base": base,
         "extrapolated": {d["name"]: _at(d, width) for d in result["drift"] or []},
         "recommendation": advice,
@@ -123,6 +136,95 @@ def recommendation(result: dict[str, Any], width: int) -> dict[str, Any]:
     lead = {"chosen": f"Use the values chosen at width {calibration}", "extrapolated": f"Use the values extrapolated to width {width}",
             "mixed": f"Use the values extrapolated to width {width} for {', '.join(moved)} and the chosen ones for the rest"}[kind]  # fmt: skip
     return {"use": use, "values": {**values, **result["fixed"]}, "reason": f"{lead}: {why}"}
+
+
+def measured_on(config: SweepConfig) -> dict[str, Any]:
+    """What the sweep measured on: the proxies' architecture (telescope.models.describe, and
+    the Hugging Face config without its width fields, the factory, or the built-in proxy's
+    shape) and the training horizon."""
+    import torch
+
+    from telescope.models.describe import describe
+    from telescope.roles import PROXY_RULES, with_defaults
+
+    source, train, base = config.source, config.train, config.widths.base
+    if config.user_model:
+        from telescope.models.measure import build_on_meta
+
+        model, rules = build_on_meta(source, base), with_defaults(source.rules)
+    else:
+        from telescope.proxy.model import build_model
+
+        with torch.device("meta"):
+            model, rules = build_model(config.model, base, base, config.parametrization), PROXY_RULES
+    if source.hf_config is not None:
+        from telescope.models import hf
+
+        architecture: dict[str, Any] = {"hf_config": hf.architecture(hf.read_config(source.hf_path))}
+    elif source.factory is not None:
+        architecture = {"factory": source.factory}
+    else:
+        architecture = {"proxy": dataclasses.asdict(config.model)}
+    return {
+        "model": describe(model, rules),
+        "architecture": architecture,
+        "horizon": {
+            "tokens_per_trial": train.steps * train.batch_size * config.model.seq_len,
+            "steps": train.steps,
+            "batch_size": train.batch_size,
+            "seq_len": config.model.seq_len,
+            "schedule": train.schedule,
+            "warmup_steps": train.warmup_steps,
+            "final_lr_ratio": train.final_lr_ratio,
+        },
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetModel:
+    width: int
+    parameters: list[Any]  # classified, at the target's width
+    notes: list[str]  # how the target differs from the proxies besides its width (depth, vocab)
+
+
+def target_model(config: SweepConfig, path: str, width: int | None) -> TargetModel:
+    """The full-size model of `--target-config PATH` (a sweep over `[model] hf_config`):
+    its width, its parameters, and its depth or vocabulary where they differ from the
+    proxies'. Any other difference is refused: the sweep did not measure that model."""
+    from telescope.models import hf
+    from telescope.models.measure import build_on_meta
+    from telescope.models import ModelSource
+    from telescope.roles import classify, with_defaults
+
+    if config.source.hf_config is None:
+        raise TelescopeError("--target-config is for a sweep of [model] hf_config; this sweep's model is not one")
+    proxies, target = hf.read_config(config.source.hf_path), hf.read_config(path)
+    fields = hf.width_fields(target)
+    target_width = target[fields.hidden]
+    if width is not None and width != target_width:
+        raise TelescopeError(f"--target-width {width} differs from the hidden size {target_width} of --target-config {path}")
+    free = {"num_hidden_layers", "n_layer", "vocab_size", "layer_types", "max_window_layers", "mlp_only_layers"}
+    a, b = hf.architecture(proxies), hf.architecture(target)
+    other = sorted(k for k in set(a) | set(b) if k not in free and a.get(k) != b.get(k))
+    if other:
+        raise TelescopeError(
+            f"--target-config {path} is another architecture than the proxies' ({', '.join(other)} differ); "
+            "only width, depth and vocabulary may differ"
+        )
+    notes = [f"the target's {k} is {target[k]}, the proxies' {proxies[k]}"
+             for k in ("num_hidden_layers", "n_layer", "vocab_size") if k in target and target.get(k) != proxies.get(k)]  # fmt: skip
+    source = ModelSource(hf_config=str(hf.config_file(path)), rules=config.source.rules)
+    model = build_on_meta(source, target_width)
+    return TargetModel(target_width, classify(model, with_defaults(config.source.rules)), notes)
+
+
+def _parameters(config: SweepConfig, width: int) -> list[Any]:
+    if not config.user_model:
+        return parameter_roles(config.model, width, config.widths.base, config.parametrization)
+    from telescope.models.measure import build_on_meta
+    from telescope.roles import classify, with_defaults
+
+    return classify(build_on_meta(config.source, width), with_defaults(config.source.rules))
 
 
 def _toml_ready(value: Any) -> Any:

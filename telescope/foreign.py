@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -27,7 +26,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from telescope.models.config import FACTORY_SPEC
 from telescope.errors import ConfigError, TelescopeError
+from telescope.models.describe import check_measured_on
 from telescope.parametrization import Role, Table, check_same_fingerprint, fingerprint, get_table, width_multiplier
 from telescope.proxy.optim import Optimizers, build_optimizers
 from telescope.roles import (
@@ -42,6 +43,7 @@ from telescope.roles import (
     report_rows,
     roles_of,
 )
+from telescope.spec import Recipe
 from telescope.weights import init_parameters, set_output_multiplier
 
 __all__ = [  # the roles' names are here too: users port a model with this one module
@@ -66,13 +68,11 @@ def classification_report(model: nn.Module, rules: Sequence[RuleLike] | None = N
 
 # --------------------------------------------------------------------------- factories
 
-_FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
 
 def load_factory(spec: str) -> Callable[[int], nn.Module]:
     """The callable `package.module:factory` names (width -> model). The current directory is
     searched first, so a module next to you imports as it would with `python -c`."""
-    if not _FACTORY_SPEC.fullmatch(spec or ""):
+    if not FACTORY_SPEC.fullmatch(spec or ""):
         raise TelescopeError(f"model factory {spec!r} is not of the form package.module:factory")
     module_name, attr_path = spec.split(":")
     added = os.getcwd() not in sys.path
@@ -100,11 +100,14 @@ def load_factory(spec: str) -> Callable[[int], nn.Module]:
 
 
 def make_model(factory: Callable[[int], nn.Module], width: int, name: str | None = None) -> nn.Module:
-    """`factory(width)`, checked to be an nn.Module."""
+    """`factory(width)`, checked to be an nn.Module; a factory that raises (or takes no
+    width) is one line."""
     label = name or getattr(factory, "__qualname__", repr(factory))
     try:
         model = factory(width)
-    except Exception as e:  # noqa: BLE001 - the user's factory failed (or takes no width); say how, in one line
+    except TelescopeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code failed (or takes no width); say how, in one line
         raise TelescopeError(f"model factory {label} failed when called with width {width}: {_one_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise TelescopeError(f"model factory {label} returned a {type(model).__name__}, not a torch.nn.Module")
@@ -112,13 +115,21 @@ def make_model(factory: Callable[[int], nn.Module], width: int, name: str | None
 
 
 def build_user_model(
-    factory: str, table: str | Table, width: int, base_width: int, seed: int, rules: Sequence[RuleLike] | None = None
+    factory: str | Callable[[int], nn.Module],
+    table: str | Table,
+    width: int,
+    base_width: int,
+    seed: int,
+    rules: Sequence[RuleLike] | None = None,
+    name: str | None = None,
 ) -> nn.Module:
-    """`factory(width)` (a "package.module:factory" spec) built from `seed` and parametrized
-    per `table`: how trials, coord checks and transfer checks get the user's model."""
+    """`factory(width)` (a callable, or a "package.module:factory" spec) built from `seed` and
+    parametrized per `table`: how trials, coord checks and transfer checks get the user's model."""
+    if isinstance(factory, str):
+        factory, name = load_factory(factory), factory
     with torch.random.fork_rng(devices=[]):  # the factory's own init draws from the global RNG
         torch.manual_seed(seed)
-        model = make_model(load_factory(factory), width, factory)
+        model = make_model(factory, width, name)
     parametrize(model, table, width, base_width, rules, generator=torch.Generator().manual_seed(seed))
     return model
 
@@ -185,16 +196,22 @@ def parametrize(
     base_width: int | None = None,
     rules: Sequence[RuleLike] | None = None,
     generator: torch.Generator | None = None,
+    strict: bool = False,
 ) -> dict[str, Role]:
     """Initialise every parameter per its role's row of the table at m = width / base_width
     (telescope.weights) and put the output multiplier on the logits; returns the roles.
 
     `table` is a table name (then give `width` and `base_width`), or an export (its dict or
     file): its parametrization, target width and base width are used, and a `width` given
-    too must equal the target width. The model's embedding dim must equal the width.
+    too must equal the target width. The model's embedding dim must equal the width. Given
+    an export, a model that differs from the proxies it was measured on in anything but
+    width (head dim, QK-norm, MLP form, tying, vocabulary, experts, depth) gets one warning
+    line on stderr, or a TelescopeError with `strict=True`.
 
     Telescope's own proxy already does all this in `build_model`: do not parametrize it."""
     t, width, base_width = _parametrization_of(table, width, base_width)
+    if _is_export(table):
+        check_measured_on(model, load_export(table), rules, strict)  # type: ignore[arg-type]
     classified = classify(model, rules)
     _check_width(classified, width)
     init_parameters(classified, t, width, base_width, generator)
@@ -206,8 +223,7 @@ def parametrize(
 def _parametrization_of(
     table: str | Table | Mapping[str, Any] | Path, width: int | None, base_width: int | None
 ) -> tuple[Table, int, int]:
-    is_export = isinstance(table, (Mapping, Path)) or (isinstance(table, str) and Path(table).suffix.lower() in _EXPORT_SUFFIXES)
-    if not is_export:
+    if not _is_export(table):
         if width is None or base_width is None:
             raise TelescopeError("parametrize with a table name needs width and base_width (or pass an export)")
         return _table(table), width, base_width  # type: ignore[arg-type]
@@ -218,6 +234,10 @@ def _parametrization_of(
     if base_width is not None and base_width != base:
         raise TelescopeError(f"base_width {base_width} differs from the export's base width {base}")
     return get_table(payload["parametrization"]), target, base
+
+
+def _is_export(table: Any) -> bool:
+    return isinstance(table, (Mapping, Path)) or (isinstance(table, str) and Path(table).suffix.lower() in _EXPORT_SUFFIXES)
 
 
 def _check_width(classified: Sequence[ParamRole], width: int, wanted: str = "the width {width} asked for", remedy: str = "") -> None:
@@ -326,6 +346,7 @@ def optimizers_from_export(
     model: nn.Module,
     export: Mapping[str, Any] | str | Path,
     rules: Sequence[RuleLike] | None = None,
+    strict: bool = False,
 ) -> tuple[Optimizers, list[dict[str, Any]]]:
     """Optimizers for your model of the export's target width, with every group's LR and
     weight decay equal to the export's absolute values for its role, and one printable
@@ -333,12 +354,17 @@ def optimizers_from_export(
 
     The export's parametrization must be the one this telescope ships under that name
     (torch version aside), the model's embedding dim must equal the target width, and a
-    model `parametrize`d must have been parametrized with the same table and widths."""
+    model `parametrize`d must have been parametrized with the same table and widths. The
+    optimizers have the export's recipe (Muon momentum and Nesterov, AdamW betas and eps,
+    gradient clipping in `step`). A model unlike the proxies warns, or refuses when
+    `strict` (see `parametrize`)."""
     payload = load_export(export)
+    check_measured_on(model, payload, rules, strict)
     table = get_table(payload["parametrization"])
     base = payload["base"]
     ratio = float(base.get("muon_lr_ratio", 1.0))
-    check_same_fingerprint(fingerprint(table, ratio), payload["fingerprint"], ignore=("torch",))
+    recipe = Recipe.from_fingerprint(payload["fingerprint"])
+    check_same_fingerprint(fingerprint(table, ratio, recipe), payload["fingerprint"], ignore=("torch", "model"))
     width, base_width = int(payload["target_width"]), int(payload["base_width"])
     _check_width(classify(model, rules), width, "the export's target width {width}",
                  f"; export for yours: telescope export {payload.get('sweep', 'SWEEP')} --target-width {{width}}")  # fmt: skip
@@ -349,9 +375,8 @@ def optimizers_from_export(
             f"the model was parametrized with {applied}, but the export is {wanted}: "
             "parametrize(model, export) with the same export"
         )
-    optimizers = build_foreign_optimizers(
-        model, table, float(base["lr"]), float(base["weight_decay"]), width, base_width, ratio, rules
-    )
+    optimizers = build_optimizers(model, table, float(base["lr"]), float(base["weight_decay"]), width, base_width, ratio,
+                                  as_rules(rules), recipe=recipe)  # fmt: skip
     exported = _export_role_values(payload)
     rows: list[dict[str, Any]] = []
     for opt in optimizers.optimizers:

@@ -18,19 +18,18 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Sequence
 
 from telescope.errors import ConfigError
+from telescope.spec import Recipe
 
 Role = Literal["embedding", "hidden", "output", "vector"]
 ROLES: tuple[Role, ...] = ("embedding", "hidden", "output", "vector")
 
-# Optimizer settings shared by every table (docs/design.md §2); part of the fingerprint.
+# Optimizer settings shared by every table (docs/design.md §2); part of the fingerprint. The
+# recipe a sweep may set ([train] grad_clip, AdamW betas and eps, Muon momentum and
+# Nesterov: telescope.spec.Recipe) is in the fingerprint too.
 MUON_VARIANT = "telescope.proxy.muon.Muon"  # batched NS, numerically torch.optim.Muon
-MUON_MOMENTUM = 0.95
-MUON_NESTEROV = True
 NS_STEPS = 5
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 LR_ADJUST = "match_rms_adamw"
-ADAMW_BETAS = (0.9, 0.95)
-ADAMW_EPS = 1e-8
 
 
 @dataclass(frozen=True)
@@ -157,20 +156,25 @@ def width_multiplier(width: int, base_width: int) -> float:
     return width / base_width
 
 
-def fingerprint(table: str | Table, muon_lr_ratio: float = 1.0) -> dict[str, Any]:
-    """What must be identical between the proxies and the target for a transfer to hold."""
+def fingerprint(
+    table: str | Table, muon_lr_ratio: float = 1.0, recipe: Recipe = Recipe(), model: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What must be identical between the proxies and the target for a transfer to hold:
+    the table, the optimizers and their recipe, and (for a user's model) which model."""
     t = get_table(table) if isinstance(table, str) else table
-    return {
+    named = {"model": model} if model is not None else {}
+    return named | {
         "table": t.name,
         "roles": {role: asdict(t.rule(role)) for role in ROLES},
         "muon_variant": MUON_VARIANT,
         "lr_adjust": LR_ADJUST,
-        "muon_momentum": MUON_MOMENTUM,
-        "muon_nesterov": MUON_NESTEROV,
+        "muon_momentum": recipe.muon_momentum,
+        "muon_nesterov": recipe.muon_nesterov,
         "ns_steps": NS_STEPS,
         "ns_coefficients": list(NS_COEFFICIENTS),
-        "adamw_betas": list(ADAMW_BETAS),
-        "adamw_eps": ADAMW_EPS,
+        "adamw_betas": list(recipe.adamw_betas),
+        "adamw_eps": recipe.adamw_eps,
+        "grad_clip": recipe.grad_clip,
         "torch": _torch_version(),
         "muon_lr_ratio": muon_lr_ratio,
     }

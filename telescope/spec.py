@@ -43,6 +43,25 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """The optimizers' settings a sweep trains with, beyond the table: the target must
+    train with the same ones (they move the optimum)."""
+
+    grad_clip: float | None = None  # each trial's gradients clipped to this global norm; None: off
+    adamw_betas: tuple[float, float] = (0.9, 0.95)
+    adamw_eps: float = 1e-8
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+
+    @classmethod
+    def from_fingerprint(cls, fp: dict[str, Any]) -> "Recipe":
+        """The recipe a fingerprint (telescope.parametrization.fingerprint) records."""
+        d = cls()
+        return cls(fp.get("grad_clip"), tuple(fp.get("adamw_betas", d.adamw_betas)), fp.get("adamw_eps", d.adamw_eps),
+                   fp.get("muon_momentum", d.muon_momentum), fp.get("muon_nesterov", d.muon_nesterov))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """How each trial trains; identical for every trial of a sweep."""
 
@@ -58,6 +77,18 @@ class TrainSettings:
     cross_documents: bool = True  # windows may cross documents where the format marks them
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     divergence_factor: float = 2.0  # loss above factor * initial loss counts as diverged
+    # The optimizer recipe (see Recipe; defaults are Recipe's).
+    grad_clip: float | None = Recipe.grad_clip
+    adamw_beta1: float = Recipe.adamw_betas[0]
+    adamw_beta2: float = Recipe.adamw_betas[1]
+    adamw_eps: float = Recipe.adamw_eps
+    muon_momentum: float = Recipe.muon_momentum
+    muon_nesterov: bool = Recipe.muon_nesterov
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(self.grad_clip, (self.adamw_beta1, self.adamw_beta2), self.adamw_eps, self.muon_momentum,
+                      self.muon_nesterov)  # fmt: skip
 
 
 def check_token_count(train: TrainSettings, seq_len: int) -> None:
@@ -85,6 +116,15 @@ class TrialSpec:
     # Role rules for the user's model, tried before telescope.roles.FOREIGN_RULES:
     # (regular expression, role) pairs, or ("<kind>", role) for a KindRule.
     model_rules: tuple[tuple[str, str], ...] = ()
+    # A Hugging Face config.json (absolute path) to build the user's model from at `width`,
+    # and the hash of its architecture (telescope.models.hf), checked where it is built.
+    hf_config: str | None = None
+    hf_config_hash: str | None = None
+
+    @property
+    def user_model(self) -> bool:
+        """Whether the trial trains the user's model (a factory or a Hugging Face config)."""
+        return self.model_factory is not None or self.hf_config is not None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

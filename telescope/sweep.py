@@ -57,23 +57,23 @@ def run_sweep(
     executor: Executor | None = None,
     new: bool = False,
     console: Console | None = None,
-    transfer_check: dict[str, Any] | None = None,
+    checks: dict[str, Any] | None = None,
     reuse: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a telescoping sweep and return its result, also stored in the database.
     A sweep that has
     completed trains nothing: its result is derived again from its stored trials.
 
-    `transfer_check`: the report section of a transfer check run before it (`telescope
-    sweep --check-transfer`), kept in the result. `reuse=False` trains every trial, even
+    `checks`: what was checked before it, kept in the result by name: the report section
+    of a transfer check (`telescope sweep --check-transfer`), the coord check of the user's
+    model. `reuse=False` trains every trial, even
     those a trial trained before could stand in for (telescope.runs.content)."""
     own_executor = executor is None
     executor = executor or make_executor(config.executor)
     try:
         with open_run(db, store, executor, _record(config, name), (config.model, config.train), new=new, reuse=reuse) as run:
             result = _run_levels(config, run, console or Console(stderr=True, markup=False))
-            if transfer_check is not None:
-                result["transfer_check"] = transfer_check
+            result.update(checks or {})
             run.finish(result)
     finally:
         if own_executor:

@@ -83,3 +83,39 @@ class DecoderLM(EncoderLM):
 
 def decoder_lm(width: int) -> nn.Module:
     return DecoderLM(width)
+
+
+def raising(width: int) -> nn.Module:
+    raise RuntimeError(f"cannot build width {width}")
+
+
+class BrokenForward(EncoderLM):
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        raise TypeError(f"forward() takes a dict of inputs, got a {type(idx).__name__}")
+
+
+def broken_forward(width: int) -> nn.Module:
+    return BrokenForward(width)
+
+
+class SmallVocab(EncoderLM):
+    """Logits over 100 tokens: fewer than the byte data's 256."""
+
+    def __init__(self, width: int):
+        super().__init__(width)
+        self.embed, self.lm_head = nn.Embedding(100, width), nn.Linear(width, 100, bias=False)
+
+
+def small_vocab(width: int) -> nn.Module:
+    return SmallVocab(width)
+
+
+class WidthScaledLogits(EncoderLM):
+    """Logits multiplied by the width: not muP, so the coord check fails."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return super().forward(idx) * self.embed.embedding_dim
+
+
+def width_scaled_logits(width: int) -> nn.Module:
+    return WidthScaledLogits(width)

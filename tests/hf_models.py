@@ -49,3 +49,29 @@ def mixtral(width: int) -> MixtralForCausalLM:  # 3-D expert banks and a router
         num_attention_heads=width // HEAD_DIM, num_key_value_heads=width // HEAD_DIM, max_position_embeddings=128,
         num_local_experts=4, num_experts_per_tok=2,
     ))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- config.json files
+
+TINY_CONFIGS = {
+    # Llama with tied embeddings and grouped-query attention (2 query heads per KV head).
+    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 1,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256,
+              "max_position_embeddings": 128, "tie_word_embeddings": True, "architectures": ["LlamaForCausalLM"]},
+    # An MoE with QK-norm: 4 experts, 2 per token.
+    "qwen3_moe": {"model_type": "qwen3_moe", "hidden_size": 64, "intermediate_size": 128, "moe_intermediate_size": 32,
+                  "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 16,
+                  "num_experts": 4, "num_experts_per_tok": 2, "vocab_size": 256, "max_position_embeddings": 128,
+                  "tie_word_embeddings": False},
+}  # fmt: skip
+
+
+def write_hf_config(folder, family: str, **overrides) -> str:
+    """A tiny config.json of `family` (TINY_CONFIGS) in `folder`; returns the folder."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIGS[family] | overrides))
+    return str(folder)

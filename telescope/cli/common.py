@@ -112,6 +112,32 @@ def trial_printer(objective: str) -> Callable[[str, Any], None]:
     return on_trial
 
 
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", help="Sweep your model: package.module:factory, factory(width) -> nn.Module (replaces the config's [model]).")
+]
+RulesOption = Annotated[
+    Path | None, typer.Option("--rules", help="Role rules for your model (TOML or JSON), tried before the defaults.")
+]
+
+
+def load_sweep_config(path: Path, model: str | None = None, rules: Path | None = None) -> Any:
+    """The sweep config at `path`, with --model and --rules applied (--rules needs a user
+    model: --model, or the config's factory or hf_config)."""
+    from telescope.config import parse_config, read_config_file
+    from telescope.models.config import with_model
+
+    data = read_config_file(path)
+    if rules is None:
+        return parse_config(with_model(data, model))
+    named = model is not None or any(k in data.get("model", {}) for k in ("factory", "hf_config"))
+    if not named:
+        raise TelescopeError("--rules gives role rules for your model: pass --model, or name it in the config's [model]")
+    from telescope.roles import load_rules
+
+    return parse_config(with_model(data, model, load_rules(rules)))
+
+
 def model_rules(path: Path | None, model: str | None) -> tuple[tuple[str, str], ...]:
     """The --rules file's rules for --model (none without the file); --rules needs --model."""
     if path is None:

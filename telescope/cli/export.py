@@ -33,6 +33,10 @@ def export(
                      "(with --output: from the file's suffix)."),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    target_config: Annotated[
+        Path | None,
+        typer.Option("--target-config", help="The full-size Hugging Face config.json of a sweep over [model] hf_config; the width is its own."),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Base values, fingerprint, provenance and the absolute values of every parameter group."""
@@ -43,7 +47,7 @@ def export(
     if output is not None and fmt is ExportFormat.table:
         raise TelescopeError("--format table is for reading on screen; write json, yaml or toml with --output")
     with Database(db, create=False) as database:
-        payload = export_sweep(database, sweep, target_width)
+        payload = export_sweep(database, sweep, target_width, None if target_config is None else str(target_config))
     if fmt is ExportFormat.table:
         print_export(payload)
         return
@@ -115,8 +119,19 @@ def print_export(payload: dict[str, Any]) -> None:
     )
     console.print(
         f"Muon {fp['lr_adjust']}, {fp['ns_steps']} Newton-Schulz steps, momentum {fp['muon_momentum']}; "
-        f"AdamW betas {tuple(fp['adamw_betas'])}; muon_lr_ratio {fp['muon_lr_ratio']:g}; torch {fp['torch']}",
+        f"{'' if fp.get('muon_nesterov', True) else 'no '}Nesterov; AdamW betas {tuple(fp['adamw_betas'])}, eps {fp['adamw_eps']:g}; "
+        f"gradient clipping {'off' if fp.get('grad_clip') is None else fp['grad_clip']}; "
+        f"muon_lr_ratio {fp['muon_lr_ratio']:g}; torch {fp['torch']}",
         highlight=False,
     )
+    horizon = payload.get("measured_on", {}).get("horizon")
+    if horizon:
+        console.print(
+            f"measured on {horizon['tokens_per_trial']:,} tokens per trial ({horizon['steps']} steps of "
+            f"{horizon['batch_size']} x {horizon['seq_len']}, {horizon['schedule']})",
+            highlight=False,
+        )
+    for note in payload.get("notes", []):
+        console.print(styled("note:", "cyan", f" {note}"), highlight=False)
     for warning in prov["warnings"]:
         console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)

@@ -9,14 +9,15 @@ from typing import Annotated
 import typer
 
 from telescope import readable
-from telescope.cli.common import WideOption, print_rows
-from telescope.config import load_config
+from telescope.cli.common import ModelOption, RulesOption, WideOption, load_sweep_config, print_rows
 from telescope.cost import Plan, plan as make_plan
 
 
 def plan(
     config: Annotated[Path, typer.Argument(help="Sweep config (TOML).", show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object.")] = False,
+    model: ModelOption = None,
+    rules: RulesOption = None,
     no_data_check: Annotated[
         bool, typer.Option("--no-data-check", help="Skip checking the data and device (to plan for another machine).")
     ] = False,
@@ -26,7 +27,7 @@ def plan(
 
     Like `telescope sweep`, it first checks that the data loads and fits the model and that
     the device exists here (exit 2 if not); --no-data-check skips that."""
-    cfg = load_config(config)
+    cfg = load_sweep_config(config, model, rules)
     if not no_data_check:
         from telescope.runs.preflight import check_inputs
 

@@ -12,9 +12,12 @@ from telescope.cli.common import (
     DbOption,
     DbRetryOption,
     ExecutorKind,
+    ModelOption,
+    RulesOption,
     StoreOption,
     err_console,
     open_database,
+    print_rows,
 )
 from telescope.cli.dashboard import DEFAULT_PORT, PortOption, bind_for_sweep, sweep_dashboard
 from telescope.cli.export import print_export
@@ -36,10 +39,12 @@ def sweep(
     no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
     dashboard: Annotated[bool, typer.Option("--dashboard", help="Serve `telescope dashboard` on 127.0.0.1 for the sweep's life.")] = False,
     port: PortOption = DEFAULT_PORT,
+    model: ModelOption = None,
+    rules: RulesOption = None,
 ) -> None:
     """Run the telescoping search; running it again resumes where it stopped."""
     from telescope.cli.checks import check_widths_fit
-    from telescope.config import load_config
+    from telescope.cli.common import load_sweep_config
     from telescope.cost import plan as make_plan
     from telescope.export import export_sweep
     from telescope.storage.metrics import MetricsStore, check_sweep_name
@@ -47,7 +52,7 @@ def sweep(
     from telescope.sweep import run_sweep
     from telescope.runs.executor import make_executor
 
-    cfg = load_config(config)
+    cfg = load_sweep_config(config, model, rules)
     settings = cfg.executor
     if executor is not None:
         settings = dataclasses.replace(settings, kind=executor.value)
@@ -55,7 +60,10 @@ def sweep(
         settings = dataclasses.replace(settings, kind="ray", ray_address=ray_address)
     sweep_name = check_sweep_name(name or cfg.name or config.stem)
     check_inputs(cfg.model, cfg.train, settings)  # before Ray starts and the plan prints
-    if settings.ray_address is None:
+    checks: dict = {}
+    if cfg.user_model:
+        checks["model_check"] = _check_user_model(cfg)
+    elif settings.ray_address is None:
         check_widths_fit(cfg.model, [cfg.widths.calibration], cfg.train.device, "widths.calibration")
     metrics = MetricsStore(store)
     metrics.check_writable()
@@ -70,11 +78,11 @@ def sweep(
     try:
         with open_database(db, db_retry_seconds) as database, sweep_dashboard(server, database, metrics):
             print_plan(make_plan(cfg))
-            section = None
             if check is not None:
-                section = _check_transfer(cfg, check, database, metrics, runner, sweep_name, force, not no_reuse)
+                checks["transfer_check"] = _check_transfer(cfg, check, database, metrics, runner, sweep_name, force,
+                                                           not no_reuse)  # fmt: skip
             result = run_sweep(
-                cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console, transfer_check=section,
+                cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console, checks=checks,
                 reuse=not no_reuse,
             )
             payload = export_sweep(database, result["sweep"])
@@ -102,3 +110,27 @@ def _check_transfer(cfg, check, database, metrics, runner, sweep_name: str, forc
         err_console.print("the sweep did not start: the transfer check failed (rerun with --force to sweep anyway)")
         raise typer.Exit(1)
     return section
+
+
+def _check_user_model(cfg) -> dict:
+    """The user's model runs on the sweep's data, and its proxies pass the coord check
+    (`[model] check = "coord"`), before anything is written; on FAIL the per-layer slopes
+    and roles are printed and the command exits 1."""
+    from telescope.models.check import check_user_model
+
+    verdict = check_user_model(cfg)
+    if verdict.check == "coord":
+        widths = ", ".join(map(str, verdict.widths))
+        err_console.print(f"coord check of your model at widths {widths}: {'PASS' if verdict.passed else 'FAIL'}", highlight=False)
+    if not verdict.passed:
+        print_rows(
+            [{"layer": v.layer, "roles": v.roles, "slope": round(v.slope, 3), "verdict": "PASS" if v.passed else "FAIL"}
+             for v in verdict.layers],
+            title=f"coord check: {verdict.steps} steps, lr {verdict.lr:g}, |slope| <= {verdict.threshold} passes",
+        )  # fmt: skip
+        err_console.print(
+            "the sweep did not start: the coord check failed, so the learning rates would not transfer across widths "
+            "(check the roles above; give rules with --rules, or set [model] check = \"none\" to sweep anyway)"
+        )
+        raise typer.Exit(1)
+    return verdict.to_dict()

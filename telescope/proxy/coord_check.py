@@ -10,7 +10,7 @@ verdict (under `paper`'s 1/m hidden LR it is negative by design).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +43,11 @@ class CoordCheckSettings:
     batch_size: int = 8
     data: str = "stdlib"
     seed: int = 0
+    seeds: int = 1  # activation sizes are averaged over seeds seed, seed + 1, ... before the fit
     model_factory: str | None = None  # "package.module:factory": check the user's model, not the proxy
     model_rules: tuple[tuple[str, str], ...] = ()  # its role rules, before FOREIGN_RULES
+    hf_config: str | None = None  # or a Hugging Face config.json to build it from (telescope.models.hf)
+    hf_config_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,14 +98,16 @@ def build_checked_model(settings: CoordCheckSettings, width: int, base_width: in
     """(model, optimizers, measured layers) at `width`: the proxy, or the user's model
     parametrized per the same table, with the proxy's optimizers (weight decay 0)."""
     generator = torch.Generator().manual_seed(settings.seed)
-    if settings.model_factory is None:
+    if settings.model_factory is None and settings.hf_config is None:
         model = build_model(settings.shape, width, base_width, settings.parametrization, generator)
         optimizers = build_optimizers(model, settings.parametrization, lr, 0.0, width, base_width)
         return model, optimizers, layer_modules(model)
     from telescope.foreign import build_foreign_optimizers, build_user_model
+    from telescope.models import model_maker
 
     rules = with_defaults(settings.model_rules)
-    model = build_user_model(settings.model_factory, settings.parametrization, width, base_width, settings.seed, rules)
+    maker, label = model_maker(settings.model_factory, settings.hf_config, settings.hf_config_hash)
+    model = build_user_model(maker, settings.parametrization, width, base_width, settings.seed, rules, label)
     optimizers = build_foreign_optimizers(model, settings.parametrization, lr, 0.0, width, base_width, rules=rules)
     return model, optimizers, foreign_layer_modules(model)
 
@@ -128,6 +133,8 @@ def log_log_slope(widths: list[int], values: np.ndarray) -> float:
 def _check(settings: CoordCheckSettings) -> None:
     if len(settings.widths) < 2 or len(set(settings.widths)) != len(settings.widths):
         raise ConfigError(f"--widths needs at least two distinct widths, got {settings.widths}")
+    if settings.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {settings.seeds}")
     if settings.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {settings.steps}")
     if settings.lr <= 0:
@@ -141,6 +148,10 @@ def _probe_width(settings: CoordCheckSettings, width: int, base_width: int, lr: 
     B, T = settings.batch_size, settings.shape.seq_len
     model, optimizers, layers = build_checked_model(settings, width, base_width, lr)
     probe_inputs, _ = data.val_batches(1, B, T)[0]
+    if settings.model_factory is not None or settings.hf_config is not None:
+        from telescope.models.check import check_forward
+
+        check_forward(model, probe_inputs, data.vocab_size, settings.model_factory or settings.hf_config, settings.data)
 
     outputs: dict[str, torch.Tensor] = {}
 
@@ -194,11 +205,12 @@ def coord_check(settings: CoordCheckSettings) -> CoordCheckResult:
     changes: dict[str, list[list[float]]] = {}
     final_losses = []
     for width in widths:
-        s, c, loss = _probe_width(settings, width, widths[0], lr, data)
-        for name in s:
-            sizes.setdefault(name, []).append(s[name])
-            changes.setdefault(name, []).append(c[name])
-        final_losses.append(loss)
+        runs = [_probe_width(replace(settings, seed=settings.seed + i), width, widths[0], lr, data)
+                for i in range(settings.seeds)]  # fmt: skip
+        for name in runs[0][0]:
+            sizes.setdefault(name, []).append(np.mean([s[name] for s, _, _ in runs], axis=0))
+            changes.setdefault(name, []).append(np.mean([c[name] for _, c, _ in runs], axis=0))
+        final_losses.append(float(np.mean([loss for _, _, loss in runs])))
     size_arrays = {name: np.array(v) for name, v in sizes.items()}
     change_arrays = {name: np.array(v) for name, v in changes.items()}
     layers = []

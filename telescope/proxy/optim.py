@@ -12,11 +12,7 @@ from torch import nn
 
 from telescope.errors import ConfigError
 from telescope.parametrization import (
-    ADAMW_BETAS,
-    ADAMW_EPS,
     LR_ADJUST,
-    MUON_MOMENTUM,
-    MUON_NESTEROV,
     NS_COEFFICIENTS,
     NS_STEPS,
     Table,
@@ -25,6 +21,7 @@ from telescope.parametrization import (
     width_multiplier,
 )
 from telescope.roles import PROXY_RULES, RuleLike, classify
+from telescope.spec import Recipe
 
 
 class Optimizers(torch.optim.Optimizer):
@@ -33,11 +30,14 @@ class Optimizers(torch.optim.Optimizer):
     of both, carrying `role`, `names` and `peak_lr`), so LR schedulers wrap it:
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizers, lambda step: schedule(step))
+
+    With `grad_clip`, `step` first clips the gradients of all groups to that global norm.
     """
 
-    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer], grad_clip: float | None = None) -> None:
         # Not Optimizer.__init__: the groups and the state live in the inner optimizers.
         self.optimizers = list(optimizers)
+        self.grad_clip = grad_clip
         self.defaults: dict[str, Any] = {}
         self._optimizer_step_pre_hooks = {}
         self._optimizer_step_post_hooks = {}
@@ -65,6 +65,9 @@ class Optimizers(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.grad_clip is not None:
+            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(grads, self.grad_clip, torch.nn.utils.get_total_norm(grads))
         for opt in self.optimizers:
             opt.step()
         return loss
@@ -139,9 +142,12 @@ def build_optimizers(
     muon_lr_ratio: float = 1.0,
     rules: Sequence[RuleLike] = PROXY_RULES,
     muon_cls: type[torch.optim.Optimizer] | None = None,
+    recipe: Recipe = Recipe(),
 ) -> Optimizers:
-    """Muon (momentum 0.95, Nesterov, 5 NS steps, match_rms_adamw, coupled weight decay) for
-    the Muon roles, AdamW for the rest, as the table says. `muon_cls` defaults to ours."""
+    """Muon (5 NS steps, match_rms_adamw, coupled weight decay) for the Muon roles, AdamW
+    for the rest, as the table says, with the recipe's momentum, betas, eps and gradient
+    clipping (default: momentum 0.95, Nesterov, betas (0.9, 0.95), eps 1e-8, no clipping).
+    `muon_cls` defaults to ours."""
     table = get_table(table) if isinstance(table, str) else table
     if lr <= 0 or weight_decay < 0 or muon_lr_ratio <= 0:
         raise ConfigError(
@@ -158,8 +164,8 @@ def build_optimizers(
             muon_cls(
                 groups["muon"],
                 lr=lr,
-                momentum=MUON_MOMENTUM,
-                nesterov=MUON_NESTEROV,
+                momentum=recipe.muon_momentum,
+                nesterov=recipe.muon_nesterov,
                 ns_coefficients=NS_COEFFICIENTS,
                 ns_steps=NS_STEPS,
                 adjust_lr_fn=LR_ADJUST,
@@ -167,6 +173,6 @@ def build_optimizers(
         )
     if groups["adamw"]:
         optimizers.append(
-            torch.optim.AdamW(groups["adamw"], lr=lr, betas=ADAMW_BETAS, eps=ADAMW_EPS)
+            torch.optim.AdamW(groups["adamw"], lr=lr, betas=recipe.adamw_betas, eps=recipe.adamw_eps)
         )
-    return Optimizers(optimizers)
+    return Optimizers(optimizers, recipe.grad_clip)

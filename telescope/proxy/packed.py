@@ -12,10 +12,11 @@ within float rounding (tests/test_packed.py).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections import defaultdict
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,19 +24,11 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from telescope.parametrization import (
-    ADAMW_BETAS,
-    ADAMW_EPS,
-    LR_ADJUST,
-    MUON_MOMENTUM,
-    MUON_NESTEROV,
-    NS_COEFFICIENTS,
-    NS_STEPS,
-    Table,
-)
+from telescope.parametrization import LR_ADJUST, NS_COEFFICIENTS, NS_STEPS, Table
 from telescope.proxy.model import build_model
 from telescope.proxy.muon import adjusted_lr, momentum_update, zeropower_via_newtonschulz5
 from telescope.proxy.optim import param_groups
+from telescope.roles import PROXY_RULES, with_defaults
 from telescope.spec import TrialSpec
 
 # Under vmap on CUDA (torch 2.11, H200), the cuDNN attention kernel's backward returns NaN
@@ -44,25 +37,39 @@ from telescope.spec import TrialSpec
 VMAP_SAFE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 
+def logits_of(output: Any) -> Tensor:
+    """The logits a model returned: the tensor itself, or a Hugging Face ModelOutput's `.logits`."""
+    return output if isinstance(output, Tensor) else getattr(output, "logits", output)
+
+
+@contextlib.contextmanager
+def vmap_quietly() -> Iterator[None]:
+    """Where a pack's forward runs under vmap: attention a vmapped backward gets right, and
+    quiet about what torch cannot batch."""
+    with warnings.catch_warnings(), sdpa_kernel(VMAP_SAFE_ATTENTION):
+        # CPU flash attention has no vmap rule: torch runs it once per trial, and says so each step.
+        warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule", category=UserWarning)
+        yield
+
+
 class PackedProxies:
-    """k proxies, one per spec (all with the same `pack_key`), with their optimizers."""
+    """k proxies (or k of the user's models, when telescope.models.packing finds them
+    batchable), one per spec (all with the same `pack_key`), with their optimizers."""
 
     def __init__(self, specs: Sequence[TrialSpec], table: Table, device: torch.device):
         first = specs[0]
-        models = []
-        for spec in specs:
-            generator = torch.Generator().manual_seed(spec.seed)
-            models.append(build_model(first.model, first.width, first.base_width, table, generator))
+        models = [_build(first, spec.seed, table) for spec in specs]
+        rules = with_defaults(first.model_rules) if first.user_model else PROXY_RULES
         groups = [
-            param_groups(m, table, s.lr, s.weight_decay, s.width, s.base_width, s.muon_lr_ratio)
+            param_groups(m, table, s.lr, s.weight_decay, s.width, s.base_width, s.muon_lr_ratio, rules)
             for m, s in zip(models, specs)
         ]
         stacked, _ = stack_module_state(models)
         self.params = {name: p.to(device).detach().requires_grad_() for name, p in stacked.items()}
         self.buffers = {name: b.to(device) for name, b in models[0].named_buffers()}
-        with torch.device("meta"):  # holds no weights of its own: functional_call passes the stacked ones
-            self._template = build_model(first.model, first.width, first.base_width, table)
+        self._template = _build(first, None, table)  # on meta: functional_call passes the stacked weights
         self.k = len(specs)
+        self.recipe = first.train.recipe
         self.muon = [_packed_group(self.params, [g["muon"][i] for g in groups], device) for i in range(len(groups[0]["muon"]))]
         self.adamw = [_packed_group(self.params, [g["adamw"][i] for g in groups], device) for i in range(len(groups[0]["adamw"]))]
         self._state: dict[Tensor, dict[str, Tensor]] = {}
@@ -73,13 +80,11 @@ class PackedProxies:
         """Each trial's mean cross-entropy, (k,). `inputs` is (B, T), shared by every
         trial, or (k, B, T), one batch per trial."""
         batched = 0 if inputs.ndim == 3 else None
-        with warnings.catch_warnings(), sdpa_kernel(VMAP_SAFE_ATTENTION):
-            # CPU flash attention has no vmap rule: torch runs it once per trial, and says so each step.
-            warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule", category=UserWarning)
+        with vmap_quietly():
             return vmap(self._loss, in_dims=(0, batched, batched))(self.params, inputs, targets)
 
     def _loss(self, params: dict[str, Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
-        logits = functional_call(self._template, (params, self.buffers), (inputs,))
+        logits = logits_of(functional_call(self._template, (params, self.buffers), (inputs,)))
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
     def grad_norms(self) -> Tensor:
@@ -93,10 +98,20 @@ class PackedProxies:
     @torch.no_grad()
     def step(self) -> None:
         self._steps += 1
+        if self.recipe.grad_clip is not None:
+            self._clip(self.recipe.grad_clip)
         for group in self.muon:
             self._muon_step(group)
         for group in self.adamw:
             self._adamw_step(group)
+
+    def _clip(self, max_norm: float) -> None:
+        """Each trial's gradients scaled down to at most `max_norm` in its own global norm
+        (as torch.nn.utils.clip_grad_norm_ on the trial alone)."""
+        coefficients = torch.clamp(max_norm / (self.grad_norms() + 1e-6), max=1.0)
+        for p in self.params.values():
+            if p.grad is not None:
+                p.grad.mul_(coefficients.view((-1,) + (1,) * (p.ndim - 1)))
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -114,16 +129,18 @@ class PackedProxies:
         for shape, params in by_shape.items():
             grads = [p.grad for p in params]
             bufs = [self._buffer(p, "momentum_buffer") for p in params]
-            directions = torch.stack(momentum_update(grads, bufs, MUON_MOMENTUM, MUON_NESTEROV))
-            updates = zeropower_via_newtonschulz5(directions.flatten(0, 1), NS_COEFFICIENTS, NS_STEPS)
-            scale = (lr * adjusted_lr(1.0, shape, LR_ADJUST)).view(-1, 1, 1)
+            directions = torch.stack(momentum_update(grads, bufs, self.recipe.muon_momentum, self.recipe.muon_nesterov))
+            # Every matrix of every trial (an expert bank's matrices each their own) in one chain.
+            updates = zeropower_via_newtonschulz5(directions.flatten(0, -3), NS_COEFFICIENTS, NS_STEPS)
+            per_trial = (-1,) + (1,) * (len(shape) - 1)
+            scale = (lr * adjusted_lr(1.0, shape, LR_ADJUST)).view(per_trial)
             for p, update in zip(params, updates.view_as(directions).unbind(0)):
                 if group["decays"]:
-                    p.mul_(decay.view(-1, 1, 1))
+                    p.mul_(decay.view(per_trial))
                 p.sub_(update * scale)
 
     def _adamw_step(self, group: dict) -> None:
-        beta1, beta2 = ADAMW_BETAS
+        beta1, beta2 = self.recipe.adamw_betas
         lr = group["peak_lr"] * self._multiplier
         decay = 1 - lr * group["weight_decay"]
         step_size = lr / (1 - beta1**self._steps)
@@ -135,7 +152,7 @@ class PackedProxies:
                 p.mul_(decay.view(per_trial))
             exp_avg.lerp_(p.grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAMW_EPS)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.recipe.adamw_eps)
             p.sub_(exp_avg / denom * step_size.view(per_trial))
 
     def _buffer(self, p: Tensor, name: str) -> Tensor:
@@ -143,6 +160,18 @@ class PackedProxies:
         if name not in state:
             state[name] = torch.zeros_like(p)
         return state[name]
+
+
+def _build(spec: TrialSpec, seed: int | None, table: Table) -> torch.nn.Module:
+    """One trial's model from `seed`, or (seed None) the template on the meta device."""
+    if spec.user_model:
+        from telescope.models.packing import build_trial_module
+
+        return build_trial_module(spec, seed or 0, device="meta" if seed is None else None)
+    if seed is None:
+        with torch.device("meta"):
+            return build_model(spec.model, spec.width, spec.base_width, table)
+    return build_model(spec.model, spec.width, spec.base_width, table, torch.Generator().manual_seed(seed))
 
 
 def _packed_group(params: dict[str, Tensor], groups: Sequence[dict], device: torch.device) -> dict:

@@ -9,18 +9,19 @@ import contextlib
 import dataclasses
 import math
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from telescope.errors import ConfigError, TelescopeError
+from telescope.models import model_identity
 from telescope.parametrization import Table, fingerprint, get_table
 from telescope.data import load_train_data
 from telescope.proxy.model import build_model
 from telescope.proxy.optim import Optimizers, build_optimizers
-from telescope.proxy.packed import PackedProxies
+from telescope.proxy.packed import PackedProxies, logits_of
 from telescope.roles import with_defaults
 from telescope.spec import (
     MetricsCallback,
@@ -39,9 +40,13 @@ WSD_DECAY_FRACTION = 0.2  # WSD: the last 20% of the steps decay linearly
 
 def pack_key(spec: TrialSpec) -> TrialSpec | None:
     """Trials with equal keys can share a pack: everything but LR, weight decay, Muon LR
-    ratio and seed is equal. A user's model (`model_factory`) is never packed: None."""
-    if spec.model_factory is not None:
-        return None
+    ratio and seed is equal. A user's model (a factory or a Hugging Face config) is packed
+    when telescope.models.packing finds it batchable; else None: one trial per process."""
+    if spec.user_model:
+        from telescope.models.packing import batchable
+
+        if not batchable(spec):
+            return None
     return dataclasses.replace(spec, lr=1.0, weight_decay=0.0, muon_lr_ratio=1.0, seed=0)
 
 
@@ -139,11 +144,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits a model returned: the tensor itself, or a Hugging Face ModelOutput's `.logits`."""
-    return output if isinstance(output, torch.Tensor) else getattr(output, "logits", output)
-
-
 def loss_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = logits_of(model(inputs))
     if not isinstance(logits, torch.Tensor):
@@ -190,8 +190,8 @@ def _finite(x: float) -> float | None:
 
 
 def train_flops(spec: TrialSpec, tokens: int, model: nn.Module | None = None) -> float:
-    """The proxy's cost model; for a user's model (`model_factory`) the 6 * params * tokens rule."""
-    if spec.model_factory is not None and model is not None:
+    """The proxy's cost model; for a user's model the 6 * params * tokens rule."""
+    if spec.user_model and model is not None:
         return 6.0 * sum(p.numel() for p in model.parameters()) * tokens
     from telescope.cost import train_flops as cost_train_flops
 
@@ -199,21 +199,25 @@ def train_flops(spec: TrialSpec, tokens: int, model: nn.Module | None = None) ->
 
 
 def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tuple[nn.Module, Optimizers]:
-    """The model the trial trains, initialised from `spec.seed` on `device`, and its optimizers:
-    the proxy, or the user's `spec.model_factory` model parametrized per the same table."""
+    """The model the trial trains, initialised from `spec.seed` on `device`, and its optimizers
+    (with the spec's recipe): the proxy, or the user's model (a factory or a Hugging Face
+    config) parametrized per the same table."""
     generator = torch.Generator().manual_seed(spec.seed)
-    if spec.model_factory is None:
+    recipe = spec.train.recipe
+    if not spec.user_model:
         model = build_model(spec.model, spec.width, spec.base_width, table, generator).to(device)
         optimizers = build_optimizers(
-            model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio
+            model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, recipe=recipe
         )
         return model, optimizers
-    from telescope.foreign import build_foreign_optimizers, build_user_model
+    from telescope.foreign import build_user_model
+    from telescope.models import model_maker
 
     rules = with_defaults(spec.model_rules)
-    model = build_user_model(spec.model_factory, table, spec.width, spec.base_width, spec.seed, rules).to(device)
-    optimizers = build_foreign_optimizers(
-        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, rules
+    maker, label = model_maker(spec.model_factory, spec.hf_config, spec.hf_config_hash)
+    model = build_user_model(maker, table, spec.width, spec.base_width, spec.seed, rules, label).to(device)
+    optimizers = build_optimizers(
+        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, rules, recipe=recipe
     )
     return model, optimizers
 
@@ -259,7 +263,8 @@ def run_trials(
     A proxy trial alone is a pack of one, so its numbers do not depend on its pack-mates:
     the batched ops compute each trial's slice with the same kernels whatever the pack.
     `reference=True` trains one trial unbatched with torch's AdamW instead, the math the
-    packed path is checked against (a user's model always trains so)."""
+    packed path is checked against (a user's model that cannot be batched always trains
+    so, one trial at a time: telescope.models.packing)."""
     started = time.perf_counter()
     callbacks = list(on_metrics) if on_metrics is not None else [None] * len(specs)
     for spec in specs:
@@ -277,7 +282,7 @@ def run_trials(
 
     packable = pack_key(spec) is not None and not reference
     if not packable and len(specs) > 1:
-        raise ValueError("a user's model or a reference run trains one trial at a time")
+        raise ValueError("a reference run, or a model that cannot be batched, trains one trial at a time")
     learner = PackedProxies(specs, table, device) if packable else _Single(spec, table, device)
     k, B, T = len(specs), spec.train.batch_size, spec.model.seq_len
     seeds = [s.seed for s in specs]
@@ -329,6 +334,7 @@ def run_trials(
     wall_time = (time.perf_counter() - started) / k
     model = learner.model if isinstance(learner, _Single) else None
     where = describe_device(device) + (f", pack of {k}" if k > 1 else "")
+    identity = model_identity(spec.model_factory, spec.hf_config, spec.hf_config_hash)
     results = []
     for i, trial in enumerate(specs):
         tail = losses[i][-SMOOTHING_STEPS:]
@@ -342,7 +348,7 @@ def run_trials(
             wall_time=wall_time,
             steps=len(losses[i]),
             device=where,
-            fingerprint=fingerprint(table, trial.muon_lr_ratio),
+            fingerprint=fingerprint(table, trial.muon_lr_ratio, trial.train.recipe, identity),
         ))  # fmt: skip
     return results
 
