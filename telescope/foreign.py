@@ -108,7 +108,7 @@ def make_model(factory: Callable[[int], nn.Module], width: int, name: str | None
     except TelescopeError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's code failed (or takes no width); say how, in one line
-        raise TelescopeError(f"model factory {label} failed when called with width {width}: {_one_line(e)}") from None
+        raise TelescopeError(f"model factory {label} failed at width {width}: {_one_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise TelescopeError(f"model factory {label} returned a {type(model).__name__}, not a torch.nn.Module")
     return model

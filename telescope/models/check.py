@@ -69,9 +69,10 @@ def check_forward(model: nn.Module, inputs: torch.Tensor, vocab_size: int, label
         except Exception as e:  # noqa: BLE001 - the user's forward failed: say so in one line
             raise TelescopeError(f"model {label}: its forward fails on a batch of the data {data!r}: {_one_line(e)}") from None
         if not isinstance(logits, torch.Tensor) or logits.shape[:-1] != inputs.shape:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            got = f"logits of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else (
+                f"a {type(logits).__name__}, not logits")  # fmt: skip
             raise TelescopeError(
-                f"model {label}: returned {shape} for inputs of shape {tuple(inputs.shape)}; "
+                f"model {label}: returned {got} for inputs of shape {tuple(inputs.shape)}; "
                 "it must return logits (batch, seq, vocab) or an object with .logits"
             )
         if logits.shape[-1] < vocab_size:
@@ -102,11 +103,11 @@ def check_user_model(config: Any, coord: bool | None = None) -> UserModelCheck:
     its proxies at the level widths."""
     from telescope.foreign import build_user_model
     from telescope.models import model_maker
-    from telescope.proxy.data import load_data
+    from telescope.data.load import load_train_data
     from telescope.roles import with_defaults
 
     source, train = config.source, config.train
-    data = load_data(train.data)
+    data = load_train_data(train)
     maker, label = model_maker(source.factory, source.hf_path, source.hf_config_hash)
     model = build_user_model(maker, config.parametrization, config.widths.base, config.widths.base, 0,
                              with_defaults(source.rules), label)  # fmt: skip
