@@ -48,10 +48,10 @@ from sqlalchemy.engine import URL
 
 from telescope.errors import StorageError
 from telescope.storage.engine import SQLITE_BUSY_TIMEOUT_S
-from telescope.storage.urls import error_line, read_only_uri, resolve_url, safe_url
-from telescope.storage.reader import reader_role
 from telescope.storage.metrics import PARTITION_SCHEMA, STEP_SCHEMA, MetricsStore, readable_metrics_files
+from telescope.storage.reader import reader_role
 from telescope.storage.schema import DATA_TABLES, Base, UTCDateTime
+from telescope.storage.urls import error_line, read_only_uri, resolve_url, safe_url
 
 DEFAULT_LIMIT = 1000
 DEFAULT_TIMEOUT_S = 30.0
@@ -150,26 +150,78 @@ def _read_only_connection(url: URL, timeout: float, deadline: float) -> Iterator
 
 # Pragmas that only read; any other pragma, and any of these given a value, is refused.
 _READING_PRAGMAS = {
-    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
-    "foreign_key_list", "database_list", "collation_list", "function_list", "module_list",
-    "pragma_list", "compile_options", "user_version", "schema_version", "application_id",
-    "journal_mode", "page_count", "page_size", "freelist_count", "encoding", "foreign_keys",
-    "data_version", "query_only",
-}  # fmt: skip
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "database_list",
+    "collation_list",
+    "function_list",
+    "module_list",
+    "pragma_list",
+    "compile_options",
+    "user_version",
+    "schema_version",
+    "application_id",
+    "journal_mode",
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "encoding",
+    "foreign_keys",
+    "data_version",
+    "query_only",
+}
 _PRAGMAS_WITH_TABLE_ARGUMENT = {
-    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list", "table_list",
-}  # fmt: skip
+    "table_info",
+    "table_xinfo",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "table_list",
+}
 _SQLITE_ACTION_NAMES = {
     getattr(sqlite3, f"SQLITE_{name}"): name.replace("_", " ")
     for name in (
-        "CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE", "CREATE_TEMP_TRIGGER",
-        "CREATE_TEMP_VIEW", "CREATE_TRIGGER", "CREATE_VIEW", "DELETE", "DROP_INDEX", "DROP_TABLE",
-        "DROP_TEMP_INDEX", "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER", "DROP_TEMP_VIEW", "DROP_TRIGGER",
-        "DROP_VIEW", "INSERT", "PRAGMA", "READ", "SELECT", "TRANSACTION", "UPDATE", "ATTACH", "DETACH",
-        "ALTER_TABLE", "REINDEX", "ANALYZE", "CREATE_VTABLE", "DROP_VTABLE", "FUNCTION", "SAVEPOINT",
+        "CREATE_INDEX",
+        "CREATE_TABLE",
+        "CREATE_TEMP_INDEX",
+        "CREATE_TEMP_TABLE",
+        "CREATE_TEMP_TRIGGER",
+        "CREATE_TEMP_VIEW",
+        "CREATE_TRIGGER",
+        "CREATE_VIEW",
+        "DELETE",
+        "DROP_INDEX",
+        "DROP_TABLE",
+        "DROP_TEMP_INDEX",
+        "DROP_TEMP_TABLE",
+        "DROP_TEMP_TRIGGER",
+        "DROP_TEMP_VIEW",
+        "DROP_TRIGGER",
+        "DROP_VIEW",
+        "INSERT",
+        "PRAGMA",
+        "READ",
+        "SELECT",
+        "TRANSACTION",
+        "UPDATE",
+        "ATTACH",
+        "DETACH",
+        "ALTER_TABLE",
+        "REINDEX",
+        "ANALYZE",
+        "CREATE_VTABLE",
+        "DROP_VTABLE",
+        "FUNCTION",
+        "SAVEPOINT",
         "RECURSIVE",
     )
-}  # fmt: skip
+}
 
 
 def _sqlite_authorizer(denied: list[str]) -> Callable[..., int]:
@@ -388,7 +440,9 @@ def _run_in_duckdb(sql: str, connection: _Connection, store: Path, limit: int, d
     if statement.type != duckdb.StatementType.SELECT:
         kind = statement.type.name.replace("_", " ")
         raise StorageError(f"{READ_ONLY_REFUSAL} ({kind} statement; with metrics only SELECT runs)")
-    duck = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    duck = duckdb.connect(
+        ":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    )
     timer = threading.Timer(max(0.0, deadline - time.monotonic()), duck.interrupt)
     try:
         for table in DATA_TABLES:
