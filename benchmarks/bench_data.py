@@ -72,11 +72,16 @@ def write_npy(path: Path, tokens: int) -> str:
 FORMATS = {  # name: (write(dir, tokens) -> source, load_data settings)
     "raw .bin (data_dtype = uint32)": (lambda d, n: write_raw(d / "tokens.bin", n), {"dtype": "uint32"}),
     ".npy uint32": (lambda d, n: write_npy(d / "tokens.npy", n), {}),
-    "Megatron int32 (.bin + .idx)": (lambda d, n: str(write_megatron(d / "corpus_text_document", documents(n, "int32"))), {}),
+    "Megatron int32 (.bin + .idx)": (
+        lambda d, n: str(write_megatron(d / "corpus_text_document", documents(n, "int32"))),
+        {},
+    ),
     "HF save_to_disk (Arrow)": (lambda d, n: f"{write_hf_arrow(d / 'hf', documents(n), dtype='uint32')}:input_ids", {}),
     "MDS ndarray uint32": (lambda d, n: str(write_mds(d / "mds", documents(n), samples_per_shard=30_000)), {}),
     "Parquet list<uint32>": (
-        lambda d, n: f"{write_parquet_tokens(d / 'tokens.parquet', documents(n), dtype='uint32')}:input_ids", {}),
+        lambda d, n: f"{write_parquet_tokens(d / 'tokens.parquet', documents(n), dtype='uint32')}:input_ids",
+        {},
+    ),
 }
 
 
@@ -102,8 +107,12 @@ def resident() -> dict:
 
 def grown(before: dict) -> dict:
     now = resident()
-    return {"rss": now["VmRSS"] - before["VmRSS"], "anon": now["RssAnon"] - before["RssAnon"],
-            "file": now["RssFile"] - before["RssFile"], "peak": status("VmHWM") - before["VmRSS"]}  # fmt: skip
+    return {
+        "rss": now["VmRSS"] - before["VmRSS"],
+        "anon": now["RssAnon"] - before["RssAnon"],
+        "file": now["RssFile"] - before["RssFile"],
+        "peak": status("VmHWM") - before["VmRSS"],
+    }
 
 
 def measure(source: str, settings: dict, batches: int) -> dict:
@@ -167,8 +176,11 @@ def main() -> None:
 
     free = shutil.disk_usage(args.dir).free
     tokens = int(min(args.tokens, (free - SPARE) / (4 * PEAK_DISK)))
-    print(f"{tokens:,} tokens a format ({tokens * 4 / 1e9:.2f} GB as uint32; {free / 1e9:.0f} GB free in {args.dir};"
-          f" asked for {int(args.tokens):,})", flush=True)  # fmt: skip
+    print(
+        f"{tokens:,} tokens a format ({tokens * 4 / 1e9:.2f} GB as uint32; {free / 1e9:.0f} GB free in {args.dir};"
+        f" asked for {int(args.tokens):,})",
+        flush=True,
+    )
     rows = []
     work = Path(tempfile.mkdtemp(prefix="bench-data-", dir=args.dir))
     try:
@@ -182,7 +194,10 @@ def main() -> None:
             cold = run_child(measure_args, cache)
             warm = [run_child(measure_args, cache) for _ in range(args.repeats)]
             if name.startswith("raw"):
-                ref = [run_child(["--reference", source, "--batches", str(args.batches)], cache) for _ in range(args.repeats)]
+                ref = [
+                    run_child(["--reference", source, "--batches", str(args.batches)], cache)
+                    for _ in range(args.repeats)
+                ]
                 rows.append(("reference: np.memmap of the raw .bin", None, ref, 0.0))
             rows.append((name, cold, warm, written))
             print(f"  {name}: written in {written:.0f} s, cold open {cold['open_s']:.2f} s", flush=True)
@@ -200,16 +215,20 @@ def med(runs: list[dict], key: str) -> float:
 def print_table(rows: list) -> None:
     ref = rows[0][2]
     mb = 1 << 20
-    print("\n| format | cold open s | warm open s | open / ref | batch ms | batch / ref | RSS growth MB"
-          " (anon + file) | RSS / ref | cold peak MB |")  # fmt: skip
+    print(
+        "\n| format | cold open s | warm open s | open / ref | batch ms | batch / ref | RSS growth MB"
+        " (anon + file) | RSS / ref | cold peak MB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, cold, warm, _ in rows:
         cold_open = f"{cold['open_s']:.2f}" if cold else "-"
         peak = f"{(cold or warm[0])['peak'] / mb:.0f}"
         rss = f"{med(warm, 'rss') / mb:.1f} ({med(warm, 'anon') / mb:.1f} + {med(warm, 'file') / mb:.1f})"
-        print(f"| {name} | {cold_open} | {med(warm, 'open_s'):.4f} | {med(warm, 'open_s') / med(ref, 'open_s'):.0f}x"
-              f" | {med(warm, 'batch_ms'):.2f} | {med(warm, 'batch_ms') / med(ref, 'batch_ms'):.2f}x"
-              f" | {rss} | {med(warm, 'rss') / max(med(ref, 'rss'), 1):.2f}x | {peak} |")  # fmt: skip
+        print(
+            f"| {name} | {cold_open} | {med(warm, 'open_s'):.4f} | {med(warm, 'open_s') / med(ref, 'open_s'):.0f}x"
+            f" | {med(warm, 'batch_ms'):.2f} | {med(warm, 'batch_ms') / med(ref, 'batch_ms'):.2f}x"
+            f" | {rss} | {med(warm, 'rss') / max(med(ref, 'rss'), 1):.2f}x | {peak} |"
+        )
 
 
 if __name__ == "__main__":

@@ -37,11 +37,11 @@ from rich.console import Console
 
 from telescope.config import SweepConfig, load_config
 from telescope.proxy.train import run_trial
+from telescope.runs.executor import make_executor
 from telescope.spec import TrialSpec
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 from telescope.sweep import run_sweep
-from telescope.runs.executor import make_executor
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "tiny-cpu.toml"
 CPUS = len(os.sched_getaffinity(0))
@@ -68,8 +68,14 @@ def one_sweep(config: SweepConfig, parallelism: int) -> tuple[Run, list[list[Tri
         executor = make_executor(config.executor)
         try:
             with Database(f"sqlite:///{tmp}/bench.db") as db:
-                run_sweep(config, db, MetricsStore(f"{tmp}/store"), "bench", executor=executor,
-                          console=Console(file=open(os.devnull, "w")))  # fmt: skip
+                run_sweep(
+                    config,
+                    db,
+                    MetricsStore(f"{tmp}/store"),
+                    "bench",
+                    executor=executor,
+                    console=Console(file=open(os.devnull, "w")),
+                )
                 end = time.time()
                 trials = db.trials("bench")
         finally:
@@ -139,19 +145,33 @@ def main() -> None:
                 run, these = one_sweep(config, parallel[name])
                 levels = levels or these
             runs[name].append(run)
-            print(f"  {name}: {run.trials} trials, start-up {run.startup:.1f}s, wall {run.wall:.1f}s, "
-                  f"ideal {run.ideal:.1f}s, wall/ideal {run.wall / run.ideal:.3f}", flush=True)  # fmt: skip
-    print(f"\n{'runner':>13}{'parallel':>10}{'start-up s':>12}{'wall s':>9}{'ideal s':>9}{'wall/ideal':>12}{'wall/pool':>11}")
+            print(
+                f"  {name}: {run.trials} trials, start-up {run.startup:.1f}s, wall {run.wall:.1f}s, "
+                f"ideal {run.ideal:.1f}s, wall/ideal {run.wall / run.ideal:.3f}",
+                flush=True,
+            )
+    print(
+        f"\n{'runner':>13}{'parallel':>10}{'start-up s':>12}{'wall s':>9}{'ideal s':>9}{'wall/ideal':>12}"
+        f"{'wall/pool':>11}"
+    )
     for name in sorted(order, key=lambda n: n != "pool"):
         rs = runs[name]
         median = {f.name: statistics.median(getattr(r, f.name) for r in rs) for f in dataclasses.fields(Run)}
         over_ideal = statistics.median(r.wall / r.ideal for r in rs)
         # Against the pool's sweep of the same round.
-        vs_pool = f"{statistics.median(r.wall / p.wall for r, p in zip(rs, runs['pool'])):>11.3f}" if "pool" in runs else f"{'-':>11}"
-        print(f"{name:>13}{parallel[name]:>10}{median['startup']:>12.1f}{median['wall']:>9.1f}{median['ideal']:>9.1f}"
-              f"{over_ideal:>12.3f}{vs_pool}")  # fmt: skip
-    print("\nMedians over the rounds (ratios: per round). wall: from the first trial's start to the answer; "
-          "ideal: the trials' own wall times / parallelism (a packed trial: its share of the pack's).")
+        vs_pool = (
+            f"{statistics.median(r.wall / p.wall for r, p in zip(rs, runs['pool'])):>11.3f}"
+            if "pool" in runs
+            else f"{'-':>11}"
+        )
+        print(
+            f"{name:>13}{parallel[name]:>10}{median['startup']:>12.1f}{median['wall']:>9.1f}{median['ideal']:>9.1f}"
+            f"{over_ideal:>12.3f}{vs_pool}"
+        )
+    print(
+        "\nMedians over the rounds (ratios: per round). wall: from the first trial's start to the answer; "
+        "ideal: the trials' own wall times / parallelism (a packed trial: its share of the pack's)."
+    )
 
 
 if __name__ == "__main__":

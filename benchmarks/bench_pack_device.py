@@ -30,8 +30,10 @@ def level(width: int, n: int, shape: ModelShape, train: TrainSettings) -> list[T
     """n trials of one level: a grid of LR x weight decay around the paper table's default."""
     side = max(1, round(n**0.5))
     points = [(0.034 * 2 ** (i - side // 2), 0.1 * 2 ** (j - side // 2)) for i in range(side) for j in range(side)]
-    return [TrialSpec(width=width, base_width=min(256, width), lr=lr, weight_decay=wd, model=shape, train=train)
-            for lr, wd in points[:n]]  # fmt: skip
+    return [
+        TrialSpec(width=width, base_width=min(256, width), lr=lr, weight_decay=wd, model=shape, train=train)
+        for lr, wd in points[:n]
+    ]
 
 
 def reset_peak(device: torch.device) -> None:
@@ -104,10 +106,14 @@ def main() -> None:
     train = TrainSettings(steps=args.steps, batch_size=args.batch, warmup_steps=10, eval_batches=4, device=str(device))
     tokens = args.steps * args.batch * args.seq_len
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{name}, torch {torch.__version__}, depth {args.depth}, head_dim {args.head_dim}, batch "
-          f"{args.batch}x{args.seq_len}, {args.steps} steps, {args.trials} trials per level, medians of {args.repeats}")  # fmt: skip
-    print(f"{'width':>6} {'runner':<12}{'start-up s':>11}{'wall s':>9}{'trials/s':>10}{'tokens/s':>13}"
-          f"{'wall/pool':>10}{'peak GiB':>10}  bitwise = alone")  # fmt: skip
+    print(
+        f"{name}, torch {torch.__version__}, depth {args.depth}, head_dim {args.head_dim}, batch "
+        f"{args.batch}x{args.seq_len}, {args.steps} steps, {args.trials} trials per level, medians of {args.repeats}"
+    )
+    print(
+        f"{'width':>6} {'runner':<12}{'start-up s':>11}{'wall s':>9}{'trials/s':>10}{'tokens/s':>13}"
+        f"{'wall/pool':>10}{'peak GiB':>10}  bitwise = alone"
+    )
     for width in (int(w) for w in args.widths.split(",")):
         specs = level(width, args.trials, shape, train)
         rows: dict[str, list[tuple[float, float, list, float]]] = {}
@@ -124,9 +130,11 @@ def main() -> None:
             up, wall = statistics.median(u for u, *_ in runs), statistics.median(w for _, w, _, _ in runs)
             same = all(r[2] == reference for r in runs)
             diff = max(abs(a - b) for r in runs for a, b in zip(r[2], reference) if a is not None and b is not None)
-            print(f"{width:>6} {runner:<12}{up:>11.1f}{wall:>9.2f}{len(specs) / wall:>10.2f}"
-                  f"{len(specs) * tokens / wall:>13,.0f}{wall / pool_wall:>10.2f}{runs[0][3]:>10.2f}  "
-                  f"{'yes' if same else f'no (max diff {diff:.2e})'}")  # fmt: skip
+            print(
+                f"{width:>6} {runner:<12}{up:>11.1f}{wall:>9.2f}{len(specs) / wall:>10.2f}"
+                f"{len(specs) * tokens / wall:>13,.0f}{wall / pool_wall:>10.2f}{runs[0][3]:>10.2f}  "
+                f"{'yes' if same else f'no (max diff {diff:.2e})'}"
+            )
 
 
 if __name__ == "__main__":

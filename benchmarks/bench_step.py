@@ -65,14 +65,22 @@ def main() -> None:
     args = parser.parse_args()
     shape = ModelShape()
     batch = load_data("stdlib").train_batch(0, 16, shape.seq_len, 0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 16x{shape.seq_len}, depth {shape.depth}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 16x{shape.seq_len}, depth {shape.depth}"
+    )
     print(f"{'what':<28}{'width':>6}{'ours ms':>10}{'reference ms':>14}{'ratio':>8}")
     for width in (int(w) for w in args.widths.split(",")):
         rows = [
-            ("trial step (fwd+bwd+optim)", train_step_fn(width, shape, batch, Muon),
-             train_step_fn(width, shape, batch, torch.optim.Muon)),
-            ("Muon step (hidden matrices)", muon_step_fn(width, shape, Muon),
-             muon_step_fn(width, shape, torch.optim.Muon)),
+            (
+                "trial step (fwd+bwd+optim)",
+                train_step_fn(width, shape, batch, Muon),
+                train_step_fn(width, shape, batch, torch.optim.Muon),
+            ),
+            (
+                "Muon step (hidden matrices)",
+                muon_step_fn(width, shape, Muon),
+                muon_step_fn(width, shape, torch.optim.Muon),
+            ),
         ]
         for what, ours, reference in rows:
             t_ref = median_seconds(reference, args.repeats)  # interleave to share any drift

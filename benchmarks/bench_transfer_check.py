@@ -24,10 +24,20 @@ BUDGET_S = 15 * 60
 
 def run_check(table: str, folder: Path, executor: str | None) -> tuple[int, dict | None, float, str]:
     cmd = [
-        sys.executable, "-m", "telescope", "transfer-check", "-p", table, "--json",
-        "--db", f"sqlite:///{folder / 'bench.db'}", "--store", str(folder / "store"),
-        "--plot", str(folder / f"{table}.png"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "telescope",
+        "transfer-check",
+        "-p",
+        table,
+        "--json",
+        "--db",
+        f"sqlite:///{folder / 'bench.db'}",
+        "--store",
+        str(folder / "store"),
+        "--plot",
+        str(folder / f"{table}.png"),
+    ]
     if executor:
         cmd += ["--executor", executor]
     start = time.perf_counter()
@@ -49,8 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-transfer-check-"))
     root.mkdir(parents=True, exist_ok=True)
-    header = f"{'parametrization':<16}{'exit':>5}{'verdict':>9}{'drift/doubling':>16}{'drift std':>11}" \
-             f"{'optima (lr)':>22}{'best losses':>18}{'trials':>8}{'wall s':>9}{'budget':>8}"
+    header = (
+        f"{'parametrization':<16}{'exit':>5}{'verdict':>9}{'drift/doubling':>16}{'drift std':>11}"
+        f"{'optima (lr)':>22}{'best losses':>18}{'trials':>8}{'wall s':>9}{'budget':>8}"
+    )
     rows = []
     for table in args.tables.split(","):
         folder = root / table

@@ -51,10 +51,12 @@ def ours(spec: TrialSpec, warmup: int, device: torch.device) -> tuple[float, flo
 def reference(spec: TrialSpec, warmup: int, device: torch.device) -> tuple[float, float | None]:
     reset_peak(device)
     data = load_data(spec.train.data)
-    model = build_model(spec.model, spec.width, spec.base_width, spec.parametrization,
-                        torch.Generator().manual_seed(spec.seed)).to(device)  # fmt: skip
-    opt = build_optimizers(model, spec.parametrization, spec.lr, spec.weight_decay, spec.width, spec.base_width,
-                           muon_cls=torch.optim.Muon)  # fmt: skip
+    model = build_model(
+        spec.model, spec.width, spec.base_width, spec.parametrization, torch.Generator().manual_seed(spec.seed)
+    ).to(device)
+    opt = build_optimizers(
+        model, spec.parametrization, spec.lr, spec.weight_decay, spec.width, spec.base_width, muon_cls=torch.optim.Muon
+    )
     B, T = spec.train.batch_size, spec.model.seq_len
     stamps = []
     for step in range(spec.train.steps):
@@ -86,20 +88,25 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     shape = ModelShape(depth=args.depth, head_dim=args.head_dim, seq_len=args.seq_len)
-    train = TrainSettings(steps=args.steps, batch_size=args.batch, warmup_steps=5, eval_batches=2,
-                          device=str(device))  # fmt: skip
+    train = TrainSettings(steps=args.steps, batch_size=args.batch, warmup_steps=5, eval_batches=2, device=str(device))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{name}, torch {torch.__version__}, depth {args.depth}, head_dim {args.head_dim}, "
-          f"batch {args.batch}x{args.seq_len}, {args.steps} steps, medians after step {args.warmup}")  # fmt: skip
-    print(f"{'width':>6}{'params':>10}{'ours tok/s':>13}{'ref tok/s':>12}{'ratio':>7}{'ours GiB':>10}{'ref GiB':>9}"
-          f"{'val loss':>10}")  # fmt: skip
+    print(
+        f"{name}, torch {torch.__version__}, depth {args.depth}, head_dim {args.head_dim}, "
+        f"batch {args.batch}x{args.seq_len}, {args.steps} steps, medians after step {args.warmup}"
+    )
+    print(
+        f"{'width':>6}{'params':>10}{'ours tok/s':>13}{'ref tok/s':>12}{'ratio':>7}{'ours GiB':>10}{'ref GiB':>9}"
+        f"{'val loss':>10}"
+    )
     for width in (int(w) for w in args.widths.split(",")):
         spec = TrialSpec(width=width, base_width=min(256, width), lr=0.03, weight_decay=0.05, model=shape, train=train)
         ref_tps, ref_mem = reference(spec, args.warmup, device)
         our_tps, our_mem, val = ours(spec, args.warmup, device)
         mem = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
-        print(f"{width:>6}{param_counts(shape, width).total / 1e6:>9.1f}M{our_tps:>13,.0f}{ref_tps:>12,.0f}"
-              f"{our_tps / ref_tps:>7.2f}{mem(our_mem):>10}{mem(ref_mem):>9}{val:>10.3f}")  # fmt: skip
+        print(
+            f"{width:>6}{param_counts(shape, width).total / 1e6:>9.1f}M{our_tps:>13,.0f}{ref_tps:>12,.0f}"
+            f"{our_tps / ref_tps:>7.2f}{mem(our_mem):>10}{mem(ref_mem):>9}{val:>10.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,19 @@ from telescope.storage.metrics import MetricsStore
 from telescope.sweep import run_sweep
 from telescope.trials import make_executor
 
-LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-         "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 256,
-         "max_position_embeddings": 256, "tie_word_embeddings": False, "rms_norm_eps": 1e-6}  # fmt: skip
+LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "vocab_size": 256,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": False,
+    "rms_norm_eps": 1e-6,
+}
 
 
 def config(model: dict, steps: int, workers: int) -> dict:
@@ -74,7 +84,10 @@ def main() -> None:
                 times[label].append(seconds)
     print(f"{'sweep':<8} {'trials':>6} {'median s':>9}  runs")
     for label in ("proxy", "llama"):
-        print(f"{label:<8} {counts[label]:>6} {statistics.median(times[label]):>9.2f}  {', '.join(f'{t:.1f}' for t in times[label])}")
+        print(
+            f"{label:<8} {counts[label]:>6} {statistics.median(times[label]):>9.2f}  "
+            f"{', '.join(f'{t:.1f}' for t in times[label])}"
+        )
     ratio = statistics.median(times["llama"]) / statistics.median(times["proxy"])
     print(f"ratio llama / proxy: {ratio:.2f}x (target <= 1.3x)")
 

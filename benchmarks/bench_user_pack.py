@@ -23,9 +23,19 @@ from telescope.models import hf
 from telescope.proxy.train import run_trials
 from telescope.spec import ModelShape, TrainSettings, TrialSpec
 
-LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-         "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 256,
-         "max_position_embeddings": 256, "tie_word_embeddings": False, "rms_norm_eps": 1e-6}  # fmt: skip
+LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "vocab_size": 256,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": False,
+    "rms_norm_eps": 1e-6,
+}
 
 
 def main() -> None:
@@ -42,8 +52,19 @@ def main() -> None:
         train = TrainSettings(steps=args.steps, batch_size=8, warmup_steps=2, eval_batches=1, device="cpu")
         print(f"{'width':>5} {'packed s/step':>14} {'alone s/step':>13} {'ratio':>6}")
         for width in map(int, args.widths.split(",")):
-            specs = [TrialSpec(width=width, base_width=32, lr=0.004 * 1.5**i, weight_decay=0.1, model=ModelShape(seq_len=64),
-                               train=train, hf_config=str(path), hf_config_hash=digest) for i in range(args.pack)]  # fmt: skip
+            specs = [
+                TrialSpec(
+                    width=width,
+                    base_width=32,
+                    lr=0.004 * 1.5**i,
+                    weight_decay=0.1,
+                    model=ModelShape(seq_len=64),
+                    train=train,
+                    hf_config=str(path),
+                    hf_config_hash=digest,
+                )
+                for i in range(args.pack)
+            ]
             run_trials(specs[:1])  # warm up: imports, the batchability probe
             packed, alone = [], []
             for _ in range(args.repeats):

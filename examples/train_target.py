@@ -18,7 +18,15 @@ import argparse
 import sys
 import time
 
-from telescope import ModelShape, TelescopeError, TrainSettings, build_model, load_data, load_export, optimizers_from_export
+from telescope import (
+    ModelShape,
+    TelescopeError,
+    TrainSettings,
+    build_model,
+    load_data,
+    load_export,
+    optimizers_from_export,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,21 +61,28 @@ def train(args: argparse.Namespace) -> None:
     shape = ModelShape(**export["model"])
     device = resolve_device(args.device)
     width, base_width = export["target_width"], export["base_width"]
-    model = build_model(shape, width, base_width, export["parametrization"],
-                        torch.Generator().manual_seed(args.seed)).to(device)  # fmt: skip
+    model = build_model(
+        shape, width, base_width, export["parametrization"], torch.Generator().manual_seed(args.seed)
+    ).to(device)
     optimizers, assignments = optimizers_from_export(model, export)
     for role in ("embedding", "hidden", "output", "vector"):
         rows = [a for a in assignments if a["role"] == role]
         if rows:
-            print(f"{role:9s} {rows[0]['optimizer']:5s} lr {rows[0]['lr']:.4g}  wd {rows[0]['weight_decay']:.4g}  "
-                  f"({len(rows)} tensors)")  # fmt: skip
+            print(
+                f"{role:9s} {rows[0]['optimizer']:5s} lr {rows[0]['lr']:.4g}  wd {rows[0]['weight_decay']:.4g}  "
+                f"({len(rows)} tensors)"
+            )
 
-    schedule = TrainSettings(steps=args.steps, warmup_steps=args.warmup if args.warmup is not None else args.steps // 10)
+    schedule = TrainSettings(
+        steps=args.steps, warmup_steps=args.warmup if args.warmup is not None else args.steps // 10
+    )
     data = load_data(args.data)
     B, T = args.batch_size, shape.seq_len
     started = time.perf_counter()
-    print(f"training width {width} ({sum(p.numel() for p in model.parameters()):,} parameters) on {data.name}, "
-          f"{args.steps} steps of {B}x{T} tokens, device {device}")  # fmt: skip
+    print(
+        f"training width {width} ({sum(p.numel() for p in model.parameters()):,} parameters) on {data.name}, "
+        f"{args.steps} steps of {B}x{T} tokens, device {device}"
+    )
     for step in range(args.steps):
         inputs, targets = (t.to(device) for t in data.train_batch(step, B, T, args.seed))
         optimizers.set_lr_multiplier(lr_multiplier(step, schedule))

@@ -194,7 +194,9 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     name = _coerce(top.get("name"), str | None, "name")
     if name is not None and not name.strip():
         raise ConfigError("name: must not be empty")
-    return SweepConfig(model, widths, train, search, narrowing, seeds, executor, objective, parametrization, name, source)
+    return SweepConfig(
+        model, widths, train, search, narrowing, seeds, executor, objective, parametrization, name, source
+    )
 
 
 # --------------------------------------------------------------------------- section rules
@@ -456,9 +458,7 @@ def _check_keys(table: Mapping[str, Any], allowed: typing.Iterable[str], where: 
     for key in table:
         if key not in allowed:
             name = f"{where}.{key}" if where else key
-            raise ConfigError(
-                f"{name}: unknown key{_did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})"
-            )
+            raise ConfigError(f"{name}: unknown key{_did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})")
 
 
 def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:

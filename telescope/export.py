@@ -133,8 +133,12 @@ def recommendation(result: dict[str, Any], width: int) -> dict[str, Any]:
             + ("; the others are within its error and keep their chosen values." if len(moved) < len(use) else ".")
         )
     kind = "extrapolated" if moved and len(moved) == len(use) else "chosen" if not moved else "mixed"
-    lead = {"chosen": f"Use the values chosen at width {calibration}", "extrapolated": f"Use the values extrapolated to width {width}",
-            "mixed": f"Use the values extrapolated to width {width} for {', '.join(moved)} and the chosen ones for the rest"}[kind]  # fmt: skip
+    lead = {
+        "chosen": f"Use the values chosen at width {calibration}",
+        "extrapolated": f"Use the values extrapolated to width {width}",
+        "mixed": f"Use the values extrapolated to width {width} for {', '.join(moved)} and the chosen ones for the "
+        "rest",
+    }[kind]
     return {"use": use, "values": {**values, **result["fixed"]}, "reason": f"{lead}: {why}"}
 
 
@@ -191,9 +195,8 @@ def target_model(config: SweepConfig, path: str, width: int | None) -> TargetMod
     """The full-size model of `--target-config PATH` (a sweep over `[model] hf_config`):
     its width, its parameters, and its depth or vocabulary where they differ from the
     proxies'. Any other difference is refused: the sweep did not measure that model."""
-    from telescope.models import hf
+    from telescope.models import ModelSource, hf
     from telescope.models.measure import build_on_meta
-    from telescope.models import ModelSource
     from telescope.roles import classify, with_defaults
 
     if config.source.hf_config is None:
@@ -202,7 +205,9 @@ def target_model(config: SweepConfig, path: str, width: int | None) -> TargetMod
     fields = hf.width_fields(target)
     target_width = target[fields.hidden]
     if width is not None and width != target_width:
-        raise TelescopeError(f"--target-width {width} differs from the hidden size {target_width} of --target-config {path}")
+        raise TelescopeError(
+            f"--target-width {width} differs from the hidden size {target_width} of --target-config {path}"
+        )
     free = {"num_hidden_layers", "n_layer", "vocab_size", "layer_types", "max_window_layers", "mlp_only_layers"}
     a, b = hf.architecture(proxies), hf.architecture(target)
     other = sorted(k for k in set(a) | set(b) if k not in free and a.get(k) != b.get(k))
@@ -211,8 +216,11 @@ def target_model(config: SweepConfig, path: str, width: int | None) -> TargetMod
             f"--target-config {path} is another architecture than the proxies' ({', '.join(other)} differ); "
             "only width, depth and vocabulary may differ"
         )
-    notes = [f"the target's {k} is {target[k]}, the proxies' {proxies[k]}"
-             for k in ("num_hidden_layers", "n_layer", "vocab_size") if k in target and target.get(k) != proxies.get(k)]  # fmt: skip
+    notes = [
+        f"the target's {k} is {target[k]}, the proxies' {proxies[k]}"
+        for k in ("num_hidden_layers", "n_layer", "vocab_size")
+        if k in target and target.get(k) != proxies.get(k)
+    ]
     source = ModelSource(hf_config=str(hf.config_file(path)), rules=config.source.rules)
     model = build_on_meta(source, target_width)
     return TargetModel(target_width, classify(model, with_defaults(config.source.rules)), notes)

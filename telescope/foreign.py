@@ -26,8 +26,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from telescope.models.config import FACTORY_SPEC
 from telescope.errors import ConfigError, TelescopeError
+from telescope.models.config import FACTORY_SPEC
 from telescope.models.describe import check_measured_on
 from telescope.parametrization import Role, Table, check_same_fingerprint, fingerprint, get_table, width_multiplier
 from telescope.proxy.optim import Optimizers, build_optimizers
@@ -47,10 +47,23 @@ from telescope.spec import Recipe
 from telescope.weights import init_parameters, set_output_multiplier
 
 __all__ = [  # the roles' names are here too: users port a model with this one module
-    "FOREIGN_RULES", "KindRule", "NameRule", "apply_output_multiplier", "build_foreign_optimizers",
-    "build_user_model", "classification_report", "classify", "classify_foreign", "infer_width", "load_export",
-    "load_factory", "make_model", "optimizers_from_export", "output_module", "parametrize",
-]  # fmt: skip
+    "FOREIGN_RULES",
+    "KindRule",
+    "NameRule",
+    "apply_output_multiplier",
+    "build_foreign_optimizers",
+    "build_user_model",
+    "classification_report",
+    "classify",
+    "classify_foreign",
+    "infer_width",
+    "load_export",
+    "load_factory",
+    "make_model",
+    "optimizers_from_export",
+    "output_module",
+    "parametrize",
+]
 
 
 def classify_foreign(model: nn.Module, rules: Sequence[RuleLike] | None = None) -> dict[str, Role]:
@@ -163,7 +176,8 @@ def _output_module(classified: Sequence[ParamRole]) -> tuple[str, nn.Module]:
     if isinstance(module, nn.Embedding):
         raise ConfigError(
             f"the unembedding {name!r} is an nn.Embedding's weight, so no module computes the logits with it; "
-            "compute them with an nn.Linear (tie it: lm_head.weight = embedding.weight) so the output multiplier applies"
+            "compute them with an nn.Linear (tie it: lm_head.weight = embedding.weight) so the output multiplier "
+            "applies"
         )
     return name, module
 
@@ -237,10 +251,14 @@ def _parametrization_of(
 
 
 def _is_export(table: Any) -> bool:
-    return isinstance(table, (Mapping, Path)) or (isinstance(table, str) and Path(table).suffix.lower() in _EXPORT_SUFFIXES)
+    return isinstance(table, (Mapping, Path)) or (
+        isinstance(table, str) and Path(table).suffix.lower() in _EXPORT_SUFFIXES
+    )
 
 
-def _check_width(classified: Sequence[ParamRole], width: int, wanted: str = "the width {width} asked for", remedy: str = "") -> None:
+def _check_width(
+    classified: Sequence[ParamRole], width: int, wanted: str = "the width {width} asked for", remedy: str = ""
+) -> None:
     """The model's width (its embedding dim) must show and equal `width` (described by `wanted`);
     `remedy` (with {width}: the model's) follows the mismatch."""
     inferred = _embedding_width(classified)
@@ -366,8 +384,12 @@ def optimizers_from_export(
     recipe = Recipe.from_fingerprint(payload["fingerprint"])
     check_same_fingerprint(fingerprint(table, ratio, recipe), payload["fingerprint"], ignore=("torch", "model"))
     width, base_width = int(payload["target_width"]), int(payload["base_width"])
-    _check_width(classify(model, rules), width, "the export's target width {width}",
-                 f"; export for yours: telescope export {payload.get('sweep', 'SWEEP')} --target-width {{width}}")  # fmt: skip
+    _check_width(
+        classify(model, rules),
+        width,
+        "the export's target width {width}",
+        f"; export for yours: telescope export {payload.get('sweep', 'SWEEP')} --target-width {{width}}",
+    )
     applied = getattr(model, _APPLIED, None)
     wanted = {"table": table.name, "width": width, "base_width": base_width}
     if applied is not None and applied != wanted:
@@ -375,8 +397,17 @@ def optimizers_from_export(
             f"the model was parametrized with {applied}, but the export is {wanted}: "
             "parametrize(model, export) with the same export"
         )
-    optimizers = build_optimizers(model, table, float(base["lr"]), float(base["weight_decay"]), width, base_width, ratio,
-                                  as_rules(rules), recipe=recipe)  # fmt: skip
+    optimizers = build_optimizers(
+        model,
+        table,
+        float(base["lr"]),
+        float(base["weight_decay"]),
+        width,
+        base_width,
+        ratio,
+        as_rules(rules),
+        recipe=recipe,
+    )
     exported = _export_role_values(payload)
     rows: list[dict[str, Any]] = []
     for opt in optimizers.optimizers:
@@ -388,8 +419,14 @@ def optimizers_from_export(
                 group["weight_decay"] = wd
                 group["lr_factor"] = lr / float(base["lr"])
             rows.extend(
-                {"parameter": name, "shape": "x".join(map(str, p.shape)), "role": group["role"],
-                 "optimizer": kind, "lr": group["peak_lr"], "weight_decay": group["weight_decay"]}
+                {
+                    "parameter": name,
+                    "shape": "x".join(map(str, p.shape)),
+                    "role": group["role"],
+                    "optimizer": kind,
+                    "lr": group["peak_lr"],
+                    "weight_decay": group["weight_decay"],
+                }
                 for name, p in zip(group["names"], group["params"])
-            )  # fmt: skip
+            )
     return optimizers, rows

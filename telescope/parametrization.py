@@ -145,9 +145,7 @@ def get_table(name: str) -> Table:
     try:
         return TABLES[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown parametrization {name!r}; choose one of {', '.join(TABLES)}"
-        ) from None
+        raise ConfigError(f"unknown parametrization {name!r}; choose one of {', '.join(TABLES)}") from None
 
 
 def width_multiplier(width: int, base_width: int) -> float:
@@ -186,9 +184,7 @@ def _torch_version() -> str:
     return str(torch.__version__)
 
 
-def check_same_fingerprint(
-    a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()
-) -> None:
+def check_same_fingerprint(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:
     """Refuse a transfer between runs whose fingerprints differ (keys in `ignore` excepted,
     e.g. "muon_lr_ratio" when it is swept)."""
     keys = (set(a) | set(b)) - set(ignore)

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 NARROW_RATIO = 3.0
 
 
-def new_figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 4.4, **kwargs) -> tuple[Figure, list[Axes]]:
+def new_figure(
+    ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 4.4, **kwargs
+) -> tuple[Figure, list[Axes]]:
     """A figure (constrained layout: titles, labels and legends are never clipped) and its
     axes, flattened row by row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -249,14 +249,21 @@ class SweepProgress:
         """The view's rows, label and text; a terminal shows them as a grid."""
         if self.level is None:
             trials = sum(t for t, _ in self.planned)
-            rows: list[tuple[str, Text | str]] = [("level", f"starting: {self.n_levels} levels, {trials} trials planned")]
+            rows: list[tuple[str, Text | str]] = [
+                ("level", f"starting: {self.n_levels} levels, {trials} trials planned")
+            ]
         else:
             rows = [
                 ("level", level_label(self.level, self.n_levels, self.width)),
-                ("trials", Text.assemble(
-                    f"{self.done}/{self.total} done  {self.running} running  ",
-                    (f"{self.diverged} diverged", "yellow"), "  ", (f"{self.failed} failed", "red"),
-                )),  # fmt: skip
+                (
+                    "trials",
+                    Text.assemble(
+                        f"{self.done}/{self.total} done  {self.running} running  ",
+                        (f"{self.diverged} diverged", "yellow"),
+                        "  ",
+                        (f"{self.failed} failed", "red"),
+                    ),
+                ),
             ]
         rows.append(("time", f"{clock(self.elapsed())} elapsed, ~{clock(self.eta())} remaining"))
         if self.level is not None:

@@ -145,7 +145,9 @@ def load_rules(path: str | Path) -> tuple[tuple[str, str], ...]:
     except OSError as e:
         raise ConfigError(f"--rules {path}: {e.strerror or e}") from None
     except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"--rules {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {e}") from None
+        raise ConfigError(
+            f"--rules {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {e}"
+        ) from None
     entries = data.get("rule") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"--rules {path}: expected a list `rule` of tables, each with pattern (or kind) and role")
@@ -219,8 +221,11 @@ def classify(model: nn.Module, rules: Sequence[RuleLike] | None = None) -> list[
     compiled = as_rules(rules)
     classified: list[ParamRole] = []
     for names, p, owners in _parameters(model):
-        matched = [(rule, name, owner) for name, owner in zip(names, owners)
-                   if (rule := next((r for r in compiled if _matches(r, name, p, owner)), None)) is not None]  # fmt: skip
+        matched = [
+            (rule, name, owner)
+            for name, owner in zip(names, owners)
+            if (rule := next((r for r in compiled if _matches(r, name, p, owner)), None)) is not None
+        ]
         if not matched:
             raise ConfigError(
                 f"parameter {names[0]!r} (shape {tuple(p.shape)}) matches no role rule; "
@@ -229,9 +234,18 @@ def classify(model: nn.Module, rules: Sequence[RuleLike] | None = None) -> list[
         winner, _, owner = min(matched, key=lambda item: compiled.index(item[0]))
         logits = tuple((name, o) for rule, name, o in matched if rule.role == "output")
         classified.append(
-            ParamRole(names[0], tuple(names), tuple(p.shape), winner.role, winner.pattern,
-                      fan_in(p.shape, owner), p, tuple(owners), logits)
-        )  # fmt: skip
+            ParamRole(
+                names[0],
+                tuple(names),
+                tuple(p.shape),
+                winner.role,
+                winner.pattern,
+                fan_in(p.shape, owner),
+                p,
+                tuple(owners),
+                logits,
+            )
+        )
     if not output_modules(classified):
         raise ConfigError(
             "no unembedding found: name it with a rule, e.g. rules=[(r'decoder\\.weight', 'output'), *FOREIGN_RULES]"
@@ -251,7 +265,13 @@ def roles_of(classified: Sequence[ParamRole]) -> dict[str, Role]:
 def report_rows(classified: Sequence[ParamRole]) -> list[dict[str, Any]]:
     """One printable row per parameter: name, shape, role, the rule that decided, fan-in, tied names."""
     return [
-        {"parameter": c.name, "shape": "x".join(map(str, c.shape)), "role": c.role, "rule": c.rule,
-         "fan_in": c.fan_in, "tied_with": ", ".join(c.aliases[1:])}
+        {
+            "parameter": c.name,
+            "shape": "x".join(map(str, c.shape)),
+            "role": c.role,
+            "rule": c.rule,
+            "fan_in": c.fan_in,
+            "tied_with": ", ".join(c.aliases[1:]),
+        }
         for c in classified
-    ]  # fmt: skip
+    ]

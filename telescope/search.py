@@ -314,9 +314,7 @@ def _to_values(logs: Sequence[float], a: Axis) -> tuple[float, ...]:
 Direction = Literal["down", "up"]
 
 
-def extend_line(
-    lrs: Sequence[float], direction: Direction, n: int = 2, step: float | None = None
-) -> tuple[float, ...]:
+def extend_line(lrs: Sequence[float], direction: Direction, n: int = 2, step: float | None = None) -> tuple[float, ...]:
     """The `n` new learning rates beyond the line's edge in `direction`, ascending.
 
     They continue the line's spacing on that side (the ratio of its two outermost points)
@@ -477,7 +475,4 @@ def plan_levels(widths: Widths, axes: Sequence[Axis], narrowing: Narrowing, seed
 
     Clipping at the range edges can only remove points, so these are upper bounds.
     """
-    return [
-        LevelPlan(level, w, level_counts(axes, narrowing, level), seeds)
-        for level, w in enumerate(widths.levels())
-    ]
+    return [LevelPlan(level, w, level_counts(axes, narrowing, level), seeds) for level, w in enumerate(widths.levels())]

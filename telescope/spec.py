@@ -57,8 +57,13 @@ class Recipe:
     def from_fingerprint(cls, fp: dict[str, Any]) -> "Recipe":
         """The recipe a fingerprint (telescope.parametrization.fingerprint) records."""
         d = cls()
-        return cls(fp.get("grad_clip"), tuple(fp.get("adamw_betas", d.adamw_betas)), fp.get("adamw_eps", d.adamw_eps),
-                   fp.get("muon_momentum", d.muon_momentum), fp.get("muon_nesterov", d.muon_nesterov))  # fmt: skip
+        return cls(
+            fp.get("grad_clip"),
+            tuple(fp.get("adamw_betas", d.adamw_betas)),
+            fp.get("adamw_eps", d.adamw_eps),
+            fp.get("muon_momentum", d.muon_momentum),
+            fp.get("muon_nesterov", d.muon_nesterov),
+        )
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,9 @@ class TrainSettings:
 
     @property
     def recipe(self) -> Recipe:
-        return Recipe(self.grad_clip, (self.adamw_beta1, self.adamw_beta2), self.adamw_eps, self.muon_momentum,
-                      self.muon_nesterov)  # fmt: skip
+        return Recipe(
+            self.grad_clip, (self.adamw_beta1, self.adamw_beta2), self.adamw_eps, self.muon_momentum, self.muon_nesterov
+        )
 
 
 def check_token_count(train: TrainSettings, seq_len: int) -> None:

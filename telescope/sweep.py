@@ -18,6 +18,7 @@ from rich.console import Console
 from telescope.config import SweepConfig
 from telescope.cost import train_flops
 from telescope.progress import SweepProgress
+from telescope.runs.executor import make_executor
 from telescope.runs.keys import trial_key
 from telescope.runs.stored import RunRecord, StoredRun, open_run
 from telescope.search import (
@@ -34,7 +35,6 @@ from telescope.search import (
 from telescope.spec import Status, TrialResult, TrialSpec, objective_value
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
-from telescope.runs.executor import make_executor
 from telescope.trials.base import Executor
 
 KIND = "sweep"
@@ -71,7 +71,9 @@ def run_sweep(
     own_executor = executor is None
     executor = executor or make_executor(config.executor)
     try:
-        with open_run(db, store, executor, _record(config, name), (config.model, config.train), new=new, reuse=reuse) as run:
+        with open_run(
+            db, store, executor, _record(config, name), (config.model, config.train), new=new, reuse=reuse
+        ) as run:
             result = _run_levels(config, run, console or Console(stderr=True, markup=False))
             result.update(checks or {})
             run.finish(result)
@@ -91,8 +93,15 @@ def stop_before_level_zero(
 
 
 def _record(config: SweepConfig, name: str) -> RunRecord:
-    return RunRecord(KIND, name, config.to_dict(), config.parametrization, config.widths.base,
-                     config.widths.calibration, config.widths.target)  # fmt: skip
+    return RunRecord(
+        KIND,
+        name,
+        config.to_dict(),
+        config.parametrization,
+        config.widths.base,
+        config.widths.calibration,
+        config.widths.target,
+    )
 
 
 def _run_levels(config: SweepConfig, run: StoredRun, console: Console) -> dict[str, Any]:
@@ -141,8 +150,10 @@ def _extend_last_level(
     if not steps:
         return grid, outcomes, best, []
     added = (grid.size - size) * config.seeds.per_point
-    note = (f"level {grid.level}: its best sat on the edge of its sub-grid; the grid was extended "
-            f"{steps} step(s) past it (+{added} trials), to {grid.shape}")  # fmt: skip
+    note = (
+        f"level {grid.level}: its best sat on the edge of its sub-grid; the grid was extended "
+        f"{steps} step(s) past it (+{added} trials), to {grid.shape}"
+    )
     return grid, outcomes, best, [note]
 
 

@@ -44,10 +44,21 @@ def ray_cluster(tmp_path_factory):
     port = _free_port()
     ray_bin = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=false",
-         f"--temp-dir={temp_dir}", "--block"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+            "--block",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -68,8 +79,6 @@ def ray_cluster(tmp_path_factory):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
 
 
 @pytest.fixture(scope="session")

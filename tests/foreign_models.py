@@ -17,9 +17,13 @@ class EncoderLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, width)
         layer = nn.TransformerEncoderLayer(
-            width, nhead=max(1, width // HEAD_DIM), dim_feedforward=2 * width, dropout=0.0,
-            batch_first=True, norm_first=True,
-        )  # fmt: skip
+            width,
+            nhead=max(1, width // HEAD_DIM),
+            dim_feedforward=2 * width,
+            dropout=0.0,
+            batch_first=True,
+            norm_first=True,
+        )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
         self.lm_head = nn.Linear(width, VOCAB, bias=False)

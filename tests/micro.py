@@ -10,10 +10,10 @@ from typing import Any
 import tomli_w
 
 from telescope.config import parse_config
+from telescope.runs.executor import make_executor
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 from telescope.sweep import run_sweep
-from telescope.runs.executor import make_executor
 
 MICRO: dict[str, Any] = {
     "name": "micro",

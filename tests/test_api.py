@@ -44,8 +44,9 @@ def test_the_api_does_what_the_cli_does() -> None:
     assert [lc.width for lc in p.levels] == [32, 64, 128] and p.sweep_trials == 43
     from telescope.proxy.model import parameter_roles
 
-    groups = transfer("paper", lr=0.04, weight_decay=0.1, base_width=32, width=512,
-                      parameters=parameter_roles(config.model, 512, 32))  # fmt: skip
+    groups = transfer(
+        "paper", lr=0.04, weight_decay=0.1, base_width=32, width=512, parameters=parameter_roles(config.model, 512, 32)
+    )
     assert {g.role: g.lr for g in groups}["hidden"] == pytest.approx(0.04 / 16)
     assert issubclass(ConfigError, TelescopeError)
     with pytest.raises(ConfigError, match="no such config file"):
@@ -53,7 +54,20 @@ def test_the_api_does_what_the_cli_does() -> None:
 
 
 def test_the_names_the_issue_lists_are_there() -> None:
-    for name in ("load_config", "plan", "run_sweep", "export_sweep", "Database", "MetricsStore", "run_trial",
-                 "TrialSpec", "coord_check", "transfer", "build_foreign_optimizers", "optimizers_from_export",
-                 "plot_sweep", "write_report"):  # fmt: skip
+    for name in (
+        "load_config",
+        "plan",
+        "run_sweep",
+        "export_sweep",
+        "Database",
+        "MetricsStore",
+        "run_trial",
+        "TrialSpec",
+        "coord_check",
+        "transfer",
+        "build_foreign_optimizers",
+        "optimizers_from_export",
+        "plot_sweep",
+        "write_report",
+    ):
         assert callable(getattr(telescope, name)), name

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from micro import write_micro_config
 from typer.testing import CliRunner
 
-from micro import write_micro_config
 from telescope.cli.main import app
 
 runner = CliRunner()
@@ -52,8 +52,9 @@ def test_bad_data_stops_the_sweep_before_anything_is_written(tmp_path: Path) -> 
         nothing_written(tmp_path, db, store)
 
 
-@pytest.mark.parametrize("device, named", [("tpu", "unknown device 'tpu'"), ("cuda:0", "no CUDA GPU"),
-                                           ("meta", "unknown device")])  # fmt: skip
+@pytest.mark.parametrize(
+    "device, named", [("tpu", "unknown device 'tpu'"), ("cuda:0", "no CUDA GPU"), ("meta", "unknown device")]
+)
 def test_bad_device_stops_the_sweep_before_anything_is_written(tmp_path: Path, device: str, named: str) -> None:
     db, store = tmp_path / "t.db", tmp_path / "metrics"
     config = write_micro_config(tmp_path / "c.toml", train={"device": device})
@@ -80,9 +81,11 @@ def test_data_with_tokens_beyond_the_vocabulary_is_refused(tmp_path: Path) -> No
 
 def test_export_output_that_cannot_be_written_is_one_line(smallest_sweep_db: str, tmp_path: Path) -> None:
     (tmp_path / "taken.json").mkdir()
-    for target, reason in ((tmp_path / "no-such-dir" / "x.json", "No such file or directory"),
-                           (tmp_path / "taken.json", "it is a folder"),
-                           (Path("/sys/telescope-export.json"), "")):  # fmt: skip
+    for target, reason in (
+        (tmp_path / "no-such-dir" / "x.json", "No such file or directory"),
+        (tmp_path / "taken.json", "it is a folder"),
+        (Path("/sys/telescope-export.json"), ""),
+    ):
         line = one_line_exit_2(["export", "micro", "--db", smallest_sweep_db, "-o", str(target)])
         assert line.startswith(f"error: cannot write {target}: {reason}"), line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.json"]
@@ -90,7 +93,9 @@ def test_export_output_that_cannot_be_written_is_one_line(smallest_sweep_db: str
 
 
 def test_plot_into_an_unwritable_folder_is_one_line(smallest_sweep_db: str) -> None:
-    assert "/sys/telescope-plots" in one_line_exit_2(["plot", "micro", "--db", smallest_sweep_db, "-o", "/sys/telescope-plots"])
+    assert "/sys/telescope-plots" in one_line_exit_2(
+        ["plot", "micro", "--db", smallest_sweep_db, "-o", "/sys/telescope-plots"]
+    )
 
 
 def test_written_files_follow_the_umask(smallest_sweep_db: str, tmp_path: Path) -> None:
@@ -120,13 +125,19 @@ def test_unwritable_store_stops_the_sweep_before_anything_is_written(tmp_path: P
 # -- arguments and URLs --
 
 
-@pytest.mark.parametrize("args, named", [
-    (["trial", "--lr", "nan", "--steps", "2"], "lr must be a finite number > 0, got nan"),
-    (["trial", "--weight-decay", "inf", "--steps", "2"], "weight_decay must be a finite number >= 0, got inf"),
-    (["trial", "--steps", str(2**70)], "overflow a 64-bit count"),
-    (["status", "--db", "postgresql://bob:s3cret@127.0.0.1:notaport/x"], "invalid database URL 'postgresql://***@127.0.0.1:notaport/x'"),
-    (["status", "--db", "garbage"], "--db 'garbage' is neither a database URL nor a SQLite file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["trial", "--lr", "nan", "--steps", "2"], "lr must be a finite number > 0, got nan"),
+        (["trial", "--weight-decay", "inf", "--steps", "2"], "weight_decay must be a finite number >= 0, got inf"),
+        (["trial", "--steps", str(2**70)], "overflow a 64-bit count"),
+        (
+            ["status", "--db", "postgresql://bob:s3cret@127.0.0.1:notaport/x"],
+            "invalid database URL 'postgresql://***@127.0.0.1:notaport/x'",
+        ),
+        (["status", "--db", "garbage"], "--db 'garbage' is neither a database URL nor a SQLite file"),
+    ],
+)
 def test_bad_arguments_are_one_line(tmp_path: Path, monkeypatch, args: list[str], named: str) -> None:
     monkeypatch.chdir(tmp_path)
     assert named in one_line_exit_2(args)

@@ -8,23 +8,37 @@ import math
 from pathlib import Path
 
 import pytest
+from micro import write_micro_config
 from typer.testing import CliRunner
 
-from micro import write_micro_config
 from telescope.batch_study.analysis import tokens_to_loss
 from telescope.cli.main import app
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 
 runner = CliRunner()
-STUDY = {"train": {"steps": 40, "batch_size": 4, "warmup_steps": 4}, "widths": {"base": 16, "calibration": 32, "target": 32},
-         "search": {"lr": {"lo": 0.01, "hi": 0.1, "points": 3}, "weight_decay": {"value": 0.0}}}  # fmt: skip
+STUDY = {
+    "train": {"steps": 40, "batch_size": 4, "warmup_steps": 4},
+    "widths": {"base": 16, "calibration": 32, "target": 32},
+    "search": {"lr": {"lo": 0.01, "hi": 0.1, "points": 3}, "weight_decay": {"value": 0.0}},
+}
 
 
 def study(tmp_path: Path, *extra: str):
     config = write_micro_config(tmp_path / "study.toml", **STUDY)
-    args = ["batch-study", str(config), "--batch-sizes", "2,4", "--db", str(tmp_path / "t.db"),
-            "--store", str(tmp_path / "m"), "--name", "study", *extra]  # fmt: skip
+    args = [
+        "batch-study",
+        str(config),
+        "--batch-sizes",
+        "2,4",
+        "--db",
+        str(tmp_path / "t.db"),
+        "--store",
+        str(tmp_path / "m"),
+        "--name",
+        "study",
+        *extra,
+    ]
     return runner.invoke(app, args)
 
 

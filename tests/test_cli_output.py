@@ -36,7 +36,7 @@ def test_stored_errors_and_warnings_with_brackets_print_in_status(tmp_path):
 
 def test_error_messages_keep_bracketed_words(tmp_path):
     config = tmp_path / "c.toml"
-    config.write_text('[model]\ndepth = 1\n')
+    config.write_text("[model]\ndepth = 1\n")
     out = CliRunner().invoke(app, ["plan", str(config)])
     assert out.exit_code == 2
     assert out.stderr.strip() == "error: widths: missing section [widths]"

@@ -57,13 +57,18 @@ def test_round_trip_and_canonical_json(tmp_path):
     cfg = load_config(EXAMPLES / "tiny-cpu.toml")
     assert parse_config(cfg.to_dict()) == cfg
     assert parse_config(json.loads(cfg.canonical_json())).canonical_json() == cfg.canonical_json()
-    changed = load_config(write(tmp_path, (EXAMPLES / "tiny-cpu.toml").read_text().replace("steps = 120", "steps = 121")))
+    changed = load_config(
+        write(tmp_path, (EXAMPLES / "tiny-cpu.toml").read_text().replace("steps = 120", "steps = 121"))
+    )
     assert changed.canonical_json() != cfg.canonical_json()
 
 
 def test_search_entries_can_be_fixed_and_keep_defaults(tmp_path):
     cfg = load_config(
-        write(tmp_path, MINIMAL + "[search.weight_decay]\nvalue = 0.0\n[search.muon_lr_ratio]\nlo = 0.5\nhi = 2.0\npoints = 3\n")
+        write(
+            tmp_path,
+            MINIMAL + "[search.weight_decay]\nvalue = 0.0\n[search.muon_lr_ratio]\nlo = 0.5\nhi = 2.0\npoints = 3\n",
+        )
     )
     assert cfg.search.names() == ("lr", "muon_lr_ratio")  # lr keeps its default range
     assert dict(cfg.search.fixed) == {"weight_decay": 0.0}
@@ -75,7 +80,12 @@ def test_trial_spec(tmp_path):
     spec = cfg.trial_spec(64, {"lr": 0.02, "weight_decay": 0.1}, seed=3)
     assert isinstance(spec, TrialSpec)
     assert (spec.width, spec.base_width, spec.lr, spec.weight_decay, spec.muon_lr_ratio, spec.seed) == (
-        64, 32, 0.02, 0.1, 1.0, 3,
+        64,
+        32,
+        0.02,
+        0.1,
+        1.0,
+        3,
     )
     assert spec.model == cfg.model and spec.train == cfg.train and spec.parametrization == "paper"
     assert TrialSpec.from_dict(spec.to_dict()) == spec
@@ -111,10 +121,17 @@ MALFORMED = [
     (MINIMAL + "[search.lr]\nlo = 0.1\nhi = 0.1\npoints = 5\n", "search.lr.hi"),
     (MINIMAL + "[search.lr]\nlo = 0.01\nhi = 0.1\npoints = 1\n", "search.lr.points: must be in [2, 100], got 1"),
     (MINIMAL + "[search.lr]\nlo = 0.01\nhi = 0.1\npoints = 100000001\n", "search.lr.points: must be in [2, 100]"),
-    (MINIMAL + "[search.lr]\nlo = 0.01\nhi = 0.1\npoints = 100\n[search.weight_decay]\nlo = 0.01\nhi = 0.1\npoints = 101\n",
-     "search.weight_decay.points: must be in [2, 100]"),
-    (MINIMAL + "[search.lr]\nlo = 0.01\nhi = 0.1\npoints = 100\n[search.weight_decay]\nlo = 0.01\nhi = 0.1\npoints = 100\n"
-     "[search.muon_lr_ratio]\nlo = 0.5\nhi = 2\npoints = 2\n", "search: a 100 x 100 x 2 grid at level 0 is more than 10000 trials"),
+    (
+        MINIMAL
+        + "[search.lr]\nlo = 0.01\nhi = 0.1\npoints = 100\n[search.weight_decay]\nlo = 0.01\nhi = 0.1\npoints = 101\n",
+        "search.weight_decay.points: must be in [2, 100]",
+    ),
+    (
+        MINIMAL
+        + "[search.lr]\nlo = 0.01\nhi = 0.1\npoints = 100\n[search.weight_decay]\nlo = 0.01\nhi = 0.1\npoints = 100\n"
+        "[search.muon_lr_ratio]\nlo = 0.5\nhi = 2\npoints = 2\n",
+        "search: a 100 x 100 x 2 grid at level 0 is more than 10000 trials",
+    ),
     (MINIMAL + "[train]\nsteps = 100000000000000000000\n", "train.steps: must fit in 64 bits"),
     (MINIMAL + "[train]\nsteps = 9223372036854775807\n", "train.steps: 9223372036854775807 steps of"),
     (MINIMAL + "[search.weight_decay]\nvalue = inf\n", "search.weight_decay.value: must be a finite number"),

@@ -11,7 +11,9 @@ from telescope.cost import forward_flops_per_token, param_counts, plan, train_fl
 from telescope.spec import ModelShape
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-PAPER = ModelShape(depth=34, head_dim=128, kv_ratio=2, mlp_ratio=4.0, vocab_size=128256, tied_embeddings=True, seq_len=8192)
+PAPER = ModelShape(
+    depth=34, head_dim=128, kv_ratio=2, mlp_ratio=4.0, vocab_size=128256, tied_embeddings=True, seq_len=8192
+)
 
 
 def test_param_counts_by_hand_for_a_small_model():

@@ -12,13 +12,13 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+from micro import SMALLEST, micro_config, write_micro_config
 from optuna.trial import TrialState
+from pg import fresh_postgres_schema
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from micro import SMALLEST, micro_config, write_micro_config
-from pg import fresh_postgres_schema
 from telescope.cli.dashboard import serve_mirror
 from telescope.cli.main import app
 from telescope.config import parse_config
@@ -31,8 +31,13 @@ from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 
 runner = CliRunner()
-STATES = {Status.COMPLETED: TrialState.COMPLETE, Status.DIVERGED: TrialState.FAIL, Status.FAILED: TrialState.FAIL,
-          Status.RUNNING: TrialState.RUNNING, Status.PENDING: TrialState.WAITING}  # fmt: skip
+STATES = {
+    Status.COMPLETED: TrialState.COMPLETE,
+    Status.DIVERGED: TrialState.FAIL,
+    Status.FAILED: TrialState.FAIL,
+    Status.RUNNING: TrialState.RUNNING,
+    Status.PENDING: TrialState.WAITING,
+}
 
 
 def store_of(url: str) -> MetricsStore:
@@ -66,8 +71,18 @@ def assert_mirrors(db: Database, store: MetricsStore, storage, sweep: str) -> No
             expected = row.val_loss if config.objective == "val_loss" else row.train_loss
             assert trial.value == (expected if row.status is Status.COMPLETED else None)
             attrs = trial.user_attrs
-            assert (attrs["trial_key"], attrs["width"], attrs["seed"], attrs["status"]) == (row.key, row.width, row.seed, row.status.value)
-            assert (attrs["tokens"], attrs["flops"], attrs["device"], attrs["fingerprint"]) == (row.tokens, row.flops, row.device, row.fingerprint)
+            assert (attrs["trial_key"], attrs["width"], attrs["seed"], attrs["status"]) == (
+                row.key,
+                row.width,
+                row.seed,
+                row.status.value,
+            )
+            assert (attrs["tokens"], attrs["flops"], attrs["device"], attrs["fingerprint"]) == (
+                row.tokens,
+                row.flops,
+                row.device,
+                row.fingerprint,
+            )
             assert attrs["muon_lr_ratio"] == row.muon_lr_ratio  # fixed in this sweep: an attribute
             curve = steps[steps.trial_key == row.key]
             assert trial.intermediate_values == dict(zip(curve.step.tolist(), curve.train_loss.tolist()))
@@ -77,7 +92,9 @@ def assert_mirrors(db: Database, store: MetricsStore, storage, sweep: str) -> No
         assert study.metric_names == [config.objective]
 
 
-def test_a_micro_sweep_mirrors_trial_for_trial_and_a_second_mirror_adds_nothing(smallest_sweep_db: str, tmp_path: Path) -> None:
+def test_a_micro_sweep_mirrors_trial_for_trial_and_a_second_mirror_adds_nothing(
+    smallest_sweep_db: str, tmp_path: Path
+) -> None:
     store = store_of(smallest_sweep_db)
     storage = open_mirror(mirror_url(Database(smallest_sweep_db, create=False).url, str(tmp_path / "mirror.db")))
     with Database(smallest_sweep_db, create=False) as db:
@@ -85,7 +102,10 @@ def test_a_micro_sweep_mirrors_trial_for_trial_and_a_second_mirror_adds_nothing(
         first = passes.run()
         levels = db.levels("micro")
         assert (first.studies, first.trials, first.updated) == (len(levels), len(db.trials("micro")), 0)
-        assert [s.study_name for s in storage.get_all_studies()] == ["micro · level 0 · width 16", "micro · level 1 · width 32"]
+        assert [s.study_name for s in storage.get_all_studies()] == [
+            "micro · level 0 · width 16",
+            "micro · level 1 · width 32",
+        ]
         assert_mirrors(db, store, storage, "micro")
         assert not passes.run().changed  # the same mirror, from what it remembers
         assert not mirror(db, store, storage).changed  # a new one, from what the storage holds
@@ -97,25 +117,46 @@ def test_diverged_and_failed_trials_are_fail_with_their_reason(tmp_path: Path) -
     with Database(url) as db:
         _planned_sweep(db, "bad", n=3)
         keys = [t.key for t in db.trials("bad")]
-        db.record_results("bad", [
-            (keys[0], TrialResult(Status.DIVERGED, train_loss=None, val_loss=None, steps=3)),
-            (keys[1], TrialResult(Status.FAILED, train_loss=None, val_loss=None, error="Traceback ...\nRuntimeError: CUDA out of memory")),
-            (keys[2], TrialResult(Status.COMPLETED, train_loss=2.5, val_loss=2.75)),
-        ])  # fmt: skip
+        db.record_results(
+            "bad",
+            [
+                (keys[0], TrialResult(Status.DIVERGED, train_loss=None, val_loss=None, steps=3)),
+                (
+                    keys[1],
+                    TrialResult(
+                        Status.FAILED,
+                        train_loss=None,
+                        val_loss=None,
+                        error="Traceback ...\nRuntimeError: CUDA out of memory",
+                    ),
+                ),
+                (keys[2], TrialResult(Status.COMPLETED, train_loss=2.5, val_loss=2.75)),
+            ],
+        )
         storage = open_mirror(mirror_url(db.url, None))
         mirror(db, store, storage)
     trials = by_key(storage, "bad · level 0 · width 16")
-    assert trials[keys[0]].state is TrialState.FAIL and trials[keys[0]].user_attrs["reason"].startswith("diverged by step 3")
-    assert trials[keys[1]].state is TrialState.FAIL and trials[keys[1]].user_attrs["reason"] == "RuntimeError: CUDA out of memory"
+    assert trials[keys[0]].state is TrialState.FAIL and trials[keys[0]].user_attrs["reason"].startswith(
+        "diverged by step 3"
+    )
+    assert (
+        trials[keys[1]].state is TrialState.FAIL
+        and trials[keys[1]].user_attrs["reason"] == "RuntimeError: CUDA out of memory"
+    )
     assert trials[keys[2]].state is TrialState.COMPLETE and trials[keys[2]].value == 2.75
     assert (tmp_path / "t.optuna.db").is_file()  # the default place: beside the database
 
 
 def test_transfer_check_lines_are_one_study_each_with_their_extensions(tmp_path: Path) -> None:
-    config = write_micro_config(tmp_path / "c.toml", model={"seq_len": 16},
-                                train={"steps": 4, "batch_size": 2, "warmup_steps": 1, "eval_batches": 1})  # fmt: skip
+    config = write_micro_config(
+        tmp_path / "c.toml",
+        model={"seq_len": 16},
+        train={"steps": 4, "batch_size": 2, "warmup_steps": 1, "eval_batches": 1},
+    )
     places = ["--db", str(tmp_path / "t.db"), "--store", str(tmp_path / "store")]
-    out = runner.invoke(app, ["transfer-check", str(config), "--points", "3", "--widths", "16,32", "--name", "tc", *places])
+    out = runner.invoke(
+        app, ["transfer-check", str(config), "--points", "3", "--widths", "16,32", "--name", "tc", *places]
+    )
     assert out.exit_code in (0, 1), out.output
     with Database(str(tmp_path / "t.db"), create=False) as db:
         storage = open_mirror(mirror_url(db.url, None))
@@ -140,16 +181,29 @@ def test_batch_study_lines_are_one_study_per_optimizer_and_batch_size(tmp_path: 
     config = parse_config(micro_config())
     lines = {0: ("paper", 2, [0.01, 0.02]), 1: ("adamw", 2, [0.01, 0.02]), 2: ("paper", 2, [0.04])}
     with Database(f"sqlite:///{tmp_path / 't.db'}") as db:
-        db.create_sweep("bs", {"study": 1}, parametrization="paper", base_width=16, calibration_width=16, kind="batch-study")
+        db.create_sweep(
+            "bs", {"study": 1}, parametrization="paper", base_width=16, calibration_width=16, kind="batch-study"
+        )
         for level, (table, batch, lrs) in lines.items():
             db.plan_level("bs", level, width=16, grid=[{"lr": lr} for lr in lrs])
-            specs = [dataclasses.replace(config.trial_spec(16, {"lr": lr, "weight_decay": 0.0}, 0), parametrization=table,
-                                         train=dataclasses.replace(config.train, batch_size=batch)) for lr in lrs]  # fmt: skip
+            specs = [
+                dataclasses.replace(
+                    config.trial_spec(16, {"lr": lr, "weight_decay": 0.0}, 0),
+                    parametrization=table,
+                    train=dataclasses.replace(config.train, batch_size=batch),
+                )
+                for lr in lrs
+            ]
             db.add_trials("bs", level, [(f"{table}-B{batch}-lr={s.lr:g}-s0", s) for s in specs])
-        db.record_results("bs", [(t.key, TrialResult(Status.COMPLETED, train_loss=t.lr, val_loss=1.0)) for t in db.trials("bs")])
+        db.record_results(
+            "bs", [(t.key, TrialResult(Status.COMPLETED, train_loss=t.lr, val_loss=1.0)) for t in db.trials("bs")]
+        )
         storage = open_mirror(mirror_url(db.url, None))
         mirror(db, MetricsStore(tmp_path / "store"), storage)
-    assert [s.study_name for s in storage.get_all_studies()] == ["bs · line 0 · paper · batch 2", "bs · line 1 · adamw · batch 2"]
+    assert [s.study_name for s in storage.get_all_studies()] == [
+        "bs · line 0 · paper · batch 2",
+        "bs · line 1 · adamw · batch 2",
+    ]
     paper = by_key(storage, "bs · line 0 · paper · batch 2")
     assert sorted(t.params["lr"] for t in paper.values()) == [0.01, 0.02, 0.04]
     assert all(t.value == t.params["lr"] for t in paper.values())  # a batch study ranks by train loss
@@ -215,7 +269,9 @@ def test_the_mirror_lives_in_its_own_postgres_schema(pg_database) -> None:
 def test_sweep_with_dashboard_serves_for_the_sweep_s_life(tmp_path: Path) -> None:
     config = write_micro_config(tmp_path / "c.toml", **SMALLEST)
     db = tmp_path / "t.db"
-    out = runner.invoke(app, ["sweep", str(config), "--db", str(db), "--store", str(tmp_path / "s"), "--dashboard", "--port", "0"])
+    out = runner.invoke(
+        app, ["sweep", str(config), "--db", str(db), "--store", str(tmp_path / "s"), "--dashboard", "--port", "0"]
+    )
     assert out.exit_code == 0, out.output
     assert "dashboard: http://127.0.0.1:" in out.stderr
     storage = open_mirror(mirror_url(Database(str(db), create=False).url, None))
@@ -257,13 +313,29 @@ def test_bad_input_is_one_line_and_writes_nothing(smallest_sweep_db: str, tmp_pa
         port = taken.getsockname()[1]
         assert "in use" in one_line_exit_2([*db, "--storage", str(mirror_file), "--port", str(port)])
         config = write_micro_config(tmp_path.parent / f"{tmp_path.name}.toml", **SMALLEST)
-        sweep = runner.invoke(app, ["sweep", str(config), "--db", str(tmp_path / "t.db"), "--store", str(tmp_path / "s"),
-                                    "--dashboard", "--port", str(port)])  # fmt: skip
-        assert sweep.exit_code == 2 and "in use" in sweep.stderr and len(sweep.stderr.strip().splitlines()) == 1, sweep.output
+        sweep = runner.invoke(
+            app,
+            [
+                "sweep",
+                str(config),
+                "--db",
+                str(tmp_path / "t.db"),
+                "--store",
+                str(tmp_path / "s"),
+                "--dashboard",
+                "--port",
+                str(port),
+            ],
+        )
+        assert sweep.exit_code == 2 and "in use" in sweep.stderr and len(sweep.stderr.strip().splitlines()) == 1, (
+            sweep.output
+        )
     assert "no sweep named 'nope'" in one_line_exit_2(["nope", *db, *where])
     assert "not an address of this machine" in one_line_exit_2([*db, *where, "--host", "192.0.2.1"])
     assert "not a known address" in one_line_exit_2([*db, *where, "--host", "no-such-host.invalid"])
-    assert "cannot reach the Optuna storage" in one_line_exit_2([*db, "--port", "0", "--storage", "postgresql://postgres@127.0.0.1:1/x"])
+    assert "cannot reach the Optuna storage" in one_line_exit_2(
+        [*db, "--port", "0", "--storage", "postgresql://postgres@127.0.0.1:1/x"]
+    )
     assert "the telescope database itself" in one_line_exit_2([*db, "--port", "0", "--storage", smallest_sweep_db])
     assert "no telescope database" in one_line_exit_2(["--db", str(tmp_path / "none.db"), *where])
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -23,9 +23,21 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not instal
 def chromium(profile: Path, *args: str) -> str:
     """Run headless Chromium until the page has loaded and rendered (virtual time), no network
     beyond the dashboard; returns its stdout."""
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--hide-scrollbars", *args]  # fmt: skip
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=8000",
+        "--hide-scrollbars",
+        *args,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -41,8 +53,13 @@ def test_chromium_renders_the_study_list_and_a_study_s_plots(smallest_sweep_db: 
                 assert name in listing
 
             shot = tmp_path / "study.png"
-            study = chromium(tmp_path / "profile", "--window-size=1400,1600", f"--screenshot={shot}", "--dump-dom",
-                             f"{base}/dashboard/studies/1")  # fmt: skip
+            study = chromium(
+                tmp_path / "profile",
+                "--window-size=1400,1600",
+                f"--screenshot={shot}",
+                "--dump-dom",
+                f"{base}/dashboard/studies/1",
+            )
             assert names[0] in study
             for card in ("History", "Intermediate values", "Study User Attributes", "level_best"):
                 assert card in study, card

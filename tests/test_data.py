@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from telescope.errors import DataError
 from telescope.data import SHARD_MAGIC, TokenData, load_data
 from telescope.data import load as data
+from telescope.errors import DataError
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +121,7 @@ def test_modded_nanogpt_shards_windows_never_cross_shards(tmp_path):
     assert rows_are_runs(x, y)
     assert (x < 300).any() and (x >= 10000).any(), "both train shards are sampled"
     assert y.max() < 20000
-    (vx, vy), = d.val_batches(1, batch_size=8, seq_len=32)
+    ((vx, vy),) = d.val_batches(1, batch_size=8, seq_len=32)
     assert rows_are_runs(vx, vy) and vx.min() >= 20000
 
 
@@ -173,8 +173,9 @@ def test_text_folder_splits_whole_files_and_skips_binary_and_hidden(tmp_path):
 
 def test_parquet_text_column_and_named_column(tmp_path):
     rows = [f"row {i}: some parquet text for the proxy model." for i in range(300)]
-    pq.write_table(pa.table({"id": list(range(300)), "text": rows, "body": [r.upper() for r in rows]}),
-                   tmp_path / "corpus.parquet")
+    pq.write_table(
+        pa.table({"id": list(range(300)), "text": rows, "body": [r.upper() for r in rows]}), tmp_path / "corpus.parquet"
+    )
     d = load_data(tmp_path / "corpus.parquet")
     assert d.vocab_size == 256
     train, val = stream_bytes(d.train), stream_bytes(d.val)
@@ -284,8 +285,9 @@ def test_parquet_without_the_column_or_not_parquet(tmp_path):
     pq.write_table(pa.table({"content": ["hello world"] * 10}), tmp_path / "c.parquet")
     assert_data_error(tmp_path / "c.parquet", "c.parquet", "no column 'text'", "content")
     assert_data_error(f"{tmp_path / 'c.parquet'}:body", "no column 'body'")
-    assert_data_error(_write(tmp_path / "fake.parquet", b"this is not parquet" * 10), "fake.parquet",
-                      "not a readable Parquet file")
+    assert_data_error(
+        _write(tmp_path / "fake.parquet", b"this is not parquet" * 10), "fake.parquet", "not a readable Parquet file"
+    )
 
 
 def test_too_few_tokens_for_one_sequence_in_either_split(tmp_path):

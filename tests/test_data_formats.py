@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from micro import run_micro_sweep
+
 from telescope.data import load as loading
 from telescope.data import load_data, tokenized
-from telescope.data.testing import write_hf_arrow, write_megatron, write_mds, write_parquet_tokens
+from telescope.data.testing import write_hf_arrow, write_mds, write_megatron, write_parquet_tokens
 from telescope.errors import ConfigError, DataError
 
 TOP = 100_256  # o200k-sized vocabulary: tokens far above uint16
@@ -217,16 +217,24 @@ def test_micro_sweep_on_a_megatron_dataset(tmp_path):
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, 3000, size=int(rng.integers(60, 200))) for _ in range(400)]
     prefix = write_megatron(tmp_path / "ds_text_document", docs, dtype="uint16")
-    result = run_micro_sweep(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "store",
-                             model={"vocab_size": 3000}, train={"data": str(prefix), "cross_documents": False})  # fmt: skip
+    result = run_micro_sweep(
+        f"sqlite:///{tmp_path / 's.db'}",
+        tmp_path / "store",
+        model={"vocab_size": 3000},
+        train={"data": str(prefix), "cross_documents": False},
+    )
     assert_finished(result, vocab=3000)
 
 
 def test_micro_sweep_on_text_through_a_trained_bpe(tmp_path):
     corpus = text_folder(tmp_path / "corpus", n=200)
     tok = train_bpe(tmp_path / "tokenizer.json", [p.read_text() for p in corpus.iterdir()])
-    result = run_micro_sweep(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "store",
-                             model={"vocab_size": 400}, train={"data": str(corpus), "tokenizer": str(tok)})  # fmt: skip
+    result = run_micro_sweep(
+        f"sqlite:///{tmp_path / 's.db'}",
+        tmp_path / "store",
+        model={"vocab_size": 400},
+        train={"data": str(corpus), "tokenizer": str(tok)},
+    )
     assert_finished(result, vocab=400)
     assert result["best_loss"] < np.log(400) - 1, "the proxies learn the tokenized text"
 
@@ -234,10 +242,21 @@ def test_micro_sweep_on_text_through_a_trained_bpe(tmp_path):
 def test_readme_data_table_has_one_line_per_format():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("## Training data", 1)[1]
-    rows = [line for line in section.split("\n\n", 3)[2].splitlines() if line.startswith("| ") and "---" not in line][1:]
-    formats = {"stdlib": "`stdlib`", "nanoGPT .bin": "nanoGPT", ".npy": "`FILE.npy`", "Megatron": "Megatron",
-               "Arrow": "Arrow IPC", "Parquet tokens": "list-of-integers column, one document per row; converted",
-               "MDS": "MDS", "text": "`FILE.txt`", "Parquet text": "text column", "tokenizer": "tokenizer.json"}  # fmt: skip
+    rows = [line for line in section.split("\n\n", 3)[2].splitlines() if line.startswith("| ") and "---" not in line][
+        1:
+    ]
+    formats = {
+        "stdlib": "`stdlib`",
+        "nanoGPT .bin": "nanoGPT",
+        ".npy": "`FILE.npy`",
+        "Megatron": "Megatron",
+        "Arrow": "Arrow IPC",
+        "Parquet tokens": "list-of-integers column, one document per row; converted",
+        "MDS": "MDS",
+        "text": "`FILE.txt`",
+        "Parquet text": "text column",
+        "tokenizer": "tokenizer.json",
+    }
     for name, marker in formats.items():
         assert sum(marker in row for row in rows) == 1, name
     assert len(rows) == len(formats)
@@ -311,22 +330,29 @@ def test_bad_tokenizer_and_empty_folders(tmp_path):
     refused(corpus, "bad.json", "not a tokenizers tokenizer.json", tokenizer=tmp_path / "bad.json")
     (tmp_path / "binary").mkdir()
     (tmp_path / "binary" / "blob.dat").write_bytes(b"\x00\x01" * 100)
-    (tmp_path / "binary" / "dataset_info.json").write_text("{\"description\": \"metadata\"}")
+    (tmp_path / "binary" / "dataset_info.json").write_text('{"description": "metadata"}')
     refused(tmp_path / "binary", "no non-empty text files and no token files")
 
 
 def test_bad_data_from_the_cli_is_one_line_and_nothing_is_written(tmp_path):
+    from micro import write_micro_config
     from typer.testing import CliRunner
 
-    from micro import write_micro_config
     from telescope.cli.main import app
 
     prefix = write_megatron(tmp_path / "m", documents(50))
     cases = [({"data": str(prefix)}, r"model.vocab_size is 256 .*largest token is 100256, in .*m\.bin.*= 100257")]
     np.arange(70000, 80000, dtype="<u4").tofile(tmp_path / "u32.bin")
-    cases.append(({"data": str(tmp_path / "u32.bin"), "data_dtype": "uint32"}, r"largest token is 79999, in .*u32\.bin.*= 80000"))
+    cases.append(
+        ({"data": str(tmp_path / "u32.bin"), "data_dtype": "uint32"}, r"largest token is 79999, in .*u32\.bin.*= 80000")
+    )
     cases.append(({"data": str(tmp_path / "u32.bin")}, r"u32\.bin: looks like 32-bit tokens"))
-    cases.append(({"data": str(tmp_path / "u32.bin"), "data_dtype": "int64"}, "train.data_dtype: must be .uint16. or .uint32. or .int32., got .int64."))
+    cases.append(
+        (
+            {"data": str(tmp_path / "u32.bin"), "data_dtype": "int64"},
+            "train.data_dtype: must be .uint16. or .uint32. or .int32., got .int64.",
+        )
+    )
     for train, named in cases:
         config = write_micro_config(tmp_path / "c.toml", train=train)
         db, store = tmp_path / "t.db", tmp_path / "metrics"

@@ -46,8 +46,9 @@ def cluster():
     data = Path("/tmp") / f"{name}-data"
     subprocess.run(
         ["pg_createcluster", version, name, "-p", str(port), "-d", str(data), "--", "-A", "trust", "--no-sync"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     try:
         subprocess.run(["pg_ctlcluster", version, name, "start"], check=True, capture_output=True)
         yield (version, name), f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -57,16 +58,33 @@ def cluster():
 
 
 def _ctl(cluster_id: tuple[str, str], action: str) -> None:
-    subprocess.run(["pg_ctlcluster", *cluster_id, action, *(["-m", "fast"] if action == "stop" else [])],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["pg_ctlcluster", *cluster_id, action, *(["-m", "fast"] if action == "stop" else [])],
+        check=True,
+        capture_output=True,
+    )
 
 
 def _sweep(config: Path, url: str, store: Path, name: str, log: Path, retry_seconds: float) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "telescope", "sweep", str(config), "--db", url, "--store", str(store), "--name", name,
-         "--db-retry-seconds", str(retry_seconds)],
-        stdout=subprocess.DEVNULL, stderr=log.open("w"),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "telescope",
+            "sweep",
+            str(config),
+            "--db",
+            url,
+            "--store",
+            str(store),
+            "--name",
+            name,
+            "--db-retry-seconds",
+            str(retry_seconds),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
 
 
 def _wait_for(predicate, timeout: float = 60.0) -> None:
@@ -93,8 +111,12 @@ def _attempts(url: str, sweep: str) -> list[tuple[str, int]]:
 def config(tmp_path: Path) -> Path:
     # 2x2 then 1 trial, one at a time and not packed, so that one trial is in flight when the server goes.
     search = {"lr": {"lo": 0.01, "hi": 0.04, "points": 2}, "weight_decay": {"lo": 0.05, "hi": 0.1, "points": 2}}
-    sections = {**SMALLEST, "train": {**SMALLEST["train"], "steps": 6}, "search": search,
-                "executor": {"max_concurrent": 1, "pack": 1}}  # fmt: skip
+    sections = {
+        **SMALLEST,
+        "train": {**SMALLEST["train"], "steps": 6},
+        "search": search,
+        "executor": {"max_concurrent": 1, "pack": 1},
+    }
     return write_micro_config(tmp_path / "sweep.toml", **sections)
 
 
@@ -111,9 +133,23 @@ def test_a_sweep_rides_through_a_restart_and_a_second_driver_is_refused(cluster,
         first.send_signal(signal.SIGSTOP)  # cut off, so it cannot claim the sweep again yet
         _ctl(cluster_id, "start")
         second = subprocess.run(
-            [sys.executable, "-m", "telescope", "sweep", str(config), "--db", url, "--store", str(tmp_path / "store"),
-             "--name", "ride"], capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "telescope",
+                "sweep",
+                str(config),
+                "--db",
+                url,
+                "--store",
+                str(tmp_path / "store"),
+                "--name",
+                "ride",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2
         assert second.stderr.count("\n") == 1 and "when the database restarted" in second.stderr, second.stderr
         first.send_signal(signal.SIGCONT)

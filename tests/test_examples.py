@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 runner = CliRunner()
 
+
 def test_there_are_the_documented_examples() -> None:
     names = {p.name for p in EXAMPLES}
     assert {"tiny-cpu.toml", "single-gpu.toml", "ray-cluster-postgres.toml", "paper-3.7b.toml"} <= names
@@ -55,7 +56,10 @@ def test_readme_python_blocks_run(smallest_sweep_db: str, tmp_path: Path) -> Non
     assert len(blocks) >= 2
     (tmp_path / "examples").mkdir()
     write_micro_config(tmp_path / "examples" / "tiny-cpu.toml", **SMALLEST, name="tiny-cpu")
-    exported = runner.invoke(app, ["export", "micro", "--db", smallest_sweep_db, "--target-width", "128", "-o", str(tmp_path / "export.json")])
+    exported = runner.invoke(
+        app,
+        ["export", "micro", "--db", smallest_sweep_db, "--target-width", "128", "-o", str(tmp_path / "export.json")],
+    )
     assert exported.exit_code == 0, exported.output
     for block in blocks:
         done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -66,8 +70,18 @@ def test_readme_python_blocks_run(smallest_sweep_db: str, tmp_path: Path) -> Non
 def test_gpu_example_says_it_needs_a_gpu(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     for extra in ([], ["--executor", "local"]):
-        result = runner.invoke(app, ["sweep", str(ROOT / "examples/single-gpu.toml"), "--db", f"sqlite:///{db}",
-                                     "--store", str(tmp_path / "store"), *extra])  # fmt: skip
+        result = runner.invoke(
+            app,
+            [
+                "sweep",
+                str(ROOT / "examples/single-gpu.toml"),
+                "--db",
+                f"sqlite:///{db}",
+                "--store",
+                str(tmp_path / "store"),
+                *extra,
+            ],
+        )
         assert result.exit_code == 2, result.output
         assert "no CUDA GPU" in result.output and len(result.output.strip().splitlines()) == 1
     assert not db.exists() and not (tmp_path / "store").exists()
@@ -75,8 +89,17 @@ def test_gpu_example_says_it_needs_a_gpu(tmp_path: Path) -> None:
 
 def test_cluster_example_says_the_cluster_is_absent(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
-    result = runner.invoke(app, ["sweep", str(ROOT / "examples/ray-cluster-postgres.toml"), "--ray-address",
-                                 "127.0.0.1:1", "--db", f"sqlite:///{db}"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            str(ROOT / "examples/ray-cluster-postgres.toml"),
+            "--ray-address",
+            "127.0.0.1:1",
+            "--db",
+            f"sqlite:///{db}",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not db.exists()
@@ -89,7 +112,7 @@ def test_export_table_is_readable_and_json_stays_json(smallest_sweep_db: str) ->
         payload = export_sweep(db, "micro")
     for group in payload["groups"]:
         short = group["params"][0].removeprefix("blocks.*.").removesuffix(".weight")  # as the table names it
-        line = next(l for l in table.stdout.splitlines() if l.split()[:1] == [group["role"]] and short in l)
+        line = next(row for row in table.stdout.splitlines() if row.split()[:1] == [group["role"]] and short in row)
         assert group["role"] in line and group["optimizer"] in line and f"{group['lr']:.4g}" in line
     assert "base values" in table.stdout and "widths 16 -> 32" in table.stdout
     as_json = runner.invoke(app, ["export", "micro", "--db", smallest_sweep_db, "--format", "json"])
@@ -105,14 +128,19 @@ def test_train_target_trains_with_an_export(smallest_sweep_db: str, tmp_path: Pa
         path = tmp_path / "export.yaml"
         path.write_text(render(export_sweep(db, "micro"), "yaml"))
     script = str(ROOT / "examples/train_target.py")
-    done = subprocess.run([sys.executable, script, str(path), "--steps", "4", "--batch-size", "2", "--log-every", "2"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, script, str(path), "--steps", "4", "--batch-size", "2", "--log-every", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "training width 64" in done.stdout and "hidden    muon" in done.stdout
     losses = [float(x) for x in re.findall(r"train loss (\S+)", done.stdout)]
     val = float(re.search(r"validation loss (\S+)", done.stdout).group(1))
     assert len(losses) == 2 and all(math.isfinite(x) for x in [*losses, val])
     if not torch.cuda.is_available():
-        no_gpu = subprocess.run([sys.executable, script, str(path), "--device", "cuda"],
-                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        no_gpu = subprocess.run(
+            [sys.executable, script, str(path), "--device", "cuda"], capture_output=True, text=True, timeout=120
+        )
         assert no_gpu.returncode == 2 and no_gpu.stderr.strip().count("\n") == 0, no_gpu.stderr

@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 import fake_trials
+import pytest
 from fake_trials import FakePack, FakeTrial, expected_val_loss
+
 from telescope.errors import TelescopeError
-from telescope.spec import Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
 from telescope.runs.executor import make_executor
+from telescope.spec import Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
 from telescope.trials import ExecutorSettings, Packing
 
 STEPS = 20
@@ -31,9 +31,7 @@ MAX_RETRIES = 2
 
 
 def spec(seed: int, lr: float = 0.01, steps: int = STEPS) -> TrialSpec:
-    return TrialSpec(
-        width=64, base_width=64, lr=lr, weight_decay=0.1, seed=seed, train=TrainSettings(steps=steps)
-    )
+    return TrialSpec(width=64, base_width=64, lr=lr, weight_decay=0.1, seed=seed, train=TrainSettings(steps=steps))
 
 
 @dataclass
@@ -76,6 +74,7 @@ def in_process_ray():
     """One Ray for the file, started the way `telescope sweep` starts it."""
     pytest.importorskip("ray")
     import ray.cloudpickle
+
     from telescope.trials.ray_cluster import connect as _connect
 
     ray.cloudpickle.register_pickle_by_value(fake_trials)  # workers cannot import tests/
@@ -318,9 +317,7 @@ print(json.dumps(events.results))
 def test_trials_run_on_a_ray_cluster_started_separately(ray_cluster, tmp_path):
     head, address = ray_cluster
     script = DRIVER.format(tests=str(Path(__file__).parent), address=address, counters=str(tmp_path))
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     finished = json.loads(done.stdout.strip().splitlines()[-1])
     assert sorted(finished) == ["t0", "t1", "t2"]

@@ -28,6 +28,7 @@ from telescope.proxy.model import build_model
 from telescope.spec import ModelShape
 from telescope.storage.database import Database
 
+
 @pytest.fixture(scope="module")
 def export(smallest_sweep_db: str) -> dict:
     """The export of a real (micro) sweep: target width 64, base width 16, table `paper`."""
@@ -41,8 +42,9 @@ class CausalLM(nn.Module):
     def __init__(self, width: int, vocab: int = 256, depth: int = 2, tied: bool = False, head: str = "lm_head"):
         super().__init__()
         self.tok = nn.Embedding(vocab, width)
-        layer = nn.TransformerEncoderLayer(width, nhead=width // 16, dim_feedforward=4 * width, dropout=0.0,
-                                           batch_first=True, norm_first=True)  # fmt: skip
+        layer = nn.TransformerEncoderLayer(
+            width, nhead=width // 16, dim_feedforward=4 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.layers = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
         setattr(self, head, nn.Linear(width, vocab, bias=False))

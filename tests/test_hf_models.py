@@ -9,17 +9,17 @@ import copy
 import io
 import math
 
+import hf_models
 import pytest
 import torch
 from typer.testing import CliRunner
 
-import hf_models
 from telescope.cli.main import app
+from telescope.data import load_data
 from telescope.errors import TelescopeError
 from telescope.export import export_sweep
 from telescope.foreign import build_foreign_optimizers, classify, optimizers_from_export, parametrize
 from telescope.proxy.coord_check import CoordCheckSettings, coord_check
-from telescope.data import load_data
 from telescope.proxy.muon import Muon
 from telescope.proxy.train import loss_fn
 from telescope.spec import ModelShape
@@ -102,14 +102,17 @@ def test_twenty_steps_learn(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_coord_check_passes(name: str) -> None:
-    settings = CoordCheckSettings(widths=(32, 64, 128, 256), model_factory=f"hf_models:{name}",
-                                  shape=ModelShape(depth=2, head_dim=16))  # fmt: skip
+    settings = CoordCheckSettings(
+        widths=(32, 64, 128, 256), model_factory=f"hf_models:{name}", shape=ModelShape(depth=2, head_dim=16)
+    )
     result = coord_check(settings)
     assert result.passed, [(layer.layer, round(layer.slope, 2)) for layer in result.layers if not layer.passed]
 
 
 def test_coord_check_passes_for_the_proxy_with_tied_embeddings() -> None:
-    result = coord_check(CoordCheckSettings(widths=(32, 64, 128, 256), shape=ModelShape(depth=2, head_dim=16, tied_embeddings=True)))
+    result = coord_check(
+        CoordCheckSettings(widths=(32, 64, 128, 256), shape=ModelShape(depth=2, head_dim=16, tied_embeddings=True))
+    )
     assert result.passed, [(layer.layer, round(layer.slope, 2)) for layer in result.layers if not layer.passed]
 
 
@@ -147,7 +150,9 @@ def test_optimizers_checkpoint_and_take_an_lr_scheduler() -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizers, lambda step: 1.0 / (1 + step))
     train(model, optimizers, range(3))
     scheduler.step()
-    assert [g["lr"] for g in optimizers.param_groups] == pytest.approx([g["peak_lr"] / 2 for g in optimizers.param_groups])
+    assert [g["lr"] for g in optimizers.param_groups] == pytest.approx(
+        [g["peak_lr"] / 2 for g in optimizers.param_groups]
+    )
     checkpoint = copy.deepcopy({"model": model.state_dict(), "optimizers": optimizers.state_dict()})
     train(model, optimizers, range(3, 5))
 
@@ -188,8 +193,17 @@ def test_parametrize_reads_the_export_and_the_optimizers_check_it(export: dict) 
 def test_offset_norms_start_at_zero() -> None:
     from transformers import GemmaConfig, GemmaForCausalLM
 
-    model = GemmaForCausalLM(GemmaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=4, head_dim=16))  # fmt: skip
+    model = GemmaForCausalLM(
+        GemmaConfig(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=16,
+        )
+    )
     parametrize(model, "paper", 64, 32)
     norms = {n: p for n, p in model.named_parameters() if n.endswith("norm.weight")}
     assert norms and all(torch.count_nonzero(p) == 0 for p in norms.values())  # Gemma computes x * (1 + w)
@@ -205,8 +219,9 @@ def test_cli_model_with_model_output_and_a_rules_file(tmp_path) -> None:
     assert out.exit_code == 2 and "no unembedding found" in out.stderr
     rules = tmp_path / "rules.toml"
     rules.write_text("[[rule]]\npattern = 'decoder\\.weight'\nrole = \"output\"\n")
-    out = runner.invoke(app, ["coord-check", "--model", "foreign_models:decoder_lm", "--widths", "32,64,128",
-                              "--rules", str(rules)])  # fmt: skip
+    out = runner.invoke(
+        app, ["coord-check", "--model", "foreign_models:decoder_lm", "--widths", "32,64,128", "--rules", str(rules)]
+    )
     assert out.exit_code == 0, out.output
     rules.write_text("[[rule]]\npattern = 'decoder\\.weight'\nrole = \"head\"\n")
     out = runner.invoke(app, ["coord-check", "--model", "foreign_models:decoder_lm", "--rules", str(rules)])

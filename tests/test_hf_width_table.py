@@ -17,8 +17,11 @@ from telescope.models import hf
 def default_config(model_type: str) -> dict:
     config = CONFIG_MAPPING[model_type]().to_dict()
     config.pop("layer_types", None)  # recomputed for the depth below
-    return config | {"num_hidden_layers": 1, "n_layer": 1, "vocab_size": 256} if model_type == "gpt2" else config | {
-        "num_hidden_layers": 1, "vocab_size": 256}  # fmt: skip
+    return (
+        config | {"num_hidden_layers": 1, "n_layer": 1, "vocab_size": 256}
+        if model_type == "gpt2"
+        else config | {"num_hidden_layers": 1, "vocab_size": 256}
+    )
 
 
 @pytest.mark.parametrize("model_type", sorted(hf.WIDTH_FIELDS))
@@ -42,8 +45,11 @@ def test_each_mapped_model_type_builds_at_any_multiple_of_its_head_dim(tmp_path:
 
 
 def test_what_cannot_be_mapped_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"model_type 'bert' has no width table, so its width fields \(.*hidden_size.*\) "
-                                          r"cannot be mapped; name your model with \[model\] factory"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"model_type 'bert' has no width table, so its width fields \(.*hidden_size.*\) "
+        r"cannot be mapped; name your model with \[model\] factory",
+    ):
         hf.width_fields({"model_type": "bert", "hidden_size": 768, "intermediate_size": 3072})
     with pytest.raises(ConfigError, match="width 48 is not a multiple of the config's head dim 32"):
         hf.at_width(default_config("llama") | {"head_dim": 32}, 48)

@@ -65,8 +65,19 @@ def test_transfer_check_refuses_a_plot_it_cannot_write_before_training(tmp_path)
     folder = tmp_path / "plots"
     folder.mkdir()
     with immutable(folder):
-        result = run("transfer-check", "--executor", "local", "--steps", "2", "--db", str(tmp_path / "t.db"),
-                     "--store", str(tmp_path / "store"), "--plot", str(folder / "x.png"))  # fmt: skip
+        result = run(
+            "transfer-check",
+            "--executor",
+            "local",
+            "--steps",
+            "2",
+            "--db",
+            str(tmp_path / "t.db"),
+            "--store",
+            str(tmp_path / "store"),
+            "--plot",
+            str(folder / "x.png"),
+        )
     assert_one_line_exit_2(result, "cannot write", "plots")
     assert not (tmp_path / "t.db").exists() and not (tmp_path / "store").exists()
 
@@ -95,8 +106,10 @@ def test_coord_check_values(args, phrase):
 
 
 def test_export_to_an_absurd_width(smallest_sweep_db):
-    assert_one_line_exit_2(run("export", "micro", "--db", smallest_sweep_db, "--target-width", "1000000000000"),
-                           "--target-width 1000000000000")  # fmt: skip
+    assert_one_line_exit_2(
+        run("export", "micro", "--db", smallest_sweep_db, "--target-width", "1000000000000"),
+        "--target-width 1000000000000",
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,7 +137,7 @@ def test_query_refuses_a_file_as_its_store_as_sweep_does(smallest_sweep_db, tmp_
 
 # -- a user's model -------------------------------------------------------------------
 
-USER_MODELS = '''
+USER_MODELS = """
 from torch import nn
 
 
@@ -150,14 +163,17 @@ class PairLM(nn.Module):
 
 def returns_a_pair(width):
     return PairLM(width)
-'''
+"""
 
 
 @pytest.mark.parametrize(
     "factory, phrase",
-    [("raises", "RuntimeError: no model today"), ("no_width", "takes 0 positional arguments"),
-     ("returns_a_pair", "returned a tuple, not logits")],
-)  # fmt: skip
+    [
+        ("raises", "RuntimeError: no model today"),
+        ("no_width", "takes 0 positional arguments"),
+        ("returns_a_pair", "returned a tuple, not logits"),
+    ],
+)
 def test_coord_check_with_a_model_that_fails(tmp_path, monkeypatch, factory, phrase):
     module = f"user_models_{secrets.token_hex(4)}"
     (tmp_path / f"{module}.py").write_text(USER_MODELS)
@@ -171,9 +187,14 @@ def test_coord_check_with_a_model_that_fails(tmp_path, monkeypatch, factory, phr
 
 @pytest.mark.parametrize(
     "args",
-    [["sweep", "x.toml", "--executor", "k8s"], ["query", "SELECT 1", "-f", "xml"], ["trial", "--width", "abc"],
-     ["export", "x", "--target-width", "0"], ["no-such-command"]],
-)  # fmt: skip
+    [
+        ["sweep", "x.toml", "--executor", "k8s"],
+        ["query", "SELECT 1", "-f", "xml"],
+        ["trial", "--width", "abc"],
+        ["export", "x", "--target-width", "0"],
+        ["no-such-command"],
+    ],
+)
 def test_usage_errors_are_one_line_with_a_pointer_to_help(args):
     result = run(*args)
     assert_one_line_exit_2(result, "--help`)")
@@ -182,8 +203,9 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(args):
 
 def test_usage_errors_through_the_console_script():
     script = Path(sys.executable).with_name("telescope")
-    result = subprocess.run([str(script), "sweep", "x.toml", "--executor", "k8s"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [str(script), "sweep", "x.toml", "--executor", "k8s"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (
         "error: Invalid value for '--executor': 'k8s' is not one of 'ray', 'local'. (try `telescope sweep --help`)\n"

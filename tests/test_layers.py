@@ -14,8 +14,15 @@ ABOVE_RUNS = (*DRIVERS, "telescope.cli", "telescope.report", "telescope.dashboar
 
 # package -> what it must never import (module prefixes)
 FORBIDDEN = {
-    "telescope.trials": ("telescope.proxy", "telescope.storage", "telescope.runs", "telescope.foreign",
-                         "telescope.models", "telescope.data", *ABOVE_RUNS),
+    "telescope.trials": (
+        "telescope.proxy",
+        "telescope.storage",
+        "telescope.runs",
+        "telescope.foreign",
+        "telescope.models",
+        "telescope.data",
+        *ABOVE_RUNS,
+    ),
     "telescope.storage": ("telescope.runs", "telescope.proxy", "telescope.trials", *ABOVE_RUNS),
     "telescope.proxy": ("telescope.config", "telescope.storage", "telescope.runs", "telescope.trials", *ABOVE_RUNS),
     "telescope.runs": ABOVE_RUNS,
@@ -23,7 +30,7 @@ FORBIDDEN = {
     "telescope.sweep": ("telescope.transfer_check", "telescope.batch_study", "telescope.cli"),
     "telescope.transfer_check": ("telescope.sweep", "telescope.batch_study", "telescope.cli"),
     "telescope.batch_study": ("telescope.sweep", "telescope.transfer_check", "telescope.cli"),
-}  # fmt: skip
+}
 
 
 def imports(path: Path) -> set[str]:

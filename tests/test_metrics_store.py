@@ -10,16 +10,23 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from telescope.errors import TelescopeError
-
-from telescope.errors import StorageError
+from telescope.errors import StorageError, TelescopeError
 from telescope.spec import StepMetrics
 from telescope.storage.metrics import MetricsStore
 
 
 def curve(n: int, start: float = 5.0) -> list[StepMetrics]:
-    return [StepMetrics(step=i, tokens=(i + 1) * 1024, train_loss=start - 0.1 * i, lr=0.01 * min(1, (i + 1) / 3),
-                        grad_norm=1.0 / (i + 1), elapsed=0.25 * i) for i in range(n)]  # fmt: skip
+    return [
+        StepMetrics(
+            step=i,
+            tokens=(i + 1) * 1024,
+            train_loss=start - 0.1 * i,
+            lr=0.01 * min(1, (i + 1) / 3),
+            grad_norm=1.0 / (i + 1),
+            elapsed=0.25 * i,
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -34,16 +41,29 @@ def store(tmp_path) -> MetricsStore:
 
 def test_layout_is_one_hive_partitioned_file_per_trial(store):
     files = sorted(p.relative_to(store.root).as_posix() for p in store.root.rglob("*") if p.is_file())
-    assert files == ["sweep=demo/level=0/L0-a.parquet", "sweep=demo/level=0/L0-b.parquet",
-                     "sweep=demo/level=1/L1-a.parquet", "sweep=other/level=0/L0-a.parquet"]  # fmt: skip
+    assert files == [
+        "sweep=demo/level=0/L0-a.parquet",
+        "sweep=demo/level=0/L0-b.parquet",
+        "sweep=demo/level=1/L1-a.parquet",
+        "sweep=other/level=0/L0-a.parquet",
+    ]
     assert store.exists("demo", 1, "L1-a") and not store.exists("demo", 1, "L1-b")
     assert pq.read_table(store.path("demo", 0, "L0-a")).column("trial_key").to_pylist() == ["L0-a"] * 4
 
 
 def test_read_round_trips_values_and_filters(store):
     frame = store.read("demo")
-    assert list(frame.columns) == ["sweep", "level", "trial_key", "step", "tokens", "train_loss", "lr",
-                                   "grad_norm", "elapsed"]  # fmt: skip
+    assert list(frame.columns) == [
+        "sweep",
+        "level",
+        "trial_key",
+        "step",
+        "tokens",
+        "train_loss",
+        "lr",
+        "grad_norm",
+        "elapsed",
+    ]
     assert len(frame) == 9 and set(frame["sweep"]) == {"demo"}
     one = store.read("demo", level=0, trial_key="L0-a")
     expected = curve(4)
@@ -88,12 +108,16 @@ def test_empty_and_non_finite_curves_are_kept(tmp_path):
     store = MetricsStore(tmp_path)
     store.write("s", 0, "failed-early", [])
     assert store.exists("s", 0, "failed-early") and store.read("s").empty
-    store.write("s", 0, "diverged", [StepMetrics(0, 64, 5.0, 0.1, 1.0, 0.0), StepMetrics(1, 128, math.nan, 0.1, math.inf, 0.1)])
+    store.write(
+        "s", 0, "diverged", [StepMetrics(0, 64, 5.0, 0.1, 1.0, 0.0), StepMetrics(1, 128, math.nan, 0.1, math.inf, 0.1)]
+    )
     losses = store.read("s", trial_key="diverged")["train_loss"].tolist()
     assert losses[0] == 5.0 and math.isnan(losses[1])
 
 
-@pytest.mark.parametrize("sweep, key", [("../up", "k"), ("a/b", "k"), ("ok", "../k"), ("ok", "a/b"), ("ok", ".hidden"), ("", "k")])
+@pytest.mark.parametrize(
+    "sweep, key", [("../up", "k"), ("a/b", "k"), ("ok", "../k"), ("ok", "a/b"), ("ok", ".hidden"), ("", "k")]
+)
 def test_names_that_would_escape_or_hide_are_refused(tmp_path, sweep, key):
     store = MetricsStore(tmp_path / "m")
     with pytest.raises(StorageError, match="invalid"):

@@ -6,10 +6,9 @@ import math
 import pytest
 
 from telescope.errors import ConfigError
-from telescope.proxy.train import run_trial, run_trials
-from telescope.spec import ModelShape, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
-from telescope.proxy.train import pack_key
+from telescope.proxy.train import pack_key, run_trial, run_trials
 from telescope.runs.executor import make_executor
+from telescope.spec import ModelShape, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
 from telescope.trials import ExecutorSettings, Packing
 from telescope.trials.packs import plan_packs
 
@@ -18,8 +17,16 @@ SHAPE = ModelShape(depth=2, head_dim=16, seq_len=32)
 
 def spec(lr=0.03, weight_decay=0.1, seed=0, steps=12, width=32, **fields):
     train = TrainSettings(steps=steps, batch_size=4, warmup_steps=2, eval_batches=2, device="cpu")
-    return TrialSpec(width=width, base_width=16, lr=lr, weight_decay=weight_decay, seed=seed,
-                     model=fields.pop("model", SHAPE), train=train, **fields)  # fmt: skip
+    return TrialSpec(
+        width=width,
+        base_width=16,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        model=fields.pop("model", SHAPE),
+        train=train,
+        **fields,
+    )
 
 
 def recorded(specs, packed: bool):
@@ -64,8 +71,12 @@ def test_a_pack_records_what_each_trial_records_alone(seeds):
 def test_a_trials_numbers_do_not_depend_on_its_pack(seeds):
     """Bitwise: a trial alone, in a pack of 2, 3 or 4, in any position, records the same
     losses, so a resumed trial that reruns alone matches its first, packed run."""
-    specs = [spec(0.02, 0.1, seeds[0]), spec(0.06, 0.4, seeds[1]), spec(0.01, 0.0, seeds[2], muon_lr_ratio=2.0),
-             spec(0.03, 0.2, seeds[3])]  # fmt: skip
+    specs = [
+        spec(0.02, 0.1, seeds[0]),
+        spec(0.06, 0.4, seeds[1]),
+        spec(0.01, 0.0, seeds[2], muon_lr_ratio=2.0),
+        spec(0.03, 0.2, seeds[3]),
+    ]
 
     def losses(pack):
         metrics = [[] for _ in pack]
@@ -157,5 +168,10 @@ def test_a_pack_that_raises_runs_its_trials_one_by_one_through_the_executor():
     for i in range(3):
         mine = [c[0] if c[0] == "started" else c for c in calls if c[1] == f"t{i}"]
         # started (pack), the pack's row, started again (alone), its own row, its own result
-        assert mine == ["started", ("metrics", f"t{i}", 9.0), "started", ("metrics", f"t{i}", 1.0),
-                        ("finished", f"t{i}", pytest.approx(0.01 * (i + 1)))]  # fmt: skip
+        assert mine == [
+            "started",
+            ("metrics", f"t{i}", 9.0),
+            "started",
+            ("metrics", f"t{i}", 1.0),
+            ("finished", f"t{i}", pytest.approx(0.01 * (i + 1))),
+        ]

@@ -68,8 +68,13 @@ def test_optimizer_groups_match_transfer(name, m):
 
 
 def test_muon_lr_ratio_scales_only_muon_groups():
-    rows1 = {r.params: r.lr for r in transfer("paper", 0.02, 0.0, BASE, 64, parameter_roles(SHAPE, 64, BASE), muon_lr_ratio=1.0)}
-    rows3 = {r.params: r for r in transfer("paper", 0.02, 0.0, BASE, 64, parameter_roles(SHAPE, 64, BASE), muon_lr_ratio=3.0)}
+    rows1 = {
+        r.params: r.lr
+        for r in transfer("paper", 0.02, 0.0, BASE, 64, parameter_roles(SHAPE, 64, BASE), muon_lr_ratio=1.0)
+    }
+    rows3 = {
+        r.params: r for r in transfer("paper", 0.02, 0.0, BASE, 64, parameter_roles(SHAPE, 64, BASE), muon_lr_ratio=3.0)
+    }
     for params, row in rows3.items():
         factor = 3.0 if row.optimizer == "muon" else 1.0
         assert row.lr == pytest.approx(rows1[params] * factor)

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_config import MALFORMED
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
-
-from test_config import MALFORMED
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -61,7 +60,6 @@ def test_missing_config_file_exits_2(tmp_path, monkeypatch):
     result = runner.invoke(app, ["plan", "nope.toml"])
     assert result.exit_code == 2 and "no such config file" in result.output
     assert list(tmp_path.iterdir()) == []
-
 
 
 @pytest.mark.parametrize("data,expected", [("missing-dir", "data path not found"), ("empty.txt", "file is empty")])

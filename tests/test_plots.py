@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from micro import micro_config
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
@@ -21,14 +22,13 @@ from telescope.report.data import (
     load_sweep,
 )
 from telescope.report.plots import FIGURES, draw_loss_vs_width, draw_transfer
+from telescope.runs.executor import make_executor
 from telescope.search import fit_drift
 from telescope.spec import Status, TrialResult
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 from telescope.storage.query import run_query
 from telescope.sweep import run_sweep
-from telescope.runs.executor import make_executor
-from micro import micro_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -100,7 +100,9 @@ def fabricate_one_axis_sweep(url: str, name: str, *, finish: bool = True, transf
     )
     levels = [(0, 16, {0.01: 3.1, 0.04: 2.7, 0.16: None}), (1, 32, {0.02: 2.5, 0.04: 2.4, 0.08: 2.45})]
     with Database(url) as db:
-        db.create_sweep(name, config.to_dict(), parametrization="paper", base_width=16, calibration_width=32, target_width=128)
+        db.create_sweep(
+            name, config.to_dict(), parametrization="paper", base_width=16, calibration_width=32, target_width=128
+        )
         summaries, optima = [], []
         for level, width, losses in levels:
             db.plan_level(name, level, width=width, grid=[{"lr": lr} for lr in losses])
@@ -109,7 +111,10 @@ def fabricate_one_axis_sweep(url: str, name: str, *, finish: bool = True, transf
             db.record_results(
                 name,
                 [
-                    (keys[lr], TrialResult(Status.COMPLETED if loss else Status.DIVERGED, loss, loss, 100, 1e6, 1.0, 10))
+                    (
+                        keys[lr],
+                        TrialResult(Status.COMPLETED if loss else Status.DIVERGED, loss, loss, 100, 1e6, 1.0, 10),
+                    )
                     for lr, loss in losses.items()
                 ],
             )
@@ -117,17 +122,34 @@ def fabricate_one_axis_sweep(url: str, name: str, *, finish: bool = True, transf
             db.finish_level(name, level, best={"lr": best_lr}, best_loss=losses[best_lr])
             optima.append((width, {"lr": best_lr}))
             summaries.append(
-                {"level": level, "width": width, "grid": "3", "trials": 3, "diverged": level == 0, "failed": 0,
-                 "best": {"lr": best_lr}, "best_loss": losses[best_lr], "warnings": []}
-            )  # fmt: skip
+                {
+                    "level": level,
+                    "width": width,
+                    "grid": "3",
+                    "trials": 3,
+                    "diverged": level == 0,
+                    "failed": 0,
+                    "best": {"lr": best_lr},
+                    "best_loss": losses[best_lr],
+                    "warnings": [],
+                }
+            )
         if not finish:
             return
         result = {
-            "sweep": name, "parametrization": "paper", "objective": "val_loss", "base_width": 16,
-            "calibration_width": 32, "target_width": 128, "best": {"lr": 0.04}, "best_loss": 2.4,
-            "fixed": {"weight_decay": 0.05, "muon_lr_ratio": 1.0}, "levels": summaries, "warnings": [],
+            "sweep": name,
+            "parametrization": "paper",
+            "objective": "val_loss",
+            "base_width": 16,
+            "calibration_width": 32,
+            "target_width": 128,
+            "best": {"lr": 0.04},
+            "best_loss": 2.4,
+            "fixed": {"weight_decay": 0.05, "muon_lr_ratio": 1.0},
+            "levels": summaries,
+            "warnings": [],
             "drift": [dataclasses.asdict(a) for a in fit_drift(optima, 128).axes],
-        }  # fmt: skip
+        }
         if transfer_check is not None:
             result["transfer_check"] = transfer_check
         db.update_sweep(name, status="completed", result=result)
@@ -179,7 +201,8 @@ def test_loss_vs_lr_curves_are_the_trials_at_each_levels_best_weight_decay(micro
         rows = query(
             micro,
             f"SELECT trial_key, lr, val_loss, status FROM trials WHERE sweep = 'micro' AND level = {curve.level} "
-            f"AND weight_decay = (SELECT best_weight_decay FROM levels WHERE sweep = 'micro' AND level = {curve.level}) "
+            "AND weight_decay = (SELECT best_weight_decay FROM levels WHERE sweep = 'micro' AND level = "
+            f"{curve.level}) "
             "ORDER BY lr",
         )
         assert [(t.key, t.values["lr"], t.loss, t.status.value) for t in curve.trials] == [
@@ -203,11 +226,15 @@ def test_diverged_trial_is_drawn_as_a_cross_on_the_loss_vs_lr_figure(micro: Fini
 def test_level_maps_hold_every_trial_of_each_level_with_its_status(micro: FinishedSweep) -> None:
     data = loaded(micro.url, micro.name)
     maps = level_maps(data)
-    levels = query(micro, "SELECT level, width, best_lr, best_weight_decay FROM levels WHERE sweep = 'micro' ORDER BY level")
+    levels = query(
+        micro, "SELECT level, width, best_lr, best_weight_decay FROM levels WHERE sweep = 'micro' ORDER BY level"
+    )
     assert [(m.level, m.width) for m in maps] == [(r["level"], r["width"]) for r in levels]
     for m, lv in zip(maps, levels):
         assert m.best == {"lr": lv["best_lr"], "weight_decay": lv["best_weight_decay"]}
-        rows = query(micro, f"SELECT lr, weight_decay, val_loss, status FROM trials WHERE sweep = 'micro' AND level = {m.level}")
+        rows = query(
+            micro, f"SELECT lr, weight_decay, val_loss, status FROM trials WHERE sweep = 'micro' AND level = {m.level}"
+        )
         cells = {(c.values["lr"], c.values["weight_decay"]): (c.loss, c.status.value) for c in m.cells}
         assert cells == {(r["lr"], r["weight_decay"]): (r["val_loss"], r["status"]) for r in rows}
     statuses = [c.status for c in maps[0].cells]
@@ -237,7 +264,9 @@ def test_power_law_fit_recovers_known_parameters_and_needs_three_widths() -> Non
         fit_power_law([64, 128], [2.0, 1.9])
     with pytest.raises(ValueError, match="do not follow a power law"):
         fit_power_law([16, 32, 64], [4.0, 3.86, 3.70])  # falls faster at larger width
-    fig = draw_loss_vs_width([(64, 2.0), (128, 1.9)], None, "a power-law fit needs 3 widths, this sweep has 2", "val_loss")
+    fig = draw_loss_vs_width(
+        [(64, 2.0), (128, 1.9)], None, "a power-law fit needs 3 widths, this sweep has 2", "val_loss"
+    )
     # said in words above the axes, where it covers no point
     assert "needs 3" in fig.axes[0].get_title() and not fig.axes[0].texts
 

@@ -31,7 +31,9 @@ def text_of(progress: SweepProgress) -> str:
     return console.file.getvalue()
 
 
-def run_level(progress: SweepProgress, clock: Clock, level: int, width: int, trials: int, flops: float, seconds: float) -> None:
+def run_level(
+    progress: SweepProgress, clock: Clock, level: int, width: int, trials: int, flops: float, seconds: float
+) -> None:
     """All of a level's trials at once, finishing `seconds` later."""
     progress.start_level(level, width, trials)
     for _ in range(trials):
@@ -57,7 +59,10 @@ def test_levels_count_from_0_as_plan_status_and_report_do(clock):
             assert f"level {level} ({level + 1} of 3), width {width}" in text_of(progress)
     lines = out.getvalue().splitlines()  # not a terminal: one line per level, then the closing note
     assert [line.split(" |")[0] for line in lines[:3]] == [
-        "level 0 (1 of 3), width 32", "level 1 (2 of 3), width 64", "level 2 (3 of 3), width 128"]  # fmt: skip
+        "level 0 (1 of 3), width 32",
+        "level 1 (2 of 3), width 64",
+        "level 2 (3 of 3), width 128",
+    ]
     assert "level 3" not in out.getvalue()
     estimate = 10 + 10 * (4 ** (1 + PRIOR_EXPONENT) + 16 ** (1 + PRIOR_EXPONENT))  # 2 trials at 5 s, then scaled
     assert lines[3] == f"sweep took 0:00:30; estimated {clock_text(estimate)} after the first level"

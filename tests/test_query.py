@@ -16,14 +16,17 @@ from telescope.cli.common import TelescopeGroup
 from telescope.errors import StorageError
 from telescope.spec import Status, StepMetrics, TrialResult, TrialSpec
 from telescope.storage.database import Database
-from telescope.storage.urls import resolve_url
 from telescope.storage.metrics import MetricsStore
 from telescope.storage.query import ONE_STATEMENT, run_query
+from telescope.storage.urls import resolve_url
 
 POINTS = {  # key: (level, width, lr, val_loss)
-    "L0-a": (0, 64, 0.01, 2.4), "L0-b": (0, 64, 0.03, 2.1), "L0-c": (0, 64, 0.1, None),
-    "L1-a": (1, 128, 0.02, 1.95), "L1-b": (1, 128, 0.03, 1.9),
-}  # fmt: skip
+    "L0-a": (0, 64, 0.01, 2.4),
+    "L0-b": (0, 64, 0.03, 2.1),
+    "L0-c": (0, 64, 0.1, None),
+    "L1-a": (1, 128, 0.02, 1.95),
+    "L1-b": (1, 128, 0.03, 1.9),
+}
 
 
 @pytest.fixture
@@ -36,12 +39,21 @@ def sweep_db(db_url, tmp_path) -> tuple[str, Path]:
             keys = [k for k, p in POINTS.items() if p[0] == level]
             db.plan_level("demo", level, width=width, grid=[{"lr": POINTS[k][2]} for k in keys])
             db.add_trials("demo", level, [(k, TrialSpec(width, 64, POINTS[k][2], 0.1)) for k in keys])
-            db.record_results("demo", [(k, TrialResult(Status.COMPLETED if POINTS[k][3] else Status.DIVERGED,
-                                                        val_loss=POINTS[k][3])) for k in keys])  # fmt: skip
+            db.record_results(
+                "demo",
+                [
+                    (k, TrialResult(Status.COMPLETED if POINTS[k][3] else Status.DIVERGED, val_loss=POINTS[k][3]))
+                    for k in keys
+                ],
+            )
             db.finish_level("demo", level, best={"lr": best_lr, "weight_decay": 0.1}, best_loss=best_loss)
             for k in keys:
-                store.write("demo", level, k, [StepMetrics(s, 64 * (s + 1), 3.0 - 0.1 * s, 0.01, 1.0, 0.1 * s)
-                                               for s in range(4)])  # fmt: skip
+                store.write(
+                    "demo",
+                    level,
+                    k,
+                    [StepMetrics(s, 64 * (s + 1), 3.0 - 0.1 * s, 0.01, 1.0, 0.1 * s) for s in range(4)],
+                )
     return db_url, store.root
 
 
@@ -76,8 +88,9 @@ def cli(*args: str, input: str | None = None):
 
 def test_swept_values_order_by_loss(sweep_db):
     url, _ = sweep_db
-    result = run_query("SELECT trial_key, lr, weight_decay, val_loss FROM trials WHERE val_loss IS NOT NULL "
-                       "ORDER BY val_loss", url)  # fmt: skip
+    result = run_query(
+        "SELECT trial_key, lr, weight_decay, val_loss FROM trials WHERE val_loss IS NOT NULL ORDER BY val_loss", url
+    )
     assert result.columns == ["trial_key", "lr", "weight_decay", "val_loss"]
     assert [r[0] for r in result.rows] == ["L1-b", "L1-a", "L0-b", "L0-a"]
     assert result.rows[0][1:] == (0.03, 0.1, 1.9) and not result.truncated
@@ -85,16 +98,26 @@ def test_swept_values_order_by_loss(sweep_db):
 
 def test_which_point_won_at_each_width(sweep_db):
     url, _ = sweep_db
-    out = cli("SELECT l.width, l.best_lr, l.best_loss FROM levels l JOIN sweeps s ON s.name = l.sweep "
-              "WHERE s.name = 'demo' ORDER BY l.width", "--db", url, "--format", "json")  # fmt: skip
+    out = cli(
+        "SELECT l.width, l.best_lr, l.best_loss FROM levels l JOIN sweeps s ON s.name = l.sweep "
+        "WHERE s.name = 'demo' ORDER BY l.width",
+        "--db",
+        url,
+        "--format",
+        "json",
+    )
     assert out.exit_code == 0, out.output
-    assert json.loads(out.stdout) == [{"width": 64, "best_lr": 0.03, "best_loss": 2.1},
-                                      {"width": 128, "best_lr": 0.03, "best_loss": 1.9}]  # fmt: skip
+    assert json.loads(out.stdout) == [
+        {"width": 64, "best_lr": 0.03, "best_loss": 2.1},
+        {"width": 128, "best_lr": 0.03, "best_loss": 1.9},
+    ]
 
 
 def test_row_cap_and_csv_and_stdin(sweep_db):
     url, _ = sweep_db
-    out = cli("-", "--db", url, "--format", "csv", "--limit", "2", input="SELECT trial_key FROM trials ORDER BY trial_key")
+    out = cli(
+        "-", "--db", url, "--format", "csv", "--limit", "2", input="SELECT trial_key FROM trials ORDER BY trial_key"
+    )
     assert out.exit_code == 0
     assert out.stdout.splitlines() == ["trial_key", "L0-a", "L0-b"]
     assert "first 2 rows" in out.stderr
@@ -103,8 +126,9 @@ def test_row_cap_and_csv_and_stdin(sweep_db):
 
 def test_duplicate_column_names_are_kept_apart(sweep_db):
     url, _ = sweep_db
-    result = run_query("SELECT t.lr, l.best_lr AS lr FROM trials t JOIN levels l ON l.level = t.level "
-                       "WHERE t.trial_key = 'L0-a'", url)  # fmt: skip
+    result = run_query(
+        "SELECT t.lr, l.best_lr AS lr FROM trials t JOIN levels l ON l.level = t.level WHERE t.trial_key = 'L0-a'", url
+    )
     assert result.records() == [{"lr": 0.01, "lr_2": 0.03}]
 
 
@@ -158,8 +182,11 @@ def test_sql_errors_are_one_line(sweep_db):
 
 def test_time_limit_stops_a_long_query(sweep_db):
     url, _ = sweep_db
-    slow = ("SELECT count(*) FROM generate_series(1, 1000000000)" if resolve_url(url).get_backend_name() == "postgresql" else
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n")  # fmt: skip
+    slow = (
+        "SELECT count(*) FROM generate_series(1, 1000000000)"
+        if resolve_url(url).get_backend_name() == "postgresql"
+        else "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n"
+    )
     with pytest.raises(StorageError, match="time limit of 0.3 s"):
         run_query(slow, url, timeout=0.3)
 
@@ -187,8 +214,10 @@ def test_metrics_are_queryable_and_join_trials(sweep_db):
         url,
         store,
     )
-    assert joined.records() == [{"width": 64, "steps": 8, "best": pytest.approx(2.7)},
-                                {"width": 128, "steps": 8, "best": pytest.approx(2.7)}]  # fmt: skip
+    assert joined.records() == [
+        {"width": 64, "steps": 8, "best": pytest.approx(2.7)},
+        {"width": 128, "steps": 8, "best": pytest.approx(2.7)},
+    ]
     levels = run_query("SELECT level, best_lr FROM levels ORDER BY level", url, store, metrics=True)
     assert levels.rows == [(0, 0.03), (1, 0.03)]
 
@@ -203,8 +232,13 @@ def test_metrics_mode_runs_only_selects(sweep_db, tmp_path):
     url, store = sweep_db
     before = snapshot(url)
     files = sorted(p.read_bytes() for p in store.rglob("*.parquet"))
-    for sql in ("DELETE FROM metrics", "COPY trials TO 'out.csv'", "ATTACH 'evil.duckdb'",
-                "CREATE TABLE metrics2 AS SELECT * FROM metrics", "SELECT 1 FROM metrics; DROP VIEW metrics"):  # fmt: skip
+    for sql in (
+        "DELETE FROM metrics",
+        "COPY trials TO 'out.csv'",
+        "ATTACH 'evil.duckdb'",
+        "CREATE TABLE metrics2 AS SELECT * FROM metrics",
+        "SELECT 1 FROM metrics; DROP VIEW metrics",
+    ):
         out = cli(sql, "--db", url, "--store", str(store), "--metrics")
         assert out.exit_code == 2 and out.stderr.startswith("error: refused"), (sql, out.stderr)
     assert snapshot(url) == before
@@ -249,7 +283,7 @@ def test_several_statements_are_refused_with_one_line(sweep_db):
         ("SELECT 'it''s; fine' AS q", ("it's; fine",)),
         ("SELECT 1 AS n /* ; DELETE FROM trials; */", (1,)),
         ("SELECT 1 AS n -- ; DELETE FROM trials", (1,)),
-        ("SELECT count(*) AS \"n;m\" FROM trials", (5,)),
+        ('SELECT count(*) AS "n;m" FROM trials', (5,)),
     ],
 )
 def test_semicolons_inside_one_statement_are_not_statements(sweep_db, sql, row):
@@ -262,7 +296,9 @@ def test_dollar_quotes_nested_comments_and_empty_statements_on_postgres(sweep_db
     if resolve_url(url).get_backend_name() != "postgresql":
         pytest.skip("dollar quotes and nested comments are PostgreSQL syntax; sqlite3 counts `; ;` as two")
     before = snapshot(url)
-    result = run_query("SELECT $$;$$ AS a, $tag$ ; $$ ; DELETE FROM trials; $tag$ AS b /* ; /* nested ; */ ; */ ; ;", url)
+    result = run_query(
+        "SELECT $$;$$ AS a, $tag$ ; $$ ; DELETE FROM trials; $tag$ AS b /* ; /* nested ; */ ; */ ; ;", url
+    )
     assert result.rows == [(";", " ; $$ ; DELETE FROM trials; ")]
     assert snapshot(url) == before
 
@@ -274,7 +310,8 @@ SIDE_EFFECTS = {
     "server file": "COPY trials TO '{marker}'",
     "read a server file": "SELECT pg_read_file('/etc/hostname')",
     "set a setting": "SELECT set_config('statement_timeout', '0', false)",
-    "switch role then run SQL": "SELECT set_config('role', 'postgres', true), query_to_xml('SELECT 1', true, false, '')",
+    "switch role then run SQL": "SELECT set_config('role', 'postgres', true), query_to_xml('SELECT 1', true, false, "
+    "'')",
     "advisory lock": "SELECT pg_advisory_lock(42)",
     "lock a table": "LOCK TABLE trials IN ACCESS SHARE MODE",
     "notify": "NOTIFY telescope",
@@ -304,8 +341,11 @@ def test_harmless_queries_still_run_on_postgres(sweep_db):
     url, _ = sweep_db
     if resolve_url(url).get_backend_name() != "postgresql":
         pytest.skip("PostgreSQL statements")
-    result = run_query("SELECT t.trial_key, l.level, t.level, random() < 2 AS r, now() IS NOT NULL AS n "
-                       "FROM trials t JOIN levels l ON l.level = t.level WHERE t.trial_key = 'L1-b';", url)  # fmt: skip
+    result = run_query(
+        "SELECT t.trial_key, l.level, t.level, random() < 2 AS r, now() IS NOT NULL AS n "
+        "FROM trials t JOIN levels l ON l.level = t.level WHERE t.trial_key = 'L1-b';",
+        url,
+    )
     assert result.columns == ["trial_key", "level", "level_2", "r", "n"]
     assert result.rows == [("L1-b", 1, 1, True, True)]
     assert run_query("VALUES (1, 'a')", url).rows == [(1, "a")]
@@ -314,10 +354,12 @@ def test_harmless_queries_still_run_on_postgres(sweep_db):
 
 def test_metrics_queries_read_no_other_file_and_install_nothing(sweep_db):
     url, store = sweep_db
-    for sql in ("SELECT * FROM read_text('/etc/hostname') , metrics LIMIT 1",
-                "SELECT * FROM read_csv('/etc/passwd') , metrics LIMIT 1",
-                "SELECT * FROM 'https://example.org/x.parquet', metrics LIMIT 1",
-                "SELECT current_setting('enable_external_access'), * FROM metrics, (FROM read_blob('/etc/hostname'))"):  # fmt: skip
+    for sql in (
+        "SELECT * FROM read_text('/etc/hostname') , metrics LIMIT 1",
+        "SELECT * FROM read_csv('/etc/passwd') , metrics LIMIT 1",
+        "SELECT * FROM 'https://example.org/x.parquet', metrics LIMIT 1",
+        "SELECT current_setting('enable_external_access'), * FROM metrics, (FROM read_blob('/etc/hostname'))",
+    ):
         with pytest.raises(StorageError, match="disabled by configuration"):
             run_query(sql, url, store)
     with pytest.raises(StorageError, match="refused"):

@@ -27,8 +27,10 @@ def _execute(url: str, *statements: str) -> list:
     engine = create_engine(resolve_url(url), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            return [conn.execute(text(s)).all() if s.lstrip().upper().startswith("SELECT") else conn.execute(text(s))
-                    for s in statements][-1:]  # fmt: skip
+            return [
+                conn.execute(text(s)).all() if s.lstrip().upper().startswith("SELECT") else conn.execute(text(s))
+                for s in statements
+            ][-1:]
     finally:
         engine.dispose()
 
@@ -133,8 +135,12 @@ def test_a_superuser_without_the_reader_is_refused_until_it_is_granted(pg_databa
     _execute(url, "REVOKE SELECT ON trials FROM telescope_reader")  # as if made before telescope had the role
     with pytest.raises(StorageError, match=r"^refused: .* run `telescope db grant-reader --db URL` once"):
         run_query("SELECT count(*) FROM trials", url)
-    granted = subprocess.run([sys.executable, "-m", "telescope", "db", "grant-reader", "--db", url],
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    granted = subprocess.run(
+        [sys.executable, "-m", "telescope", "db", "grant-reader", "--db", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert granted.returncode == 0, granted.stderr
     assert "telescope_reader" in granted.stdout and len(granted.stdout.strip().splitlines()) == 1
     assert run_query("SELECT count(*) FROM trials", url).rows == [(0,)]

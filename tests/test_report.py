@@ -72,7 +72,10 @@ def test_report_embeds_the_four_figures_by_relative_path(report: Path) -> None:
 
 def test_level_table_matches_telescope_query(micro: FinishedSweep, report: Path) -> None:
     rows = first_table(section(report.read_text(), "Levels"))
-    levels = query(micro, "SELECT level, width, best_lr, best_weight_decay, best_loss FROM levels WHERE sweep = 'micro' ORDER BY level")
+    levels = query(
+        micro,
+        "SELECT level, width, best_lr, best_weight_decay, best_loss FROM levels WHERE sweep = 'micro' ORDER BY level",
+    )
     counts = query(
         micro,
         "SELECT level, count(*) AS trials, sum(status = 'diverged') AS diverged, sum(status = 'failed') AS failed "
@@ -82,22 +85,35 @@ def test_level_table_matches_telescope_query(micro: FinishedSweep, report: Path)
     for row, lv, n in zip(rows, levels, counts):
         assert (row["level"], row["width"]) == (str(lv["level"]), str(lv["width"]))
         assert (row["best lr"], row["best weight_decay"], row["best val_loss"]) == (
-            g(lv["best_lr"]), g(lv["best_weight_decay"]), readable.loss(lv["best_loss"])
-        )  # fmt: skip
-        assert (row["trials"], row["diverged"], row["failed"]) == (str(n["trials"]), str(n["diverged"]), str(n["failed"]))
+            g(lv["best_lr"]),
+            g(lv["best_weight_decay"]),
+            readable.loss(lv["best_loss"]),
+        )
+        assert (row["trials"], row["diverged"], row["failed"]) == (
+            str(n["trials"]),
+            str(n["diverged"]),
+            str(n["failed"]),
+        )
     assert rows[0]["grid"] == "3x2" and rows[0]["diverged"] == "1" and rows[0]["failed"] == "1"
 
 
 def test_cost_matches_telescope_query_and_the_plan(micro: FinishedSweep, report: Path) -> None:
     text = report.read_text()
     rows = {r["level"]: r for r in first_table(section(text, "Cost"))}
-    (spent,) = query(micro, "SELECT count(*) AS n, sum(flops) AS flops, sum(wall_time) AS wall FROM trials WHERE sweep = 'micro'")
+    (spent,) = query(
+        micro, "SELECT count(*) AS n, sum(flops) AS flops, sum(wall_time) AS wall FROM trials WHERE sweep = 'micro'"
+    )
     with Database(micro.url, create=False) as db:
         the_plan = plan(parse_config(db.require_sweep("micro").config))
     assert (rows["total"]["trials"], rows["total"]["FLOPs spent"]) == (str(spent["n"]), readable.flops(spent["flops"]))
     assert rows["total"]["trial time"] == readable.seconds(spent["wall"])
-    assert rows["total"]["FLOPs planned"] == readable.flops(the_plan.sweep_flops) and "FLOP" in rows["total"]["FLOPs planned"]
-    per_level = query(micro, "SELECT level, sum(flops) AS flops FROM trials WHERE sweep = 'micro' GROUP BY level ORDER BY level")
+    assert (
+        rows["total"]["FLOPs planned"] == readable.flops(the_plan.sweep_flops)
+        and "FLOP" in rows["total"]["FLOPs planned"]
+    )
+    per_level = query(
+        micro, "SELECT level, sum(flops) AS flops FROM trials WHERE sweep = 'micro' GROUP BY level ORDER BY level"
+    )
     for lv in per_level:
         assert rows[str(lv["level"])]["FLOPs spent"] == readable.flops(lv["flops"])
     plan_rows = first_table(section(text, "Plan"))
@@ -131,7 +147,11 @@ def test_report_and_export_say_the_same_about_which_values_to_use(micro: Finishe
     rows = {r["hyperparameter"]: r for r in first_table(part)}
     assert {name: rows[name]["use"] for name in result["best"]} == advice["use"]
     for name, how in advice["use"].items():  # the recommended value is the chosen or the extrapolated one
-        expected = result["best"][name] if how == "chosen" else next(d["at_target"] for d in result["drift"] if d["name"] == name)
+        expected = (
+            result["best"][name]
+            if how == "chosen"
+            else next(d["at_target"] for d in result["drift"] if d["name"] == name)
+        )
         assert advice["values"][name] == pytest.approx(expected)
 
 

@@ -164,7 +164,9 @@ def test_significance_needs_seeds():
 
 
 def test_plan_levels_doubles_width_up_to_calibration():
-    plans = plan_levels(Widths(256, 2048, 2560), [Axis("lr", 1e-3, 1, 8), Axis("weight_decay", 1e-3, 1, 8)], Narrowing(), 2)
+    plans = plan_levels(
+        Widths(256, 2048, 2560), [Axis("lr", 1e-3, 1, 8), Axis("weight_decay", 1e-3, 1, 8)], Narrowing(), 2
+    )
     assert [p.width for p in plans] == [256, 512, 1024, 2048]
     assert [p.shape for p in plans] == ["8x8", "5x5", "3x3", "3x3"]
     assert [p.trials for p in plans] == [128, 50, 18, 18]
@@ -302,7 +304,19 @@ def test_drift_fit_needs_two_widths():
 def test_extended_grid_steps_past_a_sub_grid_edge_but_never_past_the_range():
     axes = [Axis("lr", 0.001, 0.1, 5), Axis("weight_decay", 0.01, 1.0, 5)]
     grid = initial_grid(axes, 64)
-    inner = next_grid(grid, [Outcome(p, 1.0 if p == {"lr": grid.axes[0].values[2], "weight_decay": grid.axes[1].values[2]} else 2.0, "completed") for p in grid.points()], axes, Narrowing())  # fmt: skip
+    inner = next_grid(
+        grid,
+        [
+            Outcome(
+                p,
+                1.0 if p == {"lr": grid.axes[0].values[2], "weight_decay": grid.axes[1].values[2]} else 2.0,
+                "completed",
+            )
+            for p in grid.points()
+        ],
+        axes,
+        Narrowing(),
+    )
     lr, wd = inner.axis("lr"), inner.axis("weight_decay")
     # best on the top edge of the lr sub-grid, interior in weight decay: one lr step up
     best = Best({"lr": lr.values[-1], "weight_decay": wd.values[1]}, 1.0, (1.0,))

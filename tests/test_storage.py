@@ -13,14 +13,14 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from telescope.cli import status as status_cli
-from telescope.cli.main import app
 from telescope.cli.common import TelescopeGroup
+from telescope.cli.main import app
 from telescope.errors import StorageError
 from telescope.spec import Status, TrialResult, TrialSpec
 from telescope.storage.database import Database
 from telescope.storage.rows import config_hash
-from telescope.storage.urls import resolve_url
 from telescope.storage.schema import SCHEMA_VERSION
+from telescope.storage.urls import resolve_url
 
 CONFIG = {"search": {"m0": 5, "lr": [1e-3, 1e-1]}, "widths": {"base": 64, "calibration": 256}}
 
@@ -40,8 +40,18 @@ def new_sweep(db: Database, name: str = "demo", config=CONFIG) -> None:
 
 
 def result(val_loss: float, status: Status = Status.COMPLETED, **kw) -> TrialResult:
-    return TrialResult(status=status, train_loss=val_loss + 0.01, val_loss=val_loss, tokens=1024, flops=1e9,
-                       wall_time=1.5, steps=10, device="cpu", fingerprint={"table": "paper"}, **kw)  # fmt: skip
+    return TrialResult(
+        status=status,
+        train_loss=val_loss + 0.01,
+        val_loss=val_loss,
+        tokens=1024,
+        flops=1e9,
+        wall_time=1.5,
+        steps=10,
+        device="cpu",
+        fingerprint={"table": "paper"},
+        **kw,
+    )
 
 
 # -- sweeps -----------------------------------------------------------------
@@ -54,7 +64,12 @@ def test_sweep_round_trip_with_config_and_hash(db):
     assert sweep.config_hash == config_hash({"widths": CONFIG["widths"], "search": CONFIG["search"]})
     assert sweep.config_hash != config_hash({**CONFIG, "search": {"m0": 3, "lr": [1e-3, 1e-1]}})
     assert (sweep.kind, sweep.status, sweep.base_width, sweep.calibration_width, sweep.target_width) == (
-        "sweep", "running", 64, 256, 1024)  # fmt: skip
+        "sweep",
+        "running",
+        64,
+        256,
+        1024,
+    )
     assert sweep.created_at.tzinfo is not None and sweep.created_at.utcoffset().total_seconds() == 0
     assert db.get_sweep("other") is None
 
@@ -158,13 +173,12 @@ def test_running_results_and_non_finite_losses(db):
 def test_swept_values_are_plain_sql_columns(db, db_url):
     new_sweep(db)
     db.add_trials("demo", 0, [("a", spec(0.01, 0.1)), ("b", spec(0.03, 0.2)), ("c", spec(0.1, 0.3))])
-    db.record_results("demo", [("a", result(2.5)), ("b", result(2.1)),
-                               ("c", TrialResult(Status.DIVERGED, val_loss=math.nan))])  # fmt: skip
+    db.record_results(
+        "demo", [("a", result(2.5)), ("b", result(2.1)), ("c", TrialResult(Status.DIVERGED, val_loss=math.nan))]
+    )
     engine = create_engine(resolve_url(db_url))
     with engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT lr, weight_decay, val_loss, status FROM trials ORDER BY val_loss")
-        ).all()
+        rows = conn.execute(text("SELECT lr, weight_decay, val_loss, status FROM trials ORDER BY val_loss")).all()
     engine.dispose()
     finite = [r for r in rows if r.val_loss is not None]
     assert [(r.lr, r.weight_decay, r.val_loss) for r in finite] == [(0.03, 0.2, 2.1), (0.01, 0.1, 2.5)]
@@ -179,8 +193,10 @@ def test_level_filter_and_reset_running_for_resume(db):
     db.record_results("demo", [("L0-a", result(2.0)), ("L0-b", result(2.2))])
     assert db.reset_running("demo") == 1  # the driver was killed while L1-a ran
     level1 = db.trials("demo", level=1)
-    assert [(t.key, t.status, t.started_at) for t in level1] == [("L1-a", Status.PENDING, None),
-                                                                 ("L1-b", Status.PENDING, None)]  # fmt: skip
+    assert [(t.key, t.status, t.started_at) for t in level1] == [
+        ("L1-a", Status.PENDING, None),
+        ("L1-b", Status.PENDING, None),
+    ]
     assert level1[0].attempts == 1
     assert all(t.status is Status.COMPLETED for t in db.trials("demo", level=0))
     assert db.reset_running("demo") == 0
@@ -197,7 +213,12 @@ def test_summaries_and_delete(db):
     summary = {s.name: s for s in db.sweep_summaries()}
     demo = summary["demo"]
     assert (demo.levels_done, demo.levels_planned, demo.trials_done, demo.trials_total, demo.best_loss) == (
-        1, 2, 2, 2, 2.0)  # fmt: skip
+        1,
+        2,
+        2,
+        2,
+        2.0,
+    )
     assert (summary["empty"].trials_total, summary["empty"].best_loss) == (0, None)
     db.delete_sweep("demo")
     assert db.get_sweep("demo") is None and db.trials("demo") == [] and db.levels("demo") == []
@@ -285,8 +306,12 @@ def test_postgres_urls_use_psycopg3_and_psycopg2_only_when_installed(monkeypatch
     assert resolve_url("postgresql://u@h/x").drivername == "postgresql+psycopg"
     assert resolve_url("postgresql+psycopg://u@h/x").drivername == "postgresql+psycopg"
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg2" else real_find_spec(name, *a))
-    with pytest.raises(StorageError, match="needs psycopg2, which is not installed.*write postgresql://alice:\\*\\*\\*@h/x") as err:
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg2" else real_find_spec(name, *a)
+    )
+    with pytest.raises(
+        StorageError, match="needs psycopg2, which is not installed.*write postgresql://alice:\\*\\*\\*@h/x"
+    ) as err:
         Database("postgresql+psycopg2://alice:hunter2@h/x")
     assert "hunter2" not in str(err.value) and "\n" not in str(err.value)
 
@@ -313,7 +338,9 @@ def test_a_damaged_database_is_refused_read_only_and_left_as_it_was(tmp_path):
     before = path.read_bytes(), wal.read_bytes() if wal.exists() else b""
     for args in (["status"], ["status", "s"], ["export", "s"]):
         out = CliRunner().invoke(app, [*args, "--db", str(path)])
-        assert out.exit_code == 2 and out.stderr.startswith("error: database ") and "is damaged" in out.stderr, out.output
+        assert out.exit_code == 2 and out.stderr.startswith("error: database ") and "is damaged" in out.stderr, (
+            out.output
+        )
         assert len(out.stderr.strip().splitlines()) == 1
     assert (path.read_bytes(), wal.read_bytes() if wal.exists() else b"") == before  # nothing checkpointed
 
@@ -338,12 +365,21 @@ def test_status_lists_sweeps_then_shows_one(db, db_url):
     listed = runner.invoke(_app(), ["status", "--db", db_url, "--format", "json"])
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout) == [
-        {"name": "demo", "kind": "sweep", "status": "running", "levels": "1/1", "trials": "1/2",
-         "best_loss": 2.0, "created": db.get_sweep("demo").created_at.isoformat(timespec="seconds")}
-    ]  # fmt: skip
+        {
+            "name": "demo",
+            "kind": "sweep",
+            "status": "running",
+            "levels": "1/1",
+            "trials": "1/2",
+            "best_loss": 2.0,
+            "created": db.get_sweep("demo").created_at.isoformat(timespec="seconds"),
+        }
+    ]
     trials = runner.invoke(_app(), ["status", "demo", "--db", db_url, "--format", "json"])
     assert [(t["trial_key"], t["status"], t["val_loss"]) for t in json.loads(trials.stdout)] == [
-        ("L0-a", "completed", 2.0), ("L0-b", "pending", None)]  # fmt: skip
+        ("L0-a", "completed", 2.0),
+        ("L0-b", "pending", None),
+    ]
     levels = runner.invoke(_app(), ["status", "demo", "--db", db_url, "--format", "csv", "--levels"])
     assert levels.stdout.splitlines()[0].startswith("level,width,points,status,trials,best_lr")
     assert levels.stdout.splitlines()[1].startswith("0,64,2,completed,1/2,0.01,0.1,,2.0,edge")
@@ -371,10 +407,14 @@ def test_drivers_starting_together_on_a_fresh_database_create_the_tables_once(db
     import time
 
     start = time.time() + 3  # every process opens the database at this moment
-    code = ("import sys, time\nfrom telescope.storage.database import Database\n"
-            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\nDatabase(sys.argv[1]).close()\n")  # fmt: skip
-    drivers = [subprocess.Popen([sys.executable, "-c", code, db_url, str(start)], stderr=subprocess.PIPE, text=True)
-               for _ in range(4)]  # fmt: skip
+    code = (
+        "import sys, time\nfrom telescope.storage.database import Database\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\nDatabase(sys.argv[1]).close()\n"
+    )
+    drivers = [
+        subprocess.Popen([sys.executable, "-c", code, db_url, str(start)], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     for driver in drivers:
         assert driver.wait(timeout=60) == 0, driver.stderr.read()
     with Database(db_url, create=False) as db:
@@ -386,10 +426,16 @@ def test_a_sweep_is_leased_to_one_driver_at_a_time(db_url, tmp_path):
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom telescope.storage.database import Database\n"
-         "db = Database(sys.argv[1])\nwith db.lease('demo'):\n    print('held', flush=True)\n    time.sleep(60)\n", db_url],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom telescope.storage.database import Database\n"
+            "db = Database(sys.argv[1])\nwith db.lease('demo'):\n    print('held', flush=True)\n    time.sleep(60)\n",
+            db_url,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with Database(db_url) as db:

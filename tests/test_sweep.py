@@ -8,25 +8,28 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
+from micro import run_micro_sweep, write_micro_config
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
 from telescope.spec import Status
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
-from micro import run_micro_sweep, write_micro_config
 
 runner = CliRunner()
 
 
 def write_config(tmp_path: Path, steps: int = 12, min_points: int = 1, executor: str = "local") -> Path:
     return write_micro_config(
-        tmp_path / "micro.toml", train={"steps": steps}, narrowing={"min_points": min_points}, executor={"kind": executor}
+        tmp_path / "micro.toml",
+        train={"steps": steps},
+        narrowing={"min_points": min_points},
+        executor={"kind": executor},
     )
 
 
@@ -72,8 +75,20 @@ def test_sweep_with_local_executor_stores_every_trial_and_exports(tmp_path: Path
 
 def _sweep_process(config: Path, url: str, store: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "telescope", "sweep", str(config), "--db", url, "--store", str(store), "--name", name,
-         "--no-reuse"],  # trains: the reference sweep beside it in the database must not stand in
+        [
+            sys.executable,
+            "-m",
+            "telescope",
+            "sweep",
+            str(config),
+            "--db",
+            url,
+            "--store",
+            str(store),
+            "--name",
+            name,
+            "--no-reuse",
+        ],  # trains: the reference sweep beside it in the database must not stand in
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -104,8 +119,14 @@ def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_ur
         # A second driver on the same sweep is refused while the first holds it.
         second = _sweep_process(config, db_url, store, "interrupted")
         assert second.wait(timeout=120) == 2
-        assert second.stderr.read().strip().endswith("is being run by another telescope process on "
-                                                     f"{Database(db_url, create=False).display_url}; wait for it to end")  # fmt: skip
+        assert (
+            second.stderr.read()
+            .strip()
+            .endswith(
+                "is being run by another telescope process on "
+                f"{Database(db_url, create=False).display_url}; wait for it to end"
+            )
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -179,10 +200,23 @@ def test_sweep_on_a_ray_cluster_started_separately(ray_cluster, tmp_path: Path, 
     config = write_config(tmp_path, executor="ray")
     store = tmp_path / "store"
     done = subprocess.run(
-        [sys.executable, "-m", "telescope", "sweep", str(config), "--ray-address", address,
-         "--db", db_url, "--store", str(store)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "telescope",
+            "sweep",
+            str(config),
+            "--ray-address",
+            address,
+            "--db",
+            db_url,
+            "--store",
+            str(store),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert_complete(db_url, store, "micro", expected_trials=9 + 1 + 1)
     exported = subprocess.run(
@@ -196,16 +230,18 @@ def test_the_last_level_extends_past_an_edge_best_until_it_is_interior(tmp_path:
     """The optimum doubles with the width, faster than the narrowing grid follows: the last
     level's best sits on its sub-grid's edge, so the level grows one step at a time past it."""
     from fake_trials import DriftingTrial
-
-    from telescope.config import parse_config
-    from telescope.sweep import run_sweep
-    from telescope.runs.executor import make_executor
-
     from micro import micro_config
 
-    config = parse_config(micro_config(search={"lr": {"lo": 0.001, "hi": 4.0, "points": 5},
-                                               "weight_decay": {"value": 0.1}},
-                                       narrowing={"min_points": 3}))  # fmt: skip
+    from telescope.config import parse_config
+    from telescope.runs.executor import make_executor
+    from telescope.sweep import run_sweep
+
+    config = parse_config(
+        micro_config(
+            search={"lr": {"lo": 0.001, "hi": 4.0, "points": 5}, "weight_decay": {"value": 0.1}},
+            narrowing={"min_points": 3},
+        )
+    )
     url, store = f"sqlite:///{tmp_path / 't.db'}", MetricsStore(tmp_path / "store")
     executor = make_executor(config.executor, DriftingTrial())
     with Database(url) as db:

@@ -63,7 +63,21 @@ def test_status_wide_shows_every_column(smallest_sweep_db: str) -> None:
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_trial_prints_completed_whole(width: int) -> None:
-    args = ["trial", "--width", "32", "--head-dim", "16", "--steps", "3", "--batch-size", "2", "--seq-len", "16", "--device", "cpu"]
+    args = [
+        "trial",
+        "--width",
+        "32",
+        "--head-dim",
+        "16",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, args, terminal_width=width)
     assert result.exit_code == 0, result.output
     assert max(map(len, result.stdout.splitlines())) <= width
@@ -96,7 +110,9 @@ def test_compare_two_stored_sweeps_table_and_figure(two_sweeps: str, tmp_path: P
     figure = tmp_path / "compare.png"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no clipping or layout warning from matplotlib
-        result = runner.invoke(app, ["compare", "micro", "adamw", "--db", two_sweeps, "-o", str(figure)], terminal_width=80)
+        result = runner.invoke(
+            app, ["compare", "micro", "adamw", "--db", two_sweeps, "-o", str(figure)], terminal_width=80
+        )
     assert result.exit_code == 0, result.output
     assert figure.read_bytes()[:4] == b"\x89PNG"
     rows = {cells(line)[0]: cells(line)[1:] for line in table_lines(result.stdout, "sweeps compared")}

@@ -40,8 +40,9 @@ def _operational(message: str) -> OperationalError:
 
 
 def test_transient_errors_are_told_from_the_others():
-    assert is_transient(_operational('connection failed: connection to server at "127.0.0.1", port 5432 failed: '
-                                     "Connection refused"))  # fmt: skip
+    assert is_transient(
+        _operational('connection failed: connection to server at "127.0.0.1", port 5432 failed: Connection refused')
+    )
     assert is_transient(_operational("FATAL: the database system is shutting down"))
     assert not is_transient(_operational('FATAL: password authentication failed for user "bob"'))
 

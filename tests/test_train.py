@@ -13,7 +13,11 @@ SMALL = ModelShape(depth=1, head_dim=16, seq_len=32)
 
 def small_spec(lr=0.03, steps=6, **train):
     return TrialSpec(
-        width=32, base_width=32, lr=lr, weight_decay=0.1, model=SMALL,
+        width=32,
+        base_width=32,
+        lr=lr,
+        weight_decay=0.1,
+        model=SMALL,
         train=TrainSettings(steps=steps, batch_size=4, warmup_steps=2, eval_batches=2, device="cpu", **train),
     )
 
@@ -55,8 +59,13 @@ def test_absurd_lr_diverges_and_keeps_its_metrics():
 
 def test_trial_learns_on_the_default_corpus():
     metrics = []
-    spec = TrialSpec(width=64, base_width=64, lr=0.034, weight_decay=0.0,
-                     train=TrainSettings(steps=60, warmup_steps=10, eval_batches=4, device="cpu"))
+    spec = TrialSpec(
+        width=64,
+        base_width=64,
+        lr=0.034,
+        weight_decay=0.0,
+        train=TrainSettings(steps=60, warmup_steps=10, eval_batches=4, device="cpu"),
+    )
     result = run_trial(spec, metrics.append)
     assert result.status is Status.COMPLETED and result.steps == 60
     assert result.val_loss < 3.2 < math.log(256)  # uniform bytes: 5.55 nats
@@ -67,19 +76,39 @@ def test_trial_learns_on_the_default_corpus():
 
 
 def test_trial_cli_prints_json():
-    out = CliRunner().invoke(app, ["trial", "--width", "32", "--head-dim", "16", "--steps", "3",
-                                   "--batch-size", "2", "--seq-len", "16", "--device", "cpu", "--json"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "trial",
+            "--width",
+            "32",
+            "--head-dim",
+            "16",
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "16",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)
     assert doc["result"]["status"] == "completed" and doc["result"]["steps"] == 3
     assert doc["spec"]["lr"] > 0
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--parametrization", "nope"], "unknown parametrization"),
-    (["--width", "40"], "head_dim"),
-    (["--data", "/nonexistent/file.bin"], ""),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--parametrization", "nope"], "unknown parametrization"),
+        (["--width", "40"], "head_dim"),
+        (["--data", "/nonexistent/file.bin"], ""),
+    ],
+)
 def test_trial_cli_rejects_bad_input_with_exit_2(args, message):
     out = CliRunner().invoke(app, ["trial", "--steps", "1", "--head-dim", "16", *args])
     assert out.exit_code == 2, out.output
@@ -97,7 +126,14 @@ def test_reading_the_loss_every_few_steps_records_the_same_trial(monkeypatch, lr
         monkeypatch.setattr(train, "host_sync_steps", lambda device, every=every: every)
         metrics = []
         result = run_trial(small_spec(lr=lr, steps=steps), metrics.append)
-        runs.append((result.status, result.steps, result.train_loss, result.val_loss,
-                     [(m.step, m.train_loss, m.grad_norm, m.lr) for m in metrics]))  # fmt: skip
+        runs.append(
+            (
+                result.status,
+                result.steps,
+                result.train_loss,
+                result.val_loss,
+                [(m.step, m.train_loss, m.grad_norm, m.lr) for m in metrics],
+            )
+        )
     assert runs[0] == runs[1]
     assert runs[0][0] is (Status.COMPLETED if lr < 1 else Status.DIVERGED)

@@ -326,7 +326,13 @@ def test_muP_like_world_passes_and_reports_the_table():
     assert [r.best_loss for r in v.widths] == pytest.approx([1.97, 1.85, 1.75], abs=1e-3)
     assert all(r.seed_std_steps == pytest.approx(0.1) for r in v.widths)
     assert set(v.width_rows()[0]) == {
-        "width", "optimum_lr", "optimum_steps", "best_loss", "edge", "seed_std_steps", "on_edge"
+        "width",
+        "optimum_lr",
+        "optimum_steps",
+        "best_loss",
+        "edge",
+        "seed_std_steps",
+        "on_edge",
     }
 
 

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from micro import write_micro_config
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
 from telescope.storage.database import Database
-from micro import write_micro_config
 
 TESTS = Path(__file__).parent
 runner = CliRunner()
@@ -55,11 +55,16 @@ def test_check_runs_through_executor_and_storage_is_queryable_and_resumes(
     assert payload["ran"] == payload["trials"] >= 6
     assert plot.stat().st_size > 0 and payload["plot"] == str(plot.resolve())
 
-    sql = f"SELECT s.kind, count(*) AS n FROM trials t JOIN sweeps s ON s.name = t.sweep WHERE t.sweep = '{payload['check']}'"
+    sql = (
+        "SELECT s.kind, count(*) AS n FROM trials t JOIN sweeps s ON s.name = t.sweep WHERE t.sweep = "
+        f"'{payload['check']}'"
+    )
     out = runner.invoke(app, ["query", sql, "--format", "json", places[0], places[1]])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout) == [{"kind": "transfer-check", "n": payload["trials"]}]
-    metrics = runner.invoke(app, ["query", "SELECT count(DISTINCT trial_key) AS n FROM metrics", "--format", "json", *places])
+    metrics = runner.invoke(
+        app, ["query", "SELECT count(DISTINCT trial_key) AS n FROM metrics", "--format", "json", *places]
+    )
     assert json.loads(metrics.stdout) == [{"n": payload["trials"]}]
 
     code2, again, _ = check(str(config), "--points", "3", "--seeds", "1", "--json", *places)
@@ -69,9 +74,20 @@ def test_check_runs_through_executor_and_storage_is_queryable_and_resumes(
 
 def test_check_on_a_model_that_is_not_the_proxy(config: Path, places: list[str], foreign_path: None) -> None:
     code, payload, output = check(
-        str(config), "--model", "foreign_models:encoder_lm", "--widths", "16,32",
-        "--points", "3", "--seeds", "1", "--steps", "6", "--json", *places,
-    )  # fmt: skip
+        str(config),
+        "--model",
+        "foreign_models:encoder_lm",
+        "--widths",
+        "16,32",
+        "--points",
+        "3",
+        "--seeds",
+        "1",
+        "--steps",
+        "6",
+        "--json",
+        *places,
+    )
     assert code in (0, 1), output
     assert [w["width"] for w in payload["widths"]] == [16, 32]
     with Database(places[1], create=False) as db:
@@ -106,7 +122,14 @@ def test_bad_models_exit_2_with_one_line_and_write_nothing(
 ) -> None:
     args = [command, "--model", factory, "--widths", "16,32"]
     if command == "transfer-check":
-        args += ["--db", f"sqlite:///{tmp_path / 'check.db'}", "--store", str(tmp_path / "store"), "--executor", "local"]
+        args += [
+            "--db",
+            f"sqlite:///{tmp_path / 'check.db'}",
+            "--store",
+            str(tmp_path / "store"),
+            "--executor",
+            "local",
+        ]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -136,7 +159,12 @@ def test_sweep_with_check_transfer_stops_on_fail_unless_forced(config: Path, pla
     strict = ["sweep", str(config), "--check-transfer", "--check-threshold", "1e-9", *places]
     stopped = runner.invoke(app, strict)
     assert stopped.exit_code == 1, stopped.output
-    assert "FAIL" in stopped.output and "optima per width" in stopped.output and "transfer check micro-transfer-check" in stopped.output and "drift in grid steps" in stopped.output
+    assert (
+        "FAIL" in stopped.output
+        and "optima per width" in stopped.output
+        and "transfer check micro-transfer-check" in stopped.output
+        and "drift in grid steps" in stopped.output
+    )
     with Database(places[1], create=False) as db:
         sweep = db.get_sweep("micro")
         assert sweep.status == "stopped" and db.trials("micro") == []

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from typer.testing import CliRunner
-
 from hf_models import TINY_CONFIGS, write_hf_config
 from micro import SMALLEST, micro_config
+from typer.testing import CliRunner
+
 from telescope.cli.main import app
 from telescope.config import load_config
 from telescope.cost import plan
@@ -39,8 +39,17 @@ def write_sweep(tmp_path: Path, family: str | None = None, **model) -> Path:
 
 
 def sweep_args(config: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return ["sweep", str(config), "--db", f"sqlite:///{tmp_path / 't.db'}", "--store", str(tmp_path / "store"),
-            "--name", "s", *extra]  # fmt: skip
+    return [
+        "sweep",
+        str(config),
+        "--db",
+        f"sqlite:///{tmp_path / 't.db'}",
+        "--store",
+        str(tmp_path / "store"),
+        "--name",
+        "s",
+        *extra,
+    ]
 
 
 def finished_trials(url: str) -> list:
@@ -55,8 +64,12 @@ def finished_trials(url: str) -> list:
 def test_hf_sweep_resumes_after_sigkill_and_exports_the_models_own_names(tmp_path: Path, family: str) -> None:
     config = write_sweep(tmp_path, family)
     url = f"sqlite:///{tmp_path / 't.db'}"
-    proc = subprocess.Popen([sys.executable, "-m", "telescope", *sweep_args(config, tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "telescope", *sweep_args(config, tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     try:
         while proc.poll() is None and len(finished_trials(url)) < 2:
@@ -78,8 +91,11 @@ def test_hf_sweep_resumes_after_sigkill_and_exports_the_models_own_names(tmp_pat
         for t in trials:
             if t.key in finished:  # not trained again
                 assert (t.attempts, t.val_loss) == (finished[t.key].attempts, finished[t.key].val_loss)
-        assert all(t.fingerprint["model"] == {"architecture": family, "config_hash": t.spec.hf_config_hash}
-                   for t in trials if t.status.value == "completed")  # fmt: skip
+        assert all(
+            t.fingerprint["model"] == {"architecture": family, "config_hash": t.spec.hf_config_hash}
+            for t in trials
+            if t.status.value == "completed"
+        )
         payload = export_sweep(db, "s")
     names = {name for group in payload["groups"] for name in group["params"]}
     assert {"model.embed_tokens.weight", "model.layers.*.self_attn.q_proj.weight"} <= names
@@ -132,7 +148,10 @@ def _unknown_type(tmp_path: Path) -> list[str]:
         ({"factory": "foreign_models:small_vocab"}, "its logits have 100 entries but the data 'stdlib' has 256 tokens"),
         ({"hf_config": "no/such/config.json"}, "model.hf_config: no such file"),
         ({"hf_config": "NOT_JSON"}, "is not JSON"),
-        ({"hf_config": "UNKNOWN"}, "model_type 'falcon' has no width table, so its width fields (hidden_size, num_attention_heads)"),
+        (
+            {"hf_config": "UNKNOWN"},
+            "model_type 'falcon' has no width table, so its width fields (hidden_size, num_attention_heads)",
+        ),
         ({"hf_config": "HEAD_DIM_24"}, "width 16 is not a multiple of the config's head dim 24"),
     ],
 )
@@ -173,8 +192,8 @@ def test_the_coord_check_gives_a_transformers_llama_one_verdict_on_either_ladder
 
 def test_an_export_warns_once_on_a_model_unlike_its_proxies_strict_refuses_and_its_recipe_is_used(capsys) -> None:
     import torch
-
     from hf_models import llama
+
     from telescope.config import parse_config
     from telescope.errors import TelescopeError
     from telescope.export import measured_on
@@ -184,9 +203,16 @@ def test_an_export_warns_once_on_a_model_unlike_its_proxies_strict_refuses_and_i
 
     proxies = parse_config(micro_config())  # the built-in proxy: head dim 16, QK-norm, one layer
     recipe = Recipe(grad_clip=0.5, adamw_betas=(0.8, 0.9), adamw_eps=1e-6, muon_momentum=0.9, muon_nesterov=False)
-    payload = {"sweep": "micro", "target_width": 64, "base_width": 16, "parametrization": "paper",
-               "fingerprint": fingerprint("paper", 1.0, recipe), "base": {"lr": 0.01, "weight_decay": 0.1},
-               "groups": [], "measured_on": measured_on(proxies)}  # fmt: skip
+    payload = {
+        "sweep": "micro",
+        "target_width": 64,
+        "base_width": 16,
+        "parametrization": "paper",
+        "fingerprint": fingerprint("paper", 1.0, recipe),
+        "base": {"lr": 0.01, "weight_decay": 0.1},
+        "groups": [],
+        "measured_on": measured_on(proxies),
+    }
     model = llama(64)  # head dim 16, no QK-norm, two layers
     optimizers, _ = optimizers_from_export(model, payload)
     err = capsys.readouterr().err
@@ -201,7 +227,9 @@ def test_an_export_warns_once_on_a_model_unlike_its_proxies_strict_refuses_and_i
 
 
 def test_coord_check_of_a_model_with_too_small_a_vocabulary_is_one_line() -> None:
-    result = runner.invoke(app, ["coord-check", "--model", "foreign_models:small_vocab", "--widths", "32,64", "--steps", "1"])
+    result = runner.invoke(
+        app, ["coord-check", "--model", "foreign_models:small_vocab", "--widths", "32,64", "--steps", "1"]
+    )
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
     assert "its logits have 100 entries but the data 'stdlib' has 256 tokens" in result.output

@@ -36,7 +36,9 @@ def smoothed(losses: Sequence[float], window: int = DEFAULT_SMOOTHING) -> list[f
     return out
 
 
-def tokens_to_loss(tokens: Sequence[float], losses: Sequence[float], target: float, window: int = DEFAULT_SMOOTHING) -> float:
+def tokens_to_loss(
+    tokens: Sequence[float], losses: Sequence[float], target: float, window: int = DEFAULT_SMOOTHING
+) -> float:
     """T_L: tokens until the smoothed loss first reaches `target` (interpolated), +inf if never."""
     if len(tokens) != len(losses):
         raise ValueError(f"{len(tokens)} token counts but {len(losses)} losses")
@@ -77,7 +79,9 @@ def pareto_frontier(t_by_batch: Mapping[int, float], per_device: int, seq_len: i
     """The (devices, steps-to-L) points no other point beats on both, by device count."""
     if per_device < 1:
         raise ValueError(f"per_device must be >= 1, got {per_device}")
-    points = [ParetoPoint(b, b / per_device, t / (b * seq_len)) for b, t in sorted(t_by_batch.items()) if math.isfinite(t)]
+    points = [
+        ParetoPoint(b, b / per_device, t / (b * seq_len)) for b, t in sorted(t_by_batch.items()) if math.isfinite(t)
+    ]
     frontier: list[ParetoPoint] = []
     for point in sorted(points, key=lambda p: (p.devices, p.time)):
         if not frontier or point.time < frontier[-1].time:

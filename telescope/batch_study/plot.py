@@ -30,10 +30,14 @@ def plot_study(result: StudyResult, out_dir: str | Path) -> list[Path]:
             color, marker = styles[opt]
             points = [(b, sp.mean) for b, sp in result.tokens_to_loss[L][opt].items() if math.isfinite(sp.mean)]
             if points:
-                ax.plot(*zip(*points), marker=marker, color=color, alpha=1.0 - 0.35 * k,
-                        label=f"{opt}, L = {L:g}")  # fmt: skip
-    ax.set(xscale="log", yscale="log", xlabel="batch size (sequences)", ylabel="tokens to reach L",
-           title=f"tokens to reach the loss L (width {s.width})")  # fmt: skip
+                ax.plot(*zip(*points), marker=marker, color=color, alpha=1.0 - 0.35 * k, label=f"{opt}, L = {L:g}")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size (sequences)",
+        ylabel="tokens to reach L",
+        title=f"tokens to reach the loss L (width {s.width})",
+    )
     readable_log_ticks(ax.yaxis)
 
     fig, ax = figures["ratio"]
@@ -43,8 +47,12 @@ def plot_study(result: StudyResult, out_dir: str | Path) -> list[Path]:
             b, mean, std = zip(*points)
             ax.errorbar(b, mean, yerr=std, marker="o", capsize=3, label=f"L = {L:g}")
     ax.axhline(1.0, color="grey", lw=1, ls="--")
-    ax.set(xscale="log", xlabel="batch size (sequences)", ylabel=f"R_L = T_{adamw} / T_{muon}",
-           title="token ratio: above 1, Muon needs fewer tokens")  # fmt: skip
+    ax.set(
+        xscale="log",
+        xlabel="batch size (sequences)",
+        ylabel=f"R_L = T_{adamw} / T_{muon}",
+        title="token ratio: above 1, Muon needs fewer tokens",
+    )
 
     fig, ax = figures["pareto"]
     L = result.losses[-1] if result.losses else None
@@ -54,10 +62,17 @@ def plot_study(result: StudyResult, out_dir: str | Path) -> list[Path]:
         if frontier:
             ax.plot([p.devices for p in frontier], [p.time for p in frontier], marker=marker, color=color, label=opt)
             for p in frontier:
-                ax.annotate(f"B={p.batch_size}", (p.devices, p.time), fontsize=7, xytext=(6, 6), textcoords="offset points")
+                ax.annotate(
+                    f"B={p.batch_size}", (p.devices, p.time), fontsize=7, xytext=(6, 6), textcoords="offset points"
+                )
     per_device = s.per_device or min(s.batch_sizes)
-    ax.set(xscale="log", yscale="log", xlabel=f"devices ({per_device} sequences each)",
-           ylabel="time to reach L (steps)", title=f"compute-time Pareto frontier at L = {L:g}" if L else "")  # fmt: skip
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel=f"devices ({per_device} sequences each)",
+        ylabel="time to reach L (steps)",
+        title=f"compute-time Pareto frontier at L = {L:g}" if L else "",
+    )
     devices = sorted({p.devices for opt in (muon, adamw) for p in (result.pareto[L][opt] if L is not None else [])})
     ax.set_xticks(devices, [f"{d:g}" for d in devices])
     ax.minorticks_off()

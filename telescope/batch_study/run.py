@@ -29,16 +29,16 @@ from telescope.batch_study.analysis import (
 )
 from telescope.config import SweepConfig
 from telescope.errors import ConfigError, TelescopeError
-from telescope.parametrization import get_table
-from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec
 from telescope.numbers import finite_or_none
+from telescope.parametrization import get_table
 from telescope.runs.keys import default_name, trial_key
 from telescope.runs.line import LineStep, run_line
 from telescope.runs.stored import RunRecord, StoredRun, open_run
 from telescope.search import extend_line
+from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec
 from telescope.storage.database import Database
-from telescope.storage.rows import TrialRow
 from telescope.storage.metrics import MetricsStore
+from telescope.storage.rows import TrialRow
 from telescope.trials.base import Executor
 
 KIND = "batch-study"
@@ -92,7 +92,9 @@ class StudySettings:
         return default_name(KIND, self.muon_table, self.trial_settings())
 
 
-def settings_from_config(config: SweepConfig, batch_sizes: Sequence[int] | None = None, **overrides: Any) -> StudySettings:
+def settings_from_config(
+    config: SweepConfig, batch_sizes: Sequence[int] | None = None, **overrides: Any
+) -> StudySettings:
     """The study of a sweep config: its model, train section, calibration width and Muon
     table, at batch sizes `batch_sizes` (default: the config's batch size x 1/4 .. 4)."""
     b = config.train.batch_size
@@ -114,8 +116,10 @@ def settings_from_config(config: SweepConfig, batch_sizes: Sequence[int] | None 
 def check_study(settings: StudySettings) -> None:
     """ConfigError (one line) for settings that cannot run; nothing is written before this."""
     if get_table(settings.muon_table).hidden.optimizer != "muon":
-        raise ConfigError(f"parametrization {settings.muon_table!r} trains hidden matrices with AdamW: "
-                          "the study compares a Muon table (paper, muon) with adamw")  # fmt: skip
+        raise ConfigError(
+            f"parametrization {settings.muon_table!r} trains hidden matrices with AdamW: "
+            "the study compares a Muon table (paper, muon) with adamw"
+        )
     if len(settings.batch_sizes) < 2 or min(settings.batch_sizes) < 1:
         raise ConfigError(f"--batch-sizes needs at least two sizes >= 1, got {list(settings.batch_sizes)}")
     if settings.lr_points < 2 or not settings.lr_step > 1:
@@ -161,26 +165,34 @@ class StudyResult:
         """One row per batch size at target `loss`: T_L per optimizer, R_L, the LRs used."""
         muon, adamw = self.settings.optimizers
         return [
-            {"batch_size": b, "tokens_per_step": b * self.settings.model.seq_len,
-             f"T_{muon}": finite_or_none(self.tokens_to_loss[loss][muon][b].mean),
-             f"T_{adamw}": finite_or_none(self.tokens_to_loss[loss][adamw][b].mean),
-             "R": finite_or_none(self.ratios[loss][b].mean), "R_std": finite_or_none(self.ratios[loss][b].std),
-             f"lr_{muon}": self.runs[muon][b].lr, f"lr_{adamw}": self.runs[adamw][b].lr}
+            {
+                "batch_size": b,
+                "tokens_per_step": b * self.settings.model.seq_len,
+                f"T_{muon}": finite_or_none(self.tokens_to_loss[loss][muon][b].mean),
+                f"T_{adamw}": finite_or_none(self.tokens_to_loss[loss][adamw][b].mean),
+                "R": finite_or_none(self.ratios[loss][b].mean),
+                "R_std": finite_or_none(self.ratios[loss][b].std),
+                f"lr_{muon}": self.runs[muon][b].lr,
+                f"lr_{adamw}": self.runs[adamw][b].lr,
+            }
             for b in self.settings.batch_sizes
-        ]  # fmt: skip
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "settings": self.settings.trial_settings() | {"losses": list(self.losses)},
             "targets": [
-                {"loss": L, "rows": self.rows(L),
-                 "token_optimal_batch": self.token_optimal[L],
-                 "pareto": {opt: [dataclasses.asdict(p) for p in points] for opt, points in self.pareto[L].items()}}
+                {
+                    "loss": L,
+                    "rows": self.rows(L),
+                    "token_optimal_batch": self.token_optimal[L],
+                    "pareto": {opt: [dataclasses.asdict(p) for p in points] for opt, points in self.pareto[L].items()},
+                }
                 for L in self.losses
             ],
             "plots": self.plots,
-        }  # fmt: skip
+        }
 
 
 def run_batch_study(
@@ -196,12 +208,22 @@ def run_batch_study(
     """Run (or resume) a study and return its numbers; the result is stored with the sweep.
     `new`: a study of this name exists, start another under the next free name."""
     check_study(settings)
-    record = RunRecord(KIND, name or settings.default_name(), settings.trial_settings(), settings.muon_table,
-                       settings.base_width, settings.width)  # fmt: skip
+    record = RunRecord(
+        KIND,
+        name or settings.default_name(),
+        settings.trial_settings(),
+        settings.muon_table,
+        settings.base_width,
+        settings.width,
+    )
     with open_run(db, store, executor, record, (settings.model, settings.train), new=new, reuse=reuse) as run:
-        runs = {opt: {b: _best_run(settings, run, o, i, b, on_trial or (lambda key, result: None))
-                      for i, b in enumerate(settings.batch_sizes)}
-                for o, opt in enumerate(settings.optimizers)}  # fmt: skip
+        runs = {
+            opt: {
+                b: _best_run(settings, run, o, i, b, on_trial or (lambda key, result: None))
+                for i, b in enumerate(settings.batch_sizes)
+            }
+            for o, opt in enumerate(settings.optimizers)
+        }
         result = analyse(run.name, settings, runs)
         run.finish(result.to_dict())
     return result
@@ -215,10 +237,15 @@ def _spec(settings: StudySettings, table: str, batch_size: int, lr: float, seed:
     steps = settings.steps(batch_size)
     warmup = round(steps * settings.train.warmup_steps / settings.train.steps)
     return TrialSpec(
-        width=settings.width, base_width=settings.base_width, lr=lr, weight_decay=settings.weight_decay,
-        parametrization=table, seed=seed, model=settings.model,
+        width=settings.width,
+        base_width=settings.base_width,
+        lr=lr,
+        weight_decay=settings.weight_decay,
+        parametrization=table,
+        seed=seed,
+        model=settings.model,
         train=dataclasses.replace(settings.train, steps=steps, batch_size=batch_size, warmup_steps=warmup),
-    )  # fmt: skip
+    )
 
 
 def _best_run(
@@ -232,7 +259,9 @@ def _best_run(
     lrs = [center * settings.lr_step ** (k - half) for k in range(settings.lr_points)]
 
     def trials_of(new: Sequence[float]) -> list[tuple[str, TrialSpec]]:
-        return [(_key(table, batch_size, lr, s), _spec(settings, table, batch_size, lr, s)) for lr in new for s in seeds]
+        return [
+            (_key(table, batch_size, lr, s), _spec(settings, table, batch_size, lr, s)) for lr in new for s in seeds
+        ]
 
     def assess(line: list[float], rows: dict[str, TrialRow], extensions: int) -> LineStep[float]:
         finals = {lr: _final_loss(rows, table, batch_size, lr, seeds) for lr in line}
@@ -271,7 +300,9 @@ def _final_loss(rows: dict[str, TrialRow], table: str, batch_size: int, lr: floa
 
 def default_losses(runs: dict[str, dict[int, Run]]) -> tuple[float, ...]:
     """Targets every run reaches and a harder one: the worst final loss, and the median."""
-    finals = sorted(run.final_loss for per_b in runs.values() for run in per_b.values() if math.isfinite(run.final_loss))
+    finals = sorted(
+        run.final_loss for per_b in runs.values() for run in per_b.values() if math.isfinite(run.final_loss)
+    )
     if not finals:
         return ()
     worst, median = finals[-1], finals[len(finals) // 2]
@@ -286,9 +317,13 @@ def analyse(name: str, settings: StudySettings, runs: dict[str, dict[int, Run]])
     muon, adamw = settings.optimizers
     per_device = settings.per_device or min(settings.batch_sizes)
     for L in losses:
-        t = {opt: {b: [tokens_to_loss(tok, loss, L, settings.smoothing) for tok, loss in run.curves]
-                   for b, run in per_b.items()}
-             for opt, per_b in runs.items()}  # fmt: skip
+        t = {
+            opt: {
+                b: [tokens_to_loss(tok, loss, L, settings.smoothing) for tok, loss in run.curves]
+                for b, run in per_b.items()
+            }
+            for opt, per_b in runs.items()
+        }
         result.tokens_to_loss[L] = {opt: {b: Spread.of(v) for b, v in per_b.items()} for opt, per_b in t.items()}
         result.ratios[L] = {b: ratio_over_seeds(t[adamw][b], t[muon][b]) for b in settings.batch_sizes}
         means = {opt: {b: s.mean for b, s in per_b.items()} for opt, per_b in result.tokens_to_loss[L].items()}

@@ -45,14 +45,13 @@ class OutputFormat(str, enum.Enum):
     json = "json"
 
 
-FormatOption = Annotated[
-    OutputFormat, typer.Option("--format", "-f", help="Output format: table, csv or json.")
-]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format: table, csv or json.")]
 DbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="Database: sqlite:///FILE, postgresql://..., or a path ending in .db, .sqlite or .sqlite3. Default: ./telescope.db.",
+        help="Database: sqlite:///FILE, postgresql://..., or a path ending in .db, .sqlite or .sqlite3. Default: "
+        "./telescope.db.",
         envvar="TELESCOPE_DB",
     ),
 ]
@@ -64,9 +63,7 @@ DbRetryOption = Annotated[
         help="How long to wait for a database that is unavailable (restarting, failing over) before stopping.",
     ),
 ]
-WideOption = Annotated[
-    bool, typer.Option("--wide", help="Every column at full width, even past the terminal's edge.")
-]
+WideOption = Annotated[bool, typer.Option("--wide", help="Every column at full width, even past the terminal's edge.")]
 StoreOption = Annotated[
     str | None,
     typer.Option(
@@ -114,7 +111,10 @@ def trial_printer(objective: str) -> Callable[[str, Any], None]:
 
 ModelOption = Annotated[
     str | None,
-    typer.Option("--model", help="Sweep your model: package.module:factory, factory(width) -> nn.Module (replaces the config's [model]).")
+    typer.Option(
+        "--model",
+        help="Sweep your model: package.module:factory, factory(width) -> nn.Module (replaces the config's [model]).",
+    ),
 ]
 RulesOption = Annotated[
     Path | None, typer.Option("--rules", help="Role rules for your model (TOML or JSON), tried before the defaults.")
@@ -132,7 +132,9 @@ def load_sweep_config(path: Path, model: str | None = None, rules: Path | None =
         return parse_config(with_model(data, model))
     named = model is not None or any(k in data.get("model", {}) for k in ("factory", "hf_config"))
     if not named:
-        raise TelescopeError("--rules gives role rules for your model: pass --model, or name it in the config's [model]")
+        raise TelescopeError(
+            "--rules gives role rules for your model: pass --model, or name it in the config's [model]"
+        )
     from telescope.roles import load_rules
 
     return parse_config(with_model(data, model, load_rules(rules)))

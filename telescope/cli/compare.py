@@ -15,7 +15,8 @@ from telescope.files import atomic_write
 def compare(
     sweeps: Annotated[list[str], typer.Argument(help="Two or more finished sweeps.", show_default=False)],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Also draw loss against LR per width for each sweep to this PNG.")
+        Path | None,
+        typer.Option("--output", "-o", help="Also draw loss against LR per width for each sweep to this PNG."),
     ] = None,
     db: DbOption = None,
     fmt: FormatOption = OutputFormat.table,

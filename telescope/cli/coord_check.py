@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from telescope.cli.common import console, print_rows
-from telescope.parametrization import DEFAULT_PARAMETRIZATION
 from telescope.errors import ConfigError
+from telescope.parametrization import DEFAULT_PARAMETRIZATION
 from telescope.spec import ModelShape
 
 
@@ -28,7 +28,9 @@ def coord_check(
     parametrization: Annotated[
         str, typer.Option("--parametrization", "-p", help="paper, muon, adamw or sp.")
     ] = DEFAULT_PARAMETRIZATION,
-    widths: Annotated[str, typer.Option(help="Comma-separated widths; the first is the base width.")] = "64,128,256,512",
+    widths: Annotated[
+        str, typer.Option(help="Comma-separated widths; the first is the base width.")
+    ] = "64,128,256,512",
     steps: Annotated[int, typer.Option(help="Training steps per width.")] = 10,
     lr: Annotated[float, typer.Option(help="Base learning rate eta0 (constant, no warmup).")] = 0.01,
     threshold: Annotated[float, typer.Option(help="Largest |log-log slope| that passes.")] = 0.25,
@@ -49,7 +51,8 @@ def coord_check(
     width-independent. Exit 0 if every layer passes, 1 otherwise."""
     from telescope.cli.checks import check_plot_file, check_widths_fit
     from telescope.cli.common import model_rules, positive_number
-    from telescope.proxy.coord_check import CoordCheckSettings, coord_check as run_coord_check, plot_coord_check
+    from telescope.proxy.coord_check import CoordCheckSettings, plot_coord_check
+    from telescope.proxy.coord_check import coord_check as run_coord_check
 
     shape = ModelShape(depth=depth, head_dim=head_dim)
     if model is None:
@@ -81,10 +84,15 @@ def coord_check(
         for v in result.layers
     ]
     if json_out:
-        typer.echo(json.dumps({"parametrization": parametrization, "lr": result.lr,
-                               "passed": result.passed, "layers": rows}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"parametrization": parametrization, "lr": result.lr, "passed": result.passed, "layers": rows}, indent=2
+            )
+        )
     else:
         print_rows(rows, title=f"coord check: {parametrization}, widths {widths}, {steps} steps, lr {result.lr:g}")
-        console.print(f"{'PASS' if result.passed else 'FAIL'}: |slope| <= {threshold} "
-                      f"{'for every layer' if result.passed else 'violated'}")
+        console.print(
+            f"{'PASS' if result.passed else 'FAIL'}: |slope| <= {threshold} "
+            f"{'for every layer' if result.passed else 'violated'}"
+        )
     raise typer.Exit(0 if result.passed else 1)

@@ -16,19 +16,31 @@ if TYPE_CHECKING:
     from telescope.storage.database import Database
     from telescope.storage.metrics import MetricsStore
 
-PortOption = Annotated[
-    int, typer.Option("--port", min=0, max=65535, help="Port of the dashboard (0: any free one).")
-]
+PortOption = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port of the dashboard (0: any free one).")]
 
 
 def dashboard(
-    sweeps: Annotated[list[str] | None, typer.Argument(help="Runs to show (sweeps, transfer checks, batch studies). Default: all.")] = None,
+    sweeps: Annotated[
+        list[str] | None, typer.Argument(help="Runs to show (sweeps, transfer checks, batch studies). Default: all.")
+    ] = None,
     db: DbOption = None,
     store: StoreOption = None,
-    storage: Annotated[str | None, typer.Option("--storage", help="Where the Optuna mirror lives: a SQLite file or postgresql://...?options=-csearch_path=SCHEMA. Default: DB.optuna.db beside a SQLite database, schema telescope_optuna in PostgreSQL.")] = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on; reach a remote machine with `ssh -L PORT:127.0.0.1:PORT`.")] = DEFAULT_HOST,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Where the Optuna mirror lives: a SQLite file or postgresql://...?options=-csearch_path=SCHEMA. "
+            "Default: DB.optuna.db beside a SQLite database, schema telescope_optuna in PostgreSQL.",
+        ),
+    ] = None,
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Address to listen on; reach a remote machine with `ssh -L PORT:127.0.0.1:PORT`."),
+    ] = DEFAULT_HOST,
     port: PortOption = DEFAULT_PORT,
-    refresh: Annotated[float, typer.Option("--refresh", min=0.1, help="Seconds between two mirrors of the database.")] = REFRESH_S,
+    refresh: Annotated[
+        float, typer.Option("--refresh", min=0.1, help="Seconds between two mirrors of the database.")
+    ] = REFRESH_S,
 ) -> None:
     """Mirror the runs into an Optuna storage and serve optuna-dashboard on it until Ctrl+C."""
     from telescope.dashboard.server import bind

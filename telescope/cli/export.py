@@ -21,21 +21,35 @@ class ExportFormat(str, enum.Enum):
     toml = "toml"
 
 
-_SUFFIX_FORMATS = {".json": ExportFormat.json, ".yaml": ExportFormat.yaml, ".yml": ExportFormat.yaml, ".toml": ExportFormat.toml}
+_SUFFIX_FORMATS = {
+    ".json": ExportFormat.json,
+    ".yaml": ExportFormat.yaml,
+    ".yml": ExportFormat.yaml,
+    ".toml": ExportFormat.toml,
+}
 
 
 def export(
     sweep: Annotated[str, typer.Argument(help="A finished sweep's name.")],
-    target_width: Annotated[int | None, typer.Option("--target-width", min=1, help="Default: the config's target width.")] = None,
+    target_width: Annotated[
+        int | None, typer.Option("--target-width", min=1, help="Default: the config's target width.")
+    ] = None,
     fmt: Annotated[
         ExportFormat | None,
-        typer.Option("--format", "-f", help="table, json, yaml or toml. Default: table on a terminal, else json "
-                     "(with --output: from the file's suffix)."),
+        typer.Option(
+            "--format",
+            "-f",
+            help="table, json, yaml or toml. Default: table on a terminal, else json "
+            "(with --output: from the file's suffix).",
+        ),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     target_config: Annotated[
         Path | None,
-        typer.Option("--target-config", help="The full-size Hugging Face config.json of a sweep over [model] hf_config; the width is its own."),
+        typer.Option(
+            "--target-config",
+            help="The full-size Hugging Face config.json of a sweep over [model] hf_config; the width is its own.",
+        ),
     ] = None,
     db: DbOption = None,
 ) -> None:
@@ -84,28 +98,40 @@ def print_export(payload: dict[str, Any]) -> None:
         base.add_column(column, no_wrap=True)
     for key, value in payload["base"].items():
         extrapolated = payload["extrapolated"].get(key)
-        base.add_row(key, f"{value:.4g}", "-" if extrapolated is None else f"{extrapolated:.4g}", advice["use"].get(key, "fixed"))
+        base.add_row(
+            key, f"{value:.4g}", "-" if extrapolated is None else f"{extrapolated:.4g}", advice["use"].get(key, "fixed")
+        )
     console.print(base)
     console.print(advice["reason"], highlight=False)
 
     groups = Table(
-        title=f"parameter groups at width {target} ({payload['parametrization']}, m = {target / payload['base_width']:g})",
+        title=f"parameter groups at width {target} ({payload['parametrization']}, m = "
+        f"{target / payload['base_width']:g})",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         caption="opt: optimizer; wd: weight decay (coupled); mult: forward multiplier on the layer's output",
     )
     rows = [
-        (g["role"], ", ".join(_short(p) for p in g["params"]), g["optimizer"], f"{g['lr']:.4g}", f"{g['weight_decay']:.4g}",
-         f"{g['init_std']:.4g}" if g["init"] == "normal" else g["init"], f"{g['multiplier']:.4g}")
+        (
+            g["role"],
+            ", ".join(_short(p) for p in g["params"]),
+            g["optimizer"],
+            f"{g['lr']:.4g}",
+            f"{g['weight_decay']:.4g}",
+            f"{g['init_std']:.4g}" if g["init"] == "normal" else g["init"],
+            f"{g['multiplier']:.4g}",
+        )
         for g in payload["groups"]
-    ]  # fmt: skip
+    ]
     # Numbers never wrap or get cut; only the parameter names fold on a narrow terminal.
     for i, column in enumerate(("role", "parameters", "opt", "lr", "wd", "init std", "mult")):
         cells = [column, *(line for row in rows for line in row[i].splitlines())]
         if column == "parameters":
             groups.add_column(column, overflow="fold")
         else:
-            groups.add_column(column, no_wrap=True, min_width=max(map(len, cells)), justify="left" if i < 3 else "right")
+            groups.add_column(
+                column, no_wrap=True, min_width=max(map(len, cells)), justify="left" if i < 3 else "right"
+            )
     for row in rows:
         groups.add_row(*row)
     console.print(groups)
@@ -119,7 +145,8 @@ def print_export(payload: dict[str, Any]) -> None:
     )
     console.print(
         f"Muon {fp['lr_adjust']}, {fp['ns_steps']} Newton-Schulz steps, momentum {fp['muon_momentum']}; "
-        f"{'' if fp.get('muon_nesterov', True) else 'no '}Nesterov; AdamW betas {tuple(fp['adamw_betas'])}, eps {fp['adamw_eps']:g}; "
+        f"{'' if fp.get('muon_nesterov', True) else 'no '}Nesterov; AdamW betas {tuple(fp['adamw_betas'])}, eps "
+        f"{fp['adamw_eps']:g}; "
         f"gradient clipping {'off' if fp.get('grad_clip') is None else fp['grad_clip']}; "
         f"muon_lr_ratio {fp['muon_lr_ratio']:g}; torch {fp['torch']}",
         highlight=False,

@@ -10,7 +10,8 @@ import typer
 
 from telescope import readable
 from telescope.cli.common import ModelOption, RulesOption, WideOption, load_sweep_config, print_rows
-from telescope.cost import Plan, plan as make_plan
+from telescope.cost import Plan
+from telescope.cost import plan as make_plan
 
 
 def plan(
@@ -66,11 +67,13 @@ def _total_rows(p: Plan) -> list[dict[str, object]]:
         {"quantity": "sweep", "value": f"{readable.flops(p.sweep_flops)} in {p.sweep_trials} trials"},
         {
             "quantity": "edge extension (possible)",
-            "value": f"up to +{p.extension_trials_per_step} trials ({readable.flops(p.extension_flops_per_step)}) per step",
+            "value": f"up to +{p.extension_trials_per_step} trials ({readable.flops(p.extension_flops_per_step)}) per "
+            "step",
         },
         {
             "quantity": "one target run",
-            "value": f"{readable.flops(p.target_flops)} (width {p.target_width}, {readable.count(p.target_params)} params)",
+            "value": f"{readable.flops(p.target_flops)} (width {p.target_width}, {readable.count(p.target_params)} "
+            "params)",
         },
         {"quantity": "sweep / target run", "value": f"{p.ratio:.3g}x"},
         {

@@ -12,7 +12,9 @@ from telescope.cli.common import DbOption, console
 
 def plot(
     sweep: Annotated[str, typer.Argument(help="A finished sweep's name.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for the figures. Default: ./SWEEP-plots.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder for the figures. Default: ./SWEEP-plots.")
+    ] = None,
     svg: Annotated[bool, typer.Option("--svg", help="Also write each figure as SVG.")] = False,
     db: DbOption = None,
 ) -> None:

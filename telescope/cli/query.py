@@ -13,6 +13,7 @@ from telescope.cli.common import DbOption, FormatOption, OutputFormat, StoreOpti
 DEFAULT_LIMIT = 1000
 DEFAULT_TIMEOUT_S = 30.0
 
+
 def query(
     sql: Annotated[str, typer.Argument(help="One SQL statement, or - to read it from stdin.")],
     db: DbOption = None,
@@ -43,6 +44,11 @@ def query(
     result = run_query(text, db, store, limit=limit, timeout=timeout, metrics=metrics)
     print_rows(result.records(), fmt, columns=result.columns, wide=wide, raw=True)  # SQL's names, full floats
     for path in result.skipped_files:
-        err_console.print(f"left out 1 unreadable metrics file (truncated or not Parquet): {path}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(
+            f"left out 1 unreadable metrics file (truncated or not Parquet): {path}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if result.truncated:
         err_console.print(f"(showing the first {limit} rows; raise --limit to see more)")

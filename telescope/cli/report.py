@@ -12,7 +12,9 @@ from telescope.cli.common import DbOption, console
 
 def report(
     sweep: Annotated[str, typer.Argument(help="A finished sweep's name.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Report file (.md). Default: ./SWEEP-report.md.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Report file (.md). Default: ./SWEEP-report.md.")
+    ] = None,
     svg: Annotated[bool, typer.Option("--svg", help="Also write each figure as SVG.")] = False,
     db: DbOption = None,
 ) -> None:

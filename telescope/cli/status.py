@@ -42,31 +42,76 @@ def status(
     if show_levels:
         counts = _per_level_counts(detail.trials)
         rows = [_level(level, counts) for level in detail.levels]
-        print_rows(rows, fmt, columns=_columns(rows, LEVEL_COLUMNS, fmt, wide), title=f"{sweep}: levels", drop=LEVEL_DROP, wide=wide)
+        print_rows(
+            rows,
+            fmt,
+            columns=_columns(rows, LEVEL_COLUMNS, fmt, wide),
+            title=f"{sweep}: levels",
+            drop=LEVEL_DROP,
+            wide=wide,
+        )
         if fmt is OutputFormat.table:  # under the table, where a sentence has room
             for level in detail.levels:
                 for warning in level.warnings:
                     console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)
     if show_trials:
         rows = [_trial(t) for t in detail.trials]
-        print_rows(rows, fmt, columns=_columns(rows, TRIAL_COLUMNS, fmt, wide), title=f"{sweep}: trials", drop=TRIAL_DROP, wide=wide)
+        print_rows(
+            rows,
+            fmt,
+            columns=_columns(rows, TRIAL_COLUMNS, fmt, wide),
+            title=f"{sweep}: trials",
+            drop=TRIAL_DROP,
+            wide=wide,
+        )
 
 
 SWEEP_COLUMNS = ["name", "kind", "status", "levels", "trials", "best_loss", "created"]
 LEVEL_COLUMNS = [
-    "level", "width", "points", "status", "trials", "best_lr", "best_weight_decay",
-    "best_muon_lr_ratio", "best_loss", "warnings",
-]  # fmt: skip
+    "level",
+    "width",
+    "points",
+    "status",
+    "trials",
+    "best_lr",
+    "best_weight_decay",
+    "best_muon_lr_ratio",
+    "best_loss",
+    "warnings",
+]
 TRIAL_COLUMNS = [
-    "trial_key", "level", "width", "lr", "weight_decay", "muon_lr_ratio", "seed", "status",
-    "train_loss", "val_loss", "steps", "wall_time", "attempts", "reused_from", "error",
-]  # fmt: skip
+    "trial_key",
+    "level",
+    "width",
+    "lr",
+    "weight_decay",
+    "muon_lr_ratio",
+    "seed",
+    "status",
+    "train_loss",
+    "val_loss",
+    "steps",
+    "wall_time",
+    "attempts",
+    "reused_from",
+    "error",
+]
 
 # What a narrow terminal leaves out first (csv and json keep every column; --wide shows them):
 # the trial key repeats the level, values and seed shown beside it.
 SWEEP_DROP = ["created", "kind"]
 LEVEL_DROP = ["best_muon_lr_ratio", "points"]
-TRIAL_DROP = ["trial_key", "reused_from", "train_loss", "steps", "attempts", "muon_lr_ratio", "width", "wall_time", "error"]
+TRIAL_DROP = [
+    "trial_key",
+    "reused_from",
+    "train_loss",
+    "steps",
+    "attempts",
+    "muon_lr_ratio",
+    "width",
+    "wall_time",
+    "error",
+]
 
 
 def _columns(rows: list[dict[str, Any]], columns: list[str], fmt: OutputFormat, wide: bool) -> list[str]:

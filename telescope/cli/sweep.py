@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from telescope.cli.common import (
     DEFAULT_RETRY_SECONDS,
     DbOption,
@@ -26,18 +27,38 @@ from telescope.cli.plan import print_plan
 
 def sweep(
     config: Annotated[Path, typer.Argument(help="Sweep config (TOML), e.g. examples/tiny-cpu.toml.")],
-    name: Annotated[str | None, typer.Option("--name", help="Sweep name. Default: the config's name, else its file name.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Sweep name. Default: the config's name, else its file name.")
+    ] = None,
     db: DbOption = None,
     db_retry_seconds: DbRetryOption = DEFAULT_RETRY_SECONDS,
     store: StoreOption = None,
-    executor: Annotated[ExecutorKind | None, typer.Option("--executor", help="Override the config: ray or local.")] = None,
-    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Connect to this Ray cluster instead of starting one.")] = None,
+    executor: Annotated[
+        ExecutorKind | None, typer.Option("--executor", help="Override the config: ray or local.")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Connect to this Ray cluster instead of starting one.")
+    ] = None,
     new: Annotated[bool, typer.Option("--new", help="Start a new sweep even if one of this name exists.")] = False,
-    check_transfer: Annotated[bool, typer.Option("--check-transfer", help="Run `telescope transfer-check` at the sweep's first widths before level 0.")] = False,
-    check_threshold: Annotated[float, typer.Option("--check-threshold", help="The check's largest drift per doubling, in grid steps.")] = 1.0,
+    check_transfer: Annotated[
+        bool,
+        typer.Option(
+            "--check-transfer", help="Run `telescope transfer-check` at the sweep's first widths before level 0."
+        ),
+    ] = False,
+    check_threshold: Annotated[
+        float, typer.Option("--check-threshold", help="The check's largest drift per doubling, in grid steps.")
+    ] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="Go on with the sweep when the transfer check fails.")] = False,
-    no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
-    dashboard: Annotated[bool, typer.Option("--dashboard", help="Serve `telescope dashboard` on 127.0.0.1 for the sweep's life.")] = False,
+    no_reuse: Annotated[
+        bool,
+        typer.Option(
+            "--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for."
+        ),
+    ] = False,
+    dashboard: Annotated[
+        bool, typer.Option("--dashboard", help="Serve `telescope dashboard` on 127.0.0.1 for the sweep's life.")
+    ] = False,
     port: PortOption = DEFAULT_PORT,
     model: ModelOption = None,
     rules: RulesOption = None,
@@ -47,10 +68,10 @@ def sweep(
     from telescope.cli.common import load_sweep_config
     from telescope.cost import plan as make_plan
     from telescope.export import export_sweep
-    from telescope.storage.metrics import MetricsStore, check_sweep_name
-    from telescope.runs.preflight import check_inputs
-    from telescope.sweep import run_sweep
     from telescope.runs.executor import make_executor
+    from telescope.runs.preflight import check_inputs
+    from telescope.storage.metrics import MetricsStore, check_sweep_name
+    from telescope.sweep import run_sweep
 
     cfg = load_sweep_config(config, model, rules)
     settings = cfg.executor
@@ -79,10 +100,18 @@ def sweep(
         with open_database(db, db_retry_seconds) as database, sweep_dashboard(server, database, metrics):
             print_plan(make_plan(cfg))
             if check is not None:
-                checks["transfer_check"] = _check_transfer(cfg, check, database, metrics, runner, sweep_name, force,
-                                                           not no_reuse)  # fmt: skip
+                checks["transfer_check"] = _check_transfer(
+                    cfg, check, database, metrics, runner, sweep_name, force, not no_reuse
+                )
             result = run_sweep(
-                cfg, database, metrics, sweep_name, executor=runner, new=new, console=err_console, checks=checks,
+                cfg,
+                database,
+                metrics,
+                sweep_name,
+                executor=runner,
+                new=new,
+                console=err_console,
+                checks=checks,
                 reuse=not no_reuse,
             )
             payload = export_sweep(database, result["sweep"])
@@ -121,16 +150,25 @@ def _check_user_model(cfg) -> dict:
     verdict = check_user_model(cfg)
     if verdict.check == "coord":
         widths = ", ".join(map(str, verdict.widths))
-        err_console.print(f"coord check of your model at widths {widths}: {'PASS' if verdict.passed else 'FAIL'}", highlight=False)
+        err_console.print(
+            f"coord check of your model at widths {widths}: {'PASS' if verdict.passed else 'FAIL'}", highlight=False
+        )
     if not verdict.passed:
         print_rows(
-            [{"layer": v.layer, "roles": v.roles, "slope": round(v.slope, 3), "verdict": "PASS" if v.passed else "FAIL"}
-             for v in verdict.layers],
+            [
+                {
+                    "layer": v.layer,
+                    "roles": v.roles,
+                    "slope": round(v.slope, 3),
+                    "verdict": "PASS" if v.passed else "FAIL",
+                }
+                for v in verdict.layers
+            ],
             title=f"coord check: {verdict.steps} steps, lr {verdict.lr:g}, |slope| <= {verdict.threshold} passes",
-        )  # fmt: skip
+        )
         err_console.print(
             "the sweep did not start: the coord check failed, so the learning rates would not transfer across widths "
-            "(check the roles above; give rules with --rules, or set [model] check = \"none\" to sweep anyway)"
+            '(check the roles above; give rules with --rules, or set [model] check = "none" to sweep anyway)'
         )
         raise typer.Exit(1)
     return verdict.to_dict()

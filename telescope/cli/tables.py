@@ -80,7 +80,9 @@ def fitted_table(
     shown = list(columns)
 
     def needed(cols: list[str], squeeze: bool) -> int:
-        return _EDGE + sum(_PER_COLUMN + (min(natural[c], _MIN_TEXT) if squeeze and c in TEXT else natural[c]) for c in cols)
+        return _EDGE + sum(
+            _PER_COLUMN + (min(natural[c], _MIN_TEXT) if squeeze and c in TEXT else natural[c]) for c in cols
+        )
 
     if not wide:
         for column in [c for c in drop if c in shown]:
@@ -90,7 +92,9 @@ def fitted_table(
     left_out = [c for c in columns if c not in shown]
     caption = f"left out: {', '.join(headers[c] for c in left_out)} (--wide shows every column)" if left_out else None
     table = Table(title=title, caption=caption)
-    room = width - needed([c for c in shown if c not in TEXT], squeeze=False) - _PER_COLUMN * sum(c in TEXT for c in shown)
+    room = (
+        width - needed([c for c in shown if c not in TEXT], squeeze=False) - _PER_COLUMN * sum(c in TEXT for c in shown)
+    )
     texts = [c for c in shown if c in TEXT]
     for c in shown:
         numeric = (c in FORMATS and not raw) or (cells[c] and all(_numeric(v) for v in cells[c] if v))
@@ -128,8 +132,14 @@ def print_table(
     terminal's edge."""
     table, needed = fitted_table(list(rows), columns, console.width, title=title, drop=drop, wide=wide, raw=raw)
     if wide and needed > console.width:  # a console as wide as the table: rich caps print(width=) at its own
-        wider = Console(file=console.file, width=needed, markup=False, force_terminal=console.is_terminal,
-                        color_system=console.color_system, no_color=console.no_color)  # fmt: skip
+        wider = Console(
+            file=console.file,
+            width=needed,
+            markup=False,
+            force_terminal=console.is_terminal,
+            color_system=console.color_system,
+            no_color=console.no_color,
+        )
         wider.print(table, crop=False)
     else:
         console.print(table)

@@ -22,13 +22,13 @@ from telescope.cli.common import (
 )
 
 
-
 def transfer_check(
     config: Annotated[
         Path | None, typer.Argument(help="Sweep config (TOML): its model, train, executor and parametrization.")
     ] = None,
     parametrization: Annotated[
-        str | None, typer.Option("--parametrization", "-p", help="paper, muon, adamw or sp. Default: the config's, else paper.")
+        str | None,
+        typer.Option("--parametrization", "-p", help="paper, muon, adamw or sp. Default: the config's, else paper."),
     ] = None,
     widths: Annotated[
         str | None, typer.Option(help="Comma-separated widths. Default 64,256; with CONFIG its base and 4x base.")
@@ -37,7 +37,8 @@ def transfer_check(
     steps: Annotated[int | None, typer.Option(help="Training steps per trial. Default 200, or the config's.")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per learning rate; the optimum is located on the seed mean.")] = 2,
     lr: Annotated[
-        float | None, typer.Option(help="Centre of the LR line. Default: the table's default LR, or the config's lr range centre.")
+        float | None,
+        typer.Option(help="Centre of the LR line. Default: the table's default LR, or the config's lr range centre."),
     ] = None,
     threshold: Annotated[float, typer.Option(help="Largest drift per doubling that passes, in grid steps.")] = 1.0,
     model: Annotated[
@@ -46,10 +47,19 @@ def transfer_check(
     rules: Annotated[
         Path | None, typer.Option("--rules", help="Role rules for --model (TOML or JSON), tried before the defaults.")
     ] = None,
-    executor: Annotated[ExecutorKind | None, typer.Option(help="ray or local. Default: the config's, else ray.")] = None,
+    executor: Annotated[
+        ExecutorKind | None, typer.Option(help="ray or local. Default: the config's, else ray.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Check name in the database. Default: from the settings.")] = None,
-    new: Annotated[bool, typer.Option("--new", help="Start a new run under the next free name if this one exists.")] = False,
-    no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for.")] = False,
+    new: Annotated[
+        bool, typer.Option("--new", help="Start a new run under the next free name if this one exists.")
+    ] = False,
+    no_reuse: Annotated[
+        bool,
+        typer.Option(
+            "--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for."
+        ),
+    ] = False,
     db: DbOption = None,
     db_retry_seconds: DbRetryOption = DEFAULT_RETRY_SECONDS,
     store: StoreOption = None,
@@ -59,13 +69,13 @@ def transfer_check(
     """Line-sweep the learning rate at each width, locate the optima and judge whether they
     stay put: exit 0 on PASS, 1 on FAIL, 2 on bad input. Trials are stored and resumable."""
     from telescope.cli.checks import check_plot_file, check_widths_fit
+    from telescope.cli.common import model_rules
     from telescope.cli.coord_check import parse_widths
+    from telescope.runs.executor import make_executor
+    from telescope.runs.preflight import check_inputs
     from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.transfer_check.plot import check_plot_path
     from telescope.transfer_check.run import check_settings, run_transfer_check
-    from telescope.runs.executor import make_executor
-    from telescope.runs.preflight import check_inputs
-    from telescope.cli.common import model_rules
 
     settings, executor_settings = build_settings(
         config, parametrization, parse_widths(widths) if widths else None, points, steps, seeds, lr, threshold, model
@@ -86,8 +96,9 @@ def transfer_check(
     runner = make_executor(executor_settings)
     try:
         with open_database(db, db_retry_seconds) as database:
-            result = run_transfer_check(settings, database, metrics, runner, name, trial_printer(settings.objective), plot, new,
-                                        not no_reuse)  # fmt: skip
+            result = run_transfer_check(
+                settings, database, metrics, runner, name, trial_printer(settings.objective), plot, new, not no_reuse
+            )
     finally:
         runner.close()
     if json_out:
@@ -131,7 +142,9 @@ def build_settings(
         settings = dataclasses.replace(settings, lr_center=lr)
     if steps is not None:
         warmup = min(settings.train.warmup_steps, steps)
-        settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, steps=steps, warmup_steps=warmup))
+        settings = dataclasses.replace(
+            settings, train=dataclasses.replace(settings.train, steps=steps, warmup_steps=warmup)
+        )
     return settings, executor_settings
 
 
@@ -158,7 +171,8 @@ def print_result(result) -> None:
     doublings = [
         {
             "widths": f"{d.width_lo} -> {d.width_hi}",
-            "drift/doubling": f"{d.drift_per_doubling:+.2f}" + (f" ± {d.drift_std:.2f}" if d.drift_std is not None else ""),
+            "drift/doubling": f"{d.drift_per_doubling:+.2f}"
+            + (f" ± {d.drift_std:.2f}" if d.drift_std is not None else ""),
             "within": "yes" if d.drift_ok else "NO",
             "wider better": "yes" if d.wider_better else "NO",
         }

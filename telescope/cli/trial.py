@@ -47,8 +47,13 @@ def trial(
     from telescope.proxy.train import run_trial
 
     train = TrainSettings(
-        steps=steps, batch_size=batch_size, warmup_steps=warmup_steps, data=data, device=device,
-        data_dtype=data_dtype, tokenizer=tokenizer,  # type: ignore[arg-type]  # load_data checks the dtype
+        steps=steps,
+        batch_size=batch_size,
+        warmup_steps=warmup_steps,
+        data=data,
+        device=device,
+        data_dtype=data_dtype,
+        tokenizer=tokenizer,  # type: ignore[arg-type]  # load_data checks the dtype
     )
     spec = TrialSpec(
         width=width,
@@ -57,9 +62,7 @@ def trial(
         weight_decay=weight_decay,
         parametrization=parametrization,
         seed=seed,
-        model=ModelShape(
-            depth=depth, head_dim=head_dim, seq_len=seq_len, vocab_size=load_train_data(train).vocab_size
-        ),
+        model=ModelShape(depth=depth, head_dim=head_dim, seq_len=seq_len, vocab_size=load_train_data(train).vocab_size),
         train=train,
     )
     result = run_trial(spec)

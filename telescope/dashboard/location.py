@@ -19,8 +19,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from telescope.errors import StorageError
-from telescope.storage.urls import SQLITE_SUFFIXES, error_line, resolve_url, safe_url
 from telescope.storage.schema import VERSION_TABLE
+from telescope.storage.urls import SQLITE_SUFFIXES, error_line, resolve_url, safe_url
 
 DEFAULT_SCHEMA = "telescope_optuna"
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*([^\s,]+)")
@@ -93,7 +93,9 @@ def _check(url: URL) -> None:
             "(another SQLite file, or a PostgreSQL URL with options=-csearch_path=SCHEMA)"
         )
     if tables and not _OPTUNA_TABLES <= tables:
-        raise StorageError(f"{safe_url(url)} has tables of another program ({', '.join(sorted(tables)[:5])}); pass another --storage")
+        raise StorageError(
+            f"{safe_url(url)} has tables of another program ({', '.join(sorted(tables)[:5])}); pass another --storage"
+        )
 
 
 def _engine_kwargs(url: URL) -> dict:

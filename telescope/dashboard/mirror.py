@@ -53,7 +53,9 @@ class Mirror:
     read from the storage once.
     """
 
-    def __init__(self, db: Database, store: MetricsStore, storage: BaseStorage, sweeps: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, db: Database, store: MetricsStore, storage: BaseStorage, sweeps: Sequence[str] | None = None
+    ) -> None:
         self.db, self.store, self.storage = db, store, storage
         self.sweeps = list(dict.fromkeys(sweeps)) if sweeps else None
         self._studies: dict[str, tuple[int, dict[str, tuple[int, TrialState]]]] = {}
@@ -117,7 +119,9 @@ class Mirror:
         return cached[1]
 
 
-def mirror(db: Database, store: MetricsStore, storage: BaseStorage, sweeps: Sequence[str] | None = None) -> MirrorCounts:
+def mirror(
+    db: Database, store: MetricsStore, storage: BaseStorage, sweeps: Sequence[str] | None = None
+) -> MirrorCounts:
     """One pass of a new Mirror: what is in `storage` already is read from it."""
     return Mirror(db, store, storage, sweeps).run()
 

@@ -218,7 +218,9 @@ def _trial_plan(t: TrialRow, objective: str, distributions: dict[str, FloatDistr
         state, attrs["reason"] = TrialState.FAIL, f"completed without a finite {objective}"
     elif t.status is Status.DIVERGED:
         factor = t.spec.train.divergence_factor
-        attrs["reason"] = _last_line(t.error) or f"diverged by step {t.steps}: loss not finite or above {factor:g}x its first"
+        attrs["reason"] = (
+            _last_line(t.error) or f"diverged by step {t.steps}: loss not finite or above {factor:g}x its first"
+        )
     elif t.status is Status.FAILED:
         attrs["reason"] = _last_line(t.error) or "failed"
     return TrialPlan(

@@ -48,7 +48,8 @@ class Stream:
     def segments(self) -> tuple[Any, ...]:
         """The token runs windows are drawn from, in order."""
         return tuple(
-            self.files[f][s : s + n] for f, s, n in zip(self.file_of.tolist(), self.start.tolist(), self.length.tolist())
+            self.files[f][s : s + n]
+            for f, s, n in zip(self.file_of.tolist(), self.start.tolist(), self.length.tolist())
         )
 
     def window_counts(self, length: int) -> np.ndarray:
@@ -121,9 +122,7 @@ class TokenData:
                 f"({self.vocab_source}): raise it, set model.vocab_size = {self.vocab_size}"
             )
 
-    def train_batch(
-        self, step: int, batch_size: int, seq_len: int, seed: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-token targets, int64 (batch_size, seq_len); a pure function of (seed, step)."""
         self.check_seq_len(seq_len)
         total = int(self.train_stream.window_ends(seq_len + 1)[-1])
@@ -131,9 +130,7 @@ class TokenData:
         ids = rng.integers(0, total, size=batch_size)
         return _as_pair(self.train_stream.gather(ids, seq_len + 1))
 
-    def val_batches(
-        self, n: int, batch_size: int, seq_len: int
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def val_batches(self, n: int, batch_size: int, seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`n` fixed held-out batches: windows evenly spaced over the validation stream."""
         self.check_seq_len(seq_len)
         total = int(self.val_stream.window_ends(seq_len + 1)[-1])

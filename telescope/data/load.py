@@ -15,11 +15,18 @@ import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from telescope.data.arrow import arrow_column_type, arrow_files, arrow_text_rows, is_token_type, open_arrow_tokens
-from telescope.data.arrow import open_parquet, open_parquet_tokens
+from telescope.data.arrow import (
+    arrow_column_type,
+    arrow_files,
+    arrow_text_rows,
+    is_token_type,
+    open_arrow_tokens,
+    open_parquet,
+    open_parquet_tokens,
+)
 from telescope.data.corpus import TokenData
-from telescope.data.megatron import megatron_prefix, megatron_prefixes, open_megatron
 from telescope.data.mds import is_mds, open_mds
+from telescope.data.megatron import megatron_prefix, megatron_prefixes, open_megatron
 from telescope.data.npy import npy_files, open_npy
 from telescope.data.shards import RAW_DTYPES, open_shard, shard_files
 from telescope.data.split import split_token_files
@@ -64,7 +71,9 @@ def load_data(
 
 def load_train_data(train: "TrainSettings") -> TokenData:
     """The data a trial's `[train]` settings name."""
-    return load_data(train.data, dtype=train.data_dtype, tokenizer=train.tokenizer, cross_documents=train.cross_documents)
+    return load_data(
+        train.data, dtype=train.data_dtype, tokenizer=train.tokenizer, cross_documents=train.cross_documents
+    )
 
 
 def source_path(source: str) -> Path:
@@ -151,7 +160,11 @@ def _text_split(kind: str, root: Path, column: str | None) -> TextSplit:
         return parquet_documents(root, column or DEFAULT_PARQUET_COLUMN)
     if kind == "arrow":
         files = _arrow_paths(root)
-        docs = ((f"{p.name}#{i}", row) for p in files for i, row in enumerate(arrow_text_rows(p, column or DEFAULT_PARQUET_COLUMN)))
+        docs = (
+            (f"{p.name}#{i}", row)
+            for p in files
+            for i, row in enumerate(arrow_text_rows(p, column or DEFAULT_PARQUET_COLUMN))
+        )
         return split_documents(f"{root}:{column or DEFAULT_PARQUET_COLUMN}", docs)
     return text_documents(root)
 

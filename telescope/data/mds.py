@@ -67,7 +67,9 @@ def _open_shard(root: Path, shard: dict[str, Any], column: str | None) -> TokenF
         raise DataError(f"{root / 'index.json'}: a shard without raw_data") from None
     path = root / basename
     if shard.get("compression") or shard.get("zip_data") and not path.is_file():
-        raise DataError(f"{path}: compressed MDS shards ({shard.get('compression')}) are not read; write them uncompressed")
+        raise DataError(
+            f"{path}: compressed MDS shards ({shard.get('compression')}) are not read; write them uncompressed"
+        )
     if shard.get("format", "mds") != "mds":
         raise DataError(f"{path}: shard format {shard.get('format')!r}, not mds")
     if not path.is_file():
@@ -82,7 +84,9 @@ def _open_shard(root: Path, shard: dict[str, Any], column: str | None) -> TokenF
         raise DataError(f"{path}: truncated or empty MDS shard")
     offsets = view(mapped, "<u4", 4, n + 1).astype(np.int64)
     if offsets[-1] != len(mapped) or (np.diff(offsets) < 4 * len(variable)).any():
-        raise DataError(f"{path}: truncated MDS shard (sample offsets end at {offsets[-1]}, file has {len(mapped)} bytes)")
+        raise DataError(
+            f"{path}: truncated MDS shard (sample offsets end at {offsets[-1]}, file has {len(mapped)} bytes)"
+        )
     starts = offsets[:-1]
 
     def u32_at(address: np.ndarray) -> np.ndarray:
@@ -94,7 +98,8 @@ def _open_shard(root: Path, shard: dict[str, Any], column: str | None) -> TokenF
         return out
 
     column_bytes = [
-        u32_at(starts + 4 * variable.index(i)) if s is None else np.full(n, s, dtype=np.int64) for i, s in enumerate(sizes)
+        u32_at(starts + 4 * variable.index(i)) if s is None else np.full(n, s, dtype=np.int64)
+        for i, s in enumerate(sizes)
     ]
     data = starts + 4 * len(variable) + sum(column_bytes[:col], np.zeros(n, dtype=np.int64))
     _, *args = shard["column_encodings"][col].split(":") + [None, None]

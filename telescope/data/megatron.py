@@ -79,4 +79,6 @@ def open_megatron(prefix: Path) -> TokenFile:
         raise DataError(f"{idx_path}: document indices must rise from 0 to the sequence count ({n_seq})")
     mapped = map_file(bin_path)
     docs = starts[doc_index]
-    return TokenFile(bin_path, view(mapped, dtype, 0, total), docs, (mapped,), file_identity(bin_path, f"megatron-{code}"))
+    return TokenFile(
+        bin_path, view(mapped, dtype, 0, total), docs, (mapped,), file_identity(bin_path, f"megatron-{code}")
+    )

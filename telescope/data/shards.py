@@ -53,7 +53,7 @@ def open_shard(path: Path, dtype: str | None) -> TokenFile:
         if len(sniff) >= 2 and sniff[1::2].max() <= 1 and sniff[::2].max() > 1:
             raise DataError(
                 f"{path}: looks like 32-bit tokens (every odd uint16 half is 0 or 1); "
-                f"set [train] data_dtype = \"uint32\" (or \"int32\")"
+                f'set [train] data_dtype = "uint32" (or "int32")'
             )
     return TokenFile(path, tokens, None, (mapped,), file_identity(path, f"raw-{dtype or 'uint16'}"))
 
@@ -72,4 +72,6 @@ def _modded_shard(path: Path, size: int, header: np.ndarray, dtype: str | None) 
     if declared == 0:
         raise DataError(f"{path}: shard holds no tokens")
     mapped = map_file(path)
-    return TokenFile(path, view(mapped, "uint16", header_bytes, declared), None, (mapped,), file_identity(path, "modded"))
+    return TokenFile(
+        path, view(mapped, "uint16", header_bytes, declared), None, (mapped,), file_identity(path, "modded")
+    )

@@ -66,7 +66,9 @@ def split_token_files(
     return tail_split(files, cross_documents)
 
 
-def streams_by_file(files: Sequence[TokenFile], held_out: Sequence[bool], cross_documents: bool) -> tuple[Stream, Stream]:
+def streams_by_file(
+    files: Sequence[TokenFile], held_out: Sequence[bool], cross_documents: bool
+) -> tuple[Stream, Stream]:
     sides = _Sides(files, cross_documents)
     for i, (f, val) in enumerate(zip(files, held_out)):
         sides.add(i, 0, len(f.tokens), val=val)

@@ -36,7 +36,9 @@ def write_megatron(prefix: Path, docs: Iterable[np.ndarray], dtype: str = "int32
     pointers = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]) * np.dtype(dtype).itemsize
     with open(f"{prefix}.idx", "wb") as f:
         f.write(b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, MEGATRON_CODES[dtype], len(sizes), len(sizes) + 1))
-        f.write(sizes.tobytes() + pointers.astype(np.int64).tobytes() + np.arange(len(sizes) + 1, dtype=np.int64).tobytes())
+        f.write(
+            sizes.tobytes() + pointers.astype(np.int64).tobytes() + np.arange(len(sizes) + 1, dtype=np.int64).tobytes()
+        )
     return prefix
 
 
@@ -59,7 +61,9 @@ def write_hf_arrow(folder: Path, docs: Iterable[np.ndarray], dtype: str = "int32
     return folder
 
 
-def write_parquet_tokens(path: Path, docs: Iterable[np.ndarray], dtype: str = "int64", rows_per_group: int = 10_000) -> Path:
+def write_parquet_tokens(
+    path: Path, docs: Iterable[np.ndarray], dtype: str = "int64", rows_per_group: int = 10_000
+) -> Path:
     """Column `input_ids`, a list of integers per document."""
     schema = pa.schema([("input_ids", pa.list_(pa.from_numpy_dtype(np.dtype(dtype))))])
     with pq.ParquetWriter(path, schema) as writer:
@@ -68,14 +72,30 @@ def write_parquet_tokens(path: Path, docs: Iterable[np.ndarray], dtype: str = "i
     return path
 
 
-def write_mds(folder: Path, docs: Iterable[np.ndarray], dtype: str = "uint32", encoding: str = "ndarray",
-              compression: str | None = None, samples_per_shard: int = 10_000) -> Path:
+def write_mds(
+    folder: Path,
+    docs: Iterable[np.ndarray],
+    dtype: str = "uint32",
+    encoding: str = "ndarray",
+    compression: str | None = None,
+    samples_per_shard: int = 10_000,
+) -> Path:
     """index.json and shards of samples {"id": int32, "tokens": ndarray} (columns sorted, as MDSWriter does)."""
     folder.mkdir(parents=True, exist_ok=True)
     names, encodings, sizes = ["id", "tokens"], ["int32", encoding], [4, None]
-    config = json.dumps({"column_encodings": encodings, "column_names": names, "column_sizes": sizes,
-                         "compression": compression, "format": "mds", "hashes": [], "size_limit": None,
-                         "version": 2}, sort_keys=True).encode()  # fmt: skip
+    config = json.dumps(
+        {
+            "column_encodings": encodings,
+            "column_names": names,
+            "column_sizes": sizes,
+            "compression": compression,
+            "format": "mds",
+            "hashes": [],
+            "size_limit": None,
+            "version": 2,
+        },
+        sort_keys=True,
+    ).encode()
     shards, first = [], 0
     for part in _batched(docs, samples_per_shard):
         samples = []
@@ -90,10 +110,21 @@ def write_mds(folder: Path, docs: Iterable[np.ndarray], dtype: str = "uint32", e
             f.write(struct.pack("<I", len(part)) + offsets.astype(np.uint32).tobytes() + config)
             for sample in samples:
                 f.write(sample)
-        shards.append({"column_encodings": encodings, "column_names": names, "column_sizes": sizes,
-                       "compression": compression, "format": "mds", "hashes": [],
-                       "raw_data": {"basename": basename, "bytes": int(offsets[-1]), "hashes": {}},
-                       "samples": len(part), "size_limit": None, "version": 2, "zip_data": None})  # fmt: skip
+        shards.append(
+            {
+                "column_encodings": encodings,
+                "column_names": names,
+                "column_sizes": sizes,
+                "compression": compression,
+                "format": "mds",
+                "hashes": [],
+                "raw_data": {"basename": basename, "bytes": int(offsets[-1]), "hashes": {}},
+                "samples": len(part),
+                "size_limit": None,
+                "version": 2,
+                "zip_data": None,
+            }
+        )
         first += len(part)
     (folder / "index.json").write_text(json.dumps({"shards": shards, "version": 2}))
     return folder

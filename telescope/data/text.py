@@ -197,7 +197,10 @@ def parquet_documents(path: Path, column: str) -> TextSplit:
     if val_files and train_files:
         split = TextSplit(
             name,
-            *([doc for p in group for _, doc in _parquet_rows(p, rel[p], column)] for group in (train_files, val_files)),
+            *(
+                [doc for p in group for _, doc in _parquet_rows(p, rel[p], column)]
+                for group in (train_files, val_files)
+            ),
             tail=False,
         )
         for side, docs, group in (("train", split.train, train_files), ("validation", split.val, val_files)):

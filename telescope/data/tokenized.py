@@ -50,7 +50,9 @@ def tokenized(split: TextSplit, tokenizer_path: Path, cross_documents: bool) -> 
     stem = cache_dir() / "tokenized" / key.hexdigest()
     sides = [("train", split.train)] + ([] if split.tail else [("val", split.val)])
     files = [_cached_side(stem, side, docs, tokenizer) for side, docs in sides]
-    train, val = tail_split(files, cross_documents) if split.tail else streams_by_file(files, [False, True], cross_documents)
+    train, val = (
+        tail_split(files, cross_documents) if split.tail else streams_by_file(files, [False, True], cross_documents)
+    )
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     top = max(f.token_range()[1] for f in files)
     if top >= vocab:
@@ -66,7 +68,9 @@ def _cached_side(stem: Path, side: str, docs: list[bytes], tokenizer: Any) -> To
     if starts[-1] == 0:
         raise DataError(f"{stem.name}: the tokenizer made no tokens of the {side} documents")
     mapped = map_file(tokens_path)
-    return TokenFile(tokens_path, view(mapped, "<u4", 0, int(starts[-1])), starts, (mapped,), file_identity(tokens_path, "u32"))
+    return TokenFile(
+        tokens_path, view(mapped, "<u4", 0, int(starts[-1])), starts, (mapped,), file_identity(tokens_path, "u32")
+    )
 
 
 def _encode(docs: list[bytes], tokenizer: Any, tokens_path: Path, docs_path: Path) -> None:

@@ -42,7 +42,9 @@ def model_identity(factory: str | None, hf_config: str | None, hf_config_hash: s
     return None
 
 
-def model_maker(factory: str | None, hf_config: str | None, hf_config_hash: str | None = None) -> tuple[Callable[[int], Any], str]:
+def model_maker(
+    factory: str | None, hf_config: str | None, hf_config_hash: str | None = None
+) -> tuple[Callable[[int], Any], str]:
     """(width -> nn.Module, a label for messages) for a factory spec or a Hugging Face config."""
     if factory is not None:
         from telescope.foreign import load_factory

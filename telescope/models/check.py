@@ -67,7 +67,9 @@ def check_forward(model: nn.Module, inputs: torch.Tensor, vocab_size: int, label
         try:
             logits = logits_of(model(torch.zeros_like(inputs)))
         except Exception as e:  # noqa: BLE001 - the user's forward failed: say so in one line
-            raise TelescopeError(f"model {label}: its forward fails on a batch of the data {data!r}: {_one_line(e)}") from None
+            raise TelescopeError(
+                f"model {label}: its forward fails on a batch of the data {data!r}: {_one_line(e)}"
+            ) from None
         if not isinstance(logits, torch.Tensor) or logits.shape[:-1] != inputs.shape:
             got = f"logits of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else (
                 f"a {type(logits).__name__}, not logits")  # fmt: skip
@@ -83,7 +85,9 @@ def check_forward(model: nn.Module, inputs: torch.Tensor, vocab_size: int, label
         try:
             model(inputs)
         except Exception as e:  # noqa: BLE001
-            raise TelescopeError(f"model {label}: its forward fails on a batch of the data {data!r}: {_one_line(e)}") from None
+            raise TelescopeError(
+                f"model {label}: its forward fails on a batch of the data {data!r}: {_one_line(e)}"
+            ) from None
 
 
 def coord_widths(base: int, calibration: int) -> tuple[int, ...]:
@@ -109,8 +113,9 @@ def check_user_model(config: Any, coord: bool | None = None) -> UserModelCheck:
     source, train = config.source, config.train
     data = load_train_data(train)
     maker, label = model_maker(source.factory, source.hf_path, source.hf_config_hash)
-    model = build_user_model(maker, config.parametrization, config.widths.base, config.widths.base, 0,
-                             with_defaults(source.rules), label)  # fmt: skip
+    model = build_user_model(
+        maker, config.parametrization, config.widths.base, config.widths.base, 0, with_defaults(source.rules), label
+    )
     inputs, _ = data.train_batch(0, min(train.batch_size, 2), config.model.seq_len, 0)
     check_forward(model, inputs, data.vocab_size, label, train.data)
     if not (source.check == "coord" if coord is None else coord):
@@ -143,11 +148,14 @@ def _coord(config: Any) -> UserModelCheck:
         for alias in c.aliases:
             roles.setdefault(alias.rpartition(".")[0], set()).add(c.role)
     layers = tuple(
-        LayerSlope(v.layer, ", ".join(sorted(roles.get(v.layer, {"output"} if v.layer == "logits" else ()))), v.slope, v.passed)
+        LayerSlope(
+            v.layer, ", ".join(sorted(roles.get(v.layer, {"output"} if v.layer == "logits" else ()))), v.slope, v.passed
+        )
         for v in result.layers
     )
-    return UserModelCheck("coord", result.passed, tuple(sorted(settings.widths)), settings.steps, result.lr,
-                          settings.threshold, layers)  # fmt: skip
+    return UserModelCheck(
+        "coord", result.passed, tuple(sorted(settings.widths)), settings.steps, result.lr, settings.threshold, layers
+    )
 
 
 def _one_line(e: BaseException) -> str:

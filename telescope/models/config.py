@@ -61,7 +61,8 @@ def parse_source(table: Mapping[str, Any]) -> ModelSource:
         stored = _config()._coerce(table.get("hf_config_hash"), str | None, "model.hf_config_hash")
         if stored is not None and stored != digest:
             raise ConfigError(
-                f"model.hf_config: {hf_config!r} is not the config this sweep was started with (its architecture changed)"
+                f"model.hf_config: {hf_config!r} is not the config this sweep was started with (its architecture "
+                "changed)"
             )
     return ModelSource(factory, hf_config, digest, rules, check)
 
@@ -84,7 +85,9 @@ def _parse_rules(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, list) or not all(
         isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in value
     ):
-        raise ConfigError(f"model.rules: must be a rules file or an array of [pattern, role] pairs, got {_config()._show(value)}")
+        raise ConfigError(
+            f"model.rules: must be a rules file or an array of [pattern, role] pairs, got {_config()._show(value)}"
+        )
     pairs = tuple((p[0], p[1]) for p in value)
     try:
         as_rules(pairs)

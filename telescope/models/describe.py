@@ -47,7 +47,9 @@ def differences(model: Mapping[str, Any], proxies: Mapping[str, Any]) -> list[st
     ]
 
 
-def check_measured_on(model: nn.Module, payload: Mapping[str, Any], rules: Sequence[RuleLike] | None, strict: bool) -> None:
+def check_measured_on(
+    model: nn.Module, payload: Mapping[str, Any], rules: Sequence[RuleLike] | None, strict: bool
+) -> None:
     """One warning line on stderr (a TelescopeError when `strict`) when `model` differs from
     the proxies the export was measured on in anything but width."""
     proxies = (payload.get("measured_on") or {}).get("model")
@@ -56,8 +58,10 @@ def check_measured_on(model: nn.Module, payload: Mapping[str, Any], rules: Seque
     found = differences(describe(model, rules), proxies)
     if not found:
         return
-    line = (f"this model differs from the proxies the export {payload.get('sweep', '')!r} was measured on "
-            f"({'; '.join(found)}): its learning rates may not transfer; sweep proxies of this model")  # fmt: skip
+    line = (
+        f"this model differs from the proxies the export {payload.get('sweep', '')!r} was measured on "
+        f"({'; '.join(found)}): its learning rates may not transfer; sweep proxies of this model"
+    )
     if strict:
         raise TelescopeError(line)
     print(f"telescope: warning: {line}", file=sys.stderr)

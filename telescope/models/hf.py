@@ -35,7 +35,9 @@ class WidthFields:
     proportional: tuple[str, ...] = ()  # scaled by width / hidden (left alone when null)
 
 
-_LLAMA_LIKE = WidthFields("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", ("intermediate_size",))
+_LLAMA_LIKE = WidthFields(
+    "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", ("intermediate_size",)
+)
 
 WIDTH_FIELDS: dict[str, WidthFields] = {
     "llama": _LLAMA_LIKE,
@@ -48,11 +50,18 @@ WIDTH_FIELDS: dict[str, WidthFields] = {
     "gemma3_text": _LLAMA_LIKE,
     "phi": _LLAMA_LIKE,
     "qwen2_moe": WidthFields(
-        "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
         ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size"),
-    ),  # fmt: skip
+    ),
     "qwen3_moe": WidthFields(
-        "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", ("intermediate_size", "moe_intermediate_size")
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        ("intermediate_size", "moe_intermediate_size"),
     ),
     "gpt2": WidthFields("n_embd", "n_head", proportional=("n_inner",)),
     "gpt_neox": WidthFields("hidden_size", "num_attention_heads", proportional=("intermediate_size",)),
@@ -91,16 +100,21 @@ def width_fields(config: dict[str, Any]) -> WidthFields:
     model_type = config["model_type"]
     fields = WIDTH_FIELDS.get(model_type)
     if fields is None:
-        guesses = sorted(k for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool)
-                         and any(w in k for w in _WIDTH_LIKE))  # fmt: skip
+        guesses = sorted(
+            k
+            for k, v in config.items()
+            if isinstance(v, int) and not isinstance(v, bool) and any(w in k for w in _WIDTH_LIKE)
+        )
         raise ConfigError(
             f"{WHERE}: model_type {model_type!r} has no width table, so its width fields "
             f"({', '.join(guesses) or 'none recognised'}) cannot be mapped; name your model with "
-            "[model] factory = \"package.module:function\" (width -> model) instead"
+            '[model] factory = "package.module:function" (width -> model) instead'
         )
     for name in (fields.hidden, fields.heads):
         if not _positive_int(config.get(name)):
-            raise ConfigError(f"{WHERE}: {model_type} config has no positive integer {name!r}, so its width cannot be mapped")
+            raise ConfigError(
+                f"{WHERE}: {model_type} config has no positive integer {name!r}, so its width cannot be mapped"
+            )
     return fields
 
 
@@ -161,7 +175,9 @@ def build(path: str | Path, width: int, expected_hash: str | None = None, device
     changed since the sweep named it."""
     config = read_config(path)
     if expected_hash is not None and architecture_hash(config) != expected_hash:
-        raise ConfigError(f"{WHERE}: {str(config_file(path))!r} changed since the sweep was started (another architecture)")
+        raise ConfigError(
+            f"{WHERE}: {str(config_file(path))!r} changed since the sweep was started (another architecture)"
+        )
     transformers = require_transformers()
     import torch
 
@@ -172,7 +188,9 @@ def build(path: str | Path, width: int, expected_hash: str | None = None, device
     try:
         hf_config = transformers.AutoConfig.for_model(model_type, **scaled)
     except ValueError as e:
-        raise ConfigError(f"{WHERE}: transformers cannot read model_type {model_type!r}: {' '.join(str(e).split())[:200]}") from None
+        raise ConfigError(
+            f"{WHERE}: transformers cannot read model_type {model_type!r}: {' '.join(str(e).split())[:200]}"
+        ) from None
     with torch.device(device or "cpu"):
         return transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
 

@@ -34,7 +34,9 @@ def measure(source: ModelSource, width: int, seq_len: int) -> tuple[int, int, fl
 
     model = build_on_meta(source, width)
     total = sum(p.numel() for p in model.parameters())
-    embedding = sum(c.param.numel() for c in classify(model, with_defaults(source.rules)) if c.role in ("embedding", "output"))
+    embedding = sum(
+        c.param.numel() for c in classify(model, with_defaults(source.rules)) if c.role in ("embedding", "output")
+    )
     return total, total - embedding, _forward_flops_per_token(model, seq_len)
 
 

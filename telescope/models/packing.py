@@ -31,9 +31,13 @@ def build_trial_module(spec: TrialSpec, seed: int, device: str | torch.device | 
 
         with torch.device("meta"):
             model = make_model(maker, spec.width, label)
-        apply_output_multiplier(model, spec.parametrization, spec.width, spec.base_width, with_defaults(spec.model_rules))
+        apply_output_multiplier(
+            model, spec.parametrization, spec.width, spec.base_width, with_defaults(spec.model_rules)
+        )
         return model
-    return build_user_model(maker, spec.parametrization, spec.width, spec.base_width, seed, with_defaults(spec.model_rules), label)
+    return build_user_model(
+        maker, spec.parametrization, spec.width, spec.base_width, seed, with_defaults(spec.model_rules), label
+    )
 
 
 def packed_logits(template: nn.Module, params: dict, buffers: dict, inputs: torch.Tensor) -> torch.Tensor:
@@ -48,14 +52,24 @@ def packed_logits(template: nn.Module, params: dict, buffers: dict, inputs: torc
 
 def batchable(spec: TrialSpec) -> bool:
     """Whether trials of `spec`'s model can share a pack (see the module docstring)."""
-    return _batchable(spec.model_factory, spec.hf_config, spec.hf_config_hash, spec.model_rules, spec.parametrization,
-                      spec.base_width)  # fmt: skip
+    return _batchable(
+        spec.model_factory, spec.hf_config, spec.hf_config_hash, spec.model_rules, spec.parametrization, spec.base_width
+    )
 
 
 @functools.cache
 def _batchable(factory, hf_config, hf_config_hash, rules, parametrization, width) -> bool:
-    spec = TrialSpec(width=width, base_width=width, lr=1.0, weight_decay=0.0, parametrization=parametrization,
-                     model_factory=factory, model_rules=rules, hf_config=hf_config, hf_config_hash=hf_config_hash)  # fmt: skip
+    spec = TrialSpec(
+        width=width,
+        base_width=width,
+        lr=1.0,
+        weight_decay=0.0,
+        parametrization=parametrization,
+        model_factory=factory,
+        model_rules=rules,
+        hf_config=hf_config,
+        hf_config_hash=hf_config_hash,
+    )
     try:
         with torch.random.fork_rng(devices=[]):
             models = [build_trial_module(spec, seed) for seed in (0, 1)]

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from telescope.data import load_data
 from telescope.errors import ConfigError
 from telescope.files import atomic_write
 from telescope.parametrization import get_table
-from telescope.data import load_data
 from telescope.proxy.model import Transformer, build_model
 from telescope.proxy.optim import build_optimizers
 from telescope.proxy.train import logits_of, loss_fn
@@ -205,8 +205,10 @@ def coord_check(settings: CoordCheckSettings) -> CoordCheckResult:
     changes: dict[str, list[list[float]]] = {}
     final_losses = []
     for width in widths:
-        runs = [_probe_width(replace(settings, seed=settings.seed + i), width, widths[0], lr, data)
-                for i in range(settings.seeds)]  # fmt: skip
+        runs = [
+            _probe_width(replace(settings, seed=settings.seed + i), width, widths[0], lr, data)
+            for i in range(settings.seeds)
+        ]
         for name in runs[0][0]:
             sizes.setdefault(name, []).append(np.mean([s[name] for s, _, _ in runs], axis=0))
             changes.setdefault(name, []).append(np.mean([c[name] for _, c, _ in runs], axis=0))
@@ -261,8 +263,7 @@ def plot_coord_check(result: CoordCheckResult, path: str) -> None:
     for ax in axes[n:]:
         ax.axis("off")
     fig.suptitle(
-        f"coord check: {result.settings.parametrization}, lr {result.lr:g}, "
-        f"steps 0..{steps} (dark to light)",
+        f"coord check: {result.settings.parametrization}, lr {result.lr:g}, steps 0..{steps} (dark to light)",
         fontsize=9,
     )
     with atomic_write(path) as f:

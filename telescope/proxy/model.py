@@ -126,9 +126,7 @@ class Transformer(nn.Module):
         self.shape, self.width, self.base_width, self.table = shape, width, base_width, table
         m = width_multiplier(width, base_width)
         self.embed = Embedding(shape.vocab_size, width, table.embedding.multiplier(m))
-        self.blocks = nn.ModuleList(
-            Block(width, shape, table.hidden.multiplier(m)) for _ in range(shape.depth)
-        )
+        self.blocks = nn.ModuleList(Block(width, shape, table.hidden.multiplier(m)) for _ in range(shape.depth))
         self.norm = RMSNorm(width)
         self.lm_head = Linear(width, shape.vocab_size, table.output.multiplier(m))
         if shape.tied_embeddings:
@@ -179,9 +177,7 @@ def check_shape(shape: ModelShape, width: int) -> None:
         raise ConfigError(f"width {width} is not a multiple of model.head_dim {shape.head_dim}")
     heads = width // shape.head_dim
     if shape.kv_ratio < 1 or heads % shape.kv_ratio:
-        raise ConfigError(
-            f"model.kv_ratio {shape.kv_ratio} does not divide the {heads} heads of width {width}"
-        )
+        raise ConfigError(f"model.kv_ratio {shape.kv_ratio} does not divide the {heads} heads of width {width}")
     if shape.vocab_size < 2 or shape.seq_len < 1 or shape.mlp_ratio <= 0:
         raise ConfigError("model.vocab_size, model.seq_len and model.mlp_ratio must be positive")
 

@@ -59,9 +59,7 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-def momentum_update(
-    grads: list[Tensor], bufs: list[Tensor], momentum: float, nesterov: bool
-) -> list[Tensor]:
+def momentum_update(grads: list[Tensor], bufs: list[Tensor], momentum: float, nesterov: bool) -> list[Tensor]:
     """Update the momentum buffers in place; return the (Nesterov) directions to orthogonalise."""
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
     if not nesterov:

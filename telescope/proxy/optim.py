@@ -172,7 +172,5 @@ def build_optimizers(
             )
         )
     if groups["adamw"]:
-        optimizers.append(
-            torch.optim.AdamW(groups["adamw"], lr=lr, betas=recipe.adamw_betas, eps=recipe.adamw_eps)
-        )
+        optimizers.append(torch.optim.AdamW(groups["adamw"], lr=lr, betas=recipe.adamw_betas, eps=recipe.adamw_eps))
     return Optimizers(optimizers, recipe.grad_clip)

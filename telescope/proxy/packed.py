@@ -70,8 +70,12 @@ class PackedProxies:
         self._template = _build(first, None, table)  # on meta: functional_call passes the stacked weights
         self.k = len(specs)
         self.recipe = first.train.recipe
-        self.muon = [_packed_group(self.params, [g["muon"][i] for g in groups], device) for i in range(len(groups[0]["muon"]))]
-        self.adamw = [_packed_group(self.params, [g["adamw"][i] for g in groups], device) for i in range(len(groups[0]["adamw"]))]
+        self.muon = [
+            _packed_group(self.params, [g["muon"][i] for g in groups], device) for i in range(len(groups[0]["muon"]))
+        ]
+        self.adamw = [
+            _packed_group(self.params, [g["adamw"][i] for g in groups], device) for i in range(len(groups[0]["adamw"]))
+        ]
         self._state: dict[Tensor, dict[str, Tensor]] = {}
         self._steps = 0
         self._multiplier = 1.0
@@ -183,4 +187,3 @@ def _packed_group(params: dict[str, Tensor], groups: Sequence[dict], device: tor
         "weight_decay": torch.tensor([g["weight_decay"] for g in groups], dtype=torch.float32, device=device),
         "decays": any(g["weight_decay"] for g in groups),  # else the multiply by 1 is skipped
     }
-

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from telescope.data import load_train_data
 from telescope.errors import ConfigError, TelescopeError
 from telescope.models import model_identity
 from telescope.parametrization import Table, fingerprint, get_table
-from telescope.data import load_train_data
 from telescope.proxy.model import build_model
 from telescope.proxy.optim import Optimizers, build_optimizers
 from telescope.proxy.packed import PackedProxies, logits_of
@@ -84,7 +84,7 @@ def check_device_name(name: str, where: str = "device") -> None:
 
 
 def resolve_device(name: str, where: str = "device") -> torch.device:
-    """"auto" picks CUDA when present; a device this machine lacks is a ConfigError."""
+    """ "auto" picks CUDA when present; a device this machine lacks is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_device_name(name, where)
@@ -311,9 +311,16 @@ def run_trials(
                 for i in list(running):
                     losses[i].append(loss_row[i])
                     if callbacks[i] is not None:
-                        callbacks[i](StepMetrics(step=done + 1, tokens=(done + 1) * B * T, train_loss=loss_row[i],
-                                                 lr=specs[i].lr * step_multiplier, grad_norm=norm_row[i],
-                                                 elapsed=time.perf_counter() - started))  # fmt: skip
+                        callbacks[i](
+                            StepMetrics(
+                                step=done + 1,
+                                tokens=(done + 1) * B * T,
+                                train_loss=loss_row[i],
+                                lr=specs[i].lr * step_multiplier,
+                                grad_norm=norm_row[i],
+                                elapsed=time.perf_counter() - started,
+                            )
+                        )
                     if not math.isfinite(loss_row[i]) or loss_row[i] > spec.train.divergence_factor * losses[i][0]:
                         status[i] = Status.DIVERGED
                         running.remove(i)
@@ -339,17 +346,19 @@ def run_trials(
     for i, trial in enumerate(specs):
         tail = losses[i][-SMOOTHING_STEPS:]
         tokens = len(losses[i]) * B * T
-        results.append(TrialResult(
-            status=status[i],
-            train_loss=_finite(sum(tail) / len(tail)),
-            val_loss=val_losses[i],
-            tokens=tokens,
-            flops=train_flops(trial, tokens, model),
-            wall_time=wall_time,
-            steps=len(losses[i]),
-            device=where,
-            fingerprint=fingerprint(table, trial.muon_lr_ratio, trial.train.recipe, identity),
-        ))  # fmt: skip
+        results.append(
+            TrialResult(
+                status=status[i],
+                train_loss=_finite(sum(tail) / len(tail)),
+                val_loss=val_losses[i],
+                tokens=tokens,
+                flops=train_flops(trial, tokens, model),
+                wall_time=wall_time,
+                steps=len(losses[i]),
+                device=where,
+                fingerprint=fingerprint(table, trial.muon_lr_ratio, trial.train.recipe, identity),
+            )
+        )
     return results
 
 

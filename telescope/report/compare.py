@@ -69,8 +69,10 @@ def draw_comparison(sweeps: list[Compared]) -> Figure:
         shown = curves(s.data, transfer_axis(s.data))
         if shown:
             _draw_curves(ax, shown, s.data.objective)
-        ax.set_title(f"{s.data.name} ({s.data.config.parametrization}): best {readable.loss(s.data.result.get('best_loss'))}",
-                     fontsize="medium")  # fmt: skip
+        ax.set_title(
+            f"{s.data.name} ({s.data.config.parametrization}): best {readable.loss(s.data.result.get('best_loss'))}",
+            fontsize="medium",
+        )
     for ax in axes[1:]:
         ax.set_ylabel("")
     fig.suptitle("loss against learning rate per width (star: each level's best)")

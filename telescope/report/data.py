@@ -312,7 +312,9 @@ def fit_power_law(widths: list[int], losses: list[float]) -> PowerLaw:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)  # 3 points: no covariance, as expected
-            (A, a, E), _ = curve_fit(law, x, y, p0=p0, bounds=([-np.inf, 0.0, -np.inf], [np.inf, _MAX_EXPONENT, np.inf]), maxfev=20000)
+            (A, a, E), _ = curve_fit(
+                law, x, y, p0=p0, bounds=([-np.inf, 0.0, -np.inf], [np.inf, _MAX_EXPONENT, np.inf]), maxfev=20000
+            )
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"the power-law fit did not converge ({e})") from None
     if not (_MIN_EXPONENT < a < _MAX_EXPONENT) or E < 0:

@@ -21,8 +21,8 @@ from typing import Any, Iterable, Sequence
 from telescope import readable
 from telescope.cost import Plan, plan
 from telescope.errors import TelescopeError
-from telescope.files import atomic_write
 from telescope.export import export_sweep
+from telescope.files import atomic_write
 from telescope.report.data import SweepData, grid_shape, load_sweep
 from telescope.report.plots import FIGURES, check_output_dir, draw_figures, save_figures
 from telescope.spec import Status
@@ -145,7 +145,8 @@ def _header(r: ReportData) -> str:
             f"- parametrization: `{d.config.parametrization}`; objective: `{d.objective}`",
             f"- swept: {', '.join(f'{a.name} in [{num(a.lo)}, {num(a.hi)}] ({a.points} points)' for a in d.axes)}",
             f"- held fixed: {', '.join(f'{k}={num(v)}' for k, v in d.config.search.fixed) or 'nothing'}",
-            f"- widths: base {w.base}, calibration {d.result.get('calibration_width', w.calibration)}, target {d.target_width}",
+            f"- widths: base {w.base}, calibration {d.result.get('calibration_width', w.calibration)}, target "
+            f"{d.target_width}",
         ]
     )
 
@@ -153,15 +154,24 @@ def _header(r: ReportData) -> str:
 def _plan_section(r: ReportData) -> str:
     p = r.plan
     rows = [
-        (lc.level, lc.width, lc.heads, readable.count(lc.params), lc.grid, lc.trials, readable.flops(lc.flops_per_trial),
-         readable.flops(lc.flops_per_level))
+        (
+            lc.level,
+            lc.width,
+            lc.heads,
+            readable.count(lc.params),
+            lc.grid,
+            lc.trials,
+            readable.flops(lc.flops_per_trial),
+            readable.flops(lc.flops_per_level),
+        )
         for lc in p.levels
     ]
     return "\n".join(
         [
             "## Plan",
             "",
-            f"{readable.count(p.tokens_per_trial)} tokens per trial. Grid shapes are upper bounds: a sub-grid clipped at the range edge has fewer points.",
+            f"{readable.count(p.tokens_per_trial)} tokens per trial. Grid shapes are upper bounds: a sub-grid clipped "
+            "at the range edge has fewer points.",
             "",
             table(("level", "width", "heads", "params", "grid", "trials", "FLOPs per trial", "FLOPs per level"), rows),
             "",
@@ -176,10 +186,28 @@ def _plan_section(r: ReportData) -> str:
 def _levels_section(r: ReportData) -> str:
     names = r.sweep.swept
     rows = [
-        (lv.level, lv.width, lv.grid, lv.cost.trials, *(lv.best.get(n) for n in names), readable.loss(lv.best_loss), lv.cost.diverged, lv.cost.failed)
+        (
+            lv.level,
+            lv.width,
+            lv.grid,
+            lv.cost.trials,
+            *(lv.best.get(n) for n in names),
+            readable.loss(lv.best_loss),
+            lv.cost.diverged,
+            lv.cost.failed,
+        )
         for lv in r.levels
     ]
-    columns = ("level", "width", "grid", "trials", *(f"best {n}" for n in names), f"best {r.sweep.objective}", "diverged", "failed")
+    columns = (
+        "level",
+        "width",
+        "grid",
+        "trials",
+        *(f"best {n}" for n in names),
+        f"best {r.sweep.objective}",
+        "diverged",
+        "failed",
+    )
     return "\n".join(["## Levels", "", table(columns, rows)])
 
 
@@ -216,10 +244,17 @@ def _answer_section(r: ReportData) -> str:
         ),
         "",
         table(
-            ("hyperparameter", "chosen", "x_inf", "alpha", f"extrapolated to {r.export['target_width']}",
-             "uncertainty (x/ factor)", "use"),
+            (
+                "hyperparameter",
+                "chosen",
+                "x_inf",
+                "alpha",
+                f"extrapolated to {r.export['target_width']}",
+                "uncertainty (x/ factor)",
+                "use",
+            ),
             rows,
-        ),  # fmt: skip
+        ),
         "",
         "### Which values to use",
         "",
@@ -237,8 +272,18 @@ def _answer_section(r: ReportData) -> str:
             "",
             table(
                 ("role", "params", "optimizer", "lr", "weight_decay", "init_std", "multiplier"),
-                [(g["role"], ", ".join(g["params"]), g["optimizer"], g["lr"], g["weight_decay"], g["init_std"] if g["init"] == "normal" else g["init"],
-                  g["multiplier"]) for g in groups],  # fmt: skip
+                [
+                    (
+                        g["role"],
+                        ", ".join(g["params"]),
+                        g["optimizer"],
+                        g["lr"],
+                        g["weight_decay"],
+                        g["init_std"] if g["init"] == "normal" else g["init"],
+                        g["multiplier"],
+                    )
+                    for g in groups
+                ],
             ),
         ]
     return "\n".join(lines)
@@ -253,21 +298,44 @@ def _warnings_section(r: ReportData) -> str:
 def _cost_section(r: ReportData) -> str:
     p, s = r.plan, r.spent
     rows = [
-        (lv.level, lv.width, lv.cost.trials, lv.cost.diverged, lv.cost.failed, readable.flops(lv.cost.flops),
-         readable.flops(lv.planned_flops), readable.seconds(lv.cost.wall_time))
+        (
+            lv.level,
+            lv.width,
+            lv.cost.trials,
+            lv.cost.diverged,
+            lv.cost.failed,
+            readable.flops(lv.cost.flops),
+            readable.flops(lv.planned_flops),
+            readable.seconds(lv.cost.wall_time),
+        )
         for lv in r.levels
     ]
-    rows.append(("total", "", s.trials, s.diverged, s.failed, readable.flops(s.flops), readable.flops(p.sweep_flops), readable.seconds(s.wall_time)))
+    rows.append(
+        (
+            "total",
+            "",
+            s.trials,
+            s.diverged,
+            s.failed,
+            readable.flops(s.flops),
+            readable.flops(p.sweep_flops),
+            readable.seconds(s.wall_time),
+        )
+    )
     share = s.flops / p.sweep_flops if p.sweep_flops else None
     return "\n".join(
         [
             "## Cost",
             "",
-            table(("level", "width", "trials", "diverged", "failed", "FLOPs spent", "FLOPs planned", "trial time"), rows),
+            table(
+                ("level", "width", "trials", "diverged", "failed", "FLOPs spent", "FLOPs planned", "trial time"), rows
+            ),
             "",
-            f"- spent {readable.flops(s.flops)} over {s.trials} trials ({s.completed} completed, {s.diverged} diverged, "
+            f"- spent {readable.flops(s.flops)} over {s.trials} trials ({s.completed} completed, {s.diverged} "
+            "diverged, "
             f"{s.failed} failed): {num(share)} x the plan and {s.flops / p.target_flops:.3g} x one target run",
-            f"- trial time {readable.seconds(s.wall_time)} in total (summed over trials; trials may have run in parallel).",
+            f"- trial time {readable.seconds(s.wall_time)} in total (summed over trials; trials may have run in "
+            "parallel).",
             "- Diverged trials stop early, so they spend less than planned.",
         ]
     )

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from telescope.errors import TelescopeError
-from telescope.plotting import fitting_scale, new_figure, readable_log_ticks, wrapped
 from telescope.files import atomic_write, cannot_write
+from telescope.plotting import fitting_scale, new_figure, readable_log_ticks, wrapped
 from telescope.report.data import Curve, DriftSeries, FigureData, LevelMap, PowerLaw, SweepData, figure_data
 from telescope.spec import Status
 
@@ -77,7 +77,11 @@ def _status_legend(ax: Axes, diverged: bool, failed: bool) -> list:
 
 
 def _pretty(name: str) -> str:
-    return {"lr": "learning rate (eta0)", "weight_decay": "weight decay (lambda)", "muon_lr_ratio": "Muon:AdamW LR ratio"}.get(name, name)
+    return {
+        "lr": "learning rate (eta0)",
+        "weight_decay": "weight decay (lambda)",
+        "muon_lr_ratio": "Muon:AdamW LR ratio",
+    }.get(name, name)
 
 
 def _held_text(held: dict[str, float]) -> str:
@@ -96,9 +100,20 @@ def _draw_curves(ax: Axes, curves: list[Curve], objective: str) -> None:
         label = f"width {curve.width}" + (f" ({_held_text(curve.held)})" if curve.held else "")
         ax.plot([c.values[curve.axis] for c in done], [c.loss for c in done], "o-", color=colour, label=label)
         if curve.best and curve.axis in curve.best:
-            best = next((c for c in done if math.isclose(c.values[curve.axis], curve.best[curve.axis], rel_tol=1e-9)), None)
+            best = next(
+                (c for c in done if math.isclose(c.values[curve.axis], curve.best[curve.axis], rel_tol=1e-9)), None
+            )
             if best is not None:
-                ax.plot([best.values[curve.axis]], [best.loss], marker="*", markersize=16, color=colour, mec="black", linestyle="none", zorder=5)
+                ax.plot(
+                    [best.values[curve.axis]],
+                    [best.loss],
+                    marker="*",
+                    markersize=16,
+                    color=colour,
+                    mec="black",
+                    linestyle="none",
+                    zorder=5,
+                )
         diverged = [c.values[curve.axis] for c in cells if c.status is Status.DIVERGED]
         failed = [c.values[curve.axis] for c in cells if c.status is Status.FAILED]
         _mark_off_scale(ax, diverged, failed)
@@ -114,7 +129,18 @@ def _draw_curves(ax: Axes, curves: list[Curve], objective: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     from matplotlib.lines import Line2D
 
-    extra = [Line2D([], [], marker="*", markersize=12, color="white", mec="black", linestyle="none", label="best (level optimum)")]
+    extra = [
+        Line2D(
+            [],
+            [],
+            marker="*",
+            markersize=12,
+            color="white",
+            mec="black",
+            linestyle="none",
+            label="best (level optimum)",
+        )
+    ]
     extra += _status_legend(ax, any_diverged, any_failed)
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=handles + extra, fontsize="small")
@@ -164,7 +190,15 @@ def draw_level_maps(maps: list[LevelMap], objective: str, sweep: str = "") -> Fi
             text_y = y / lift if is_best else y
             if c.status is Status.COMPLETED:
                 ax.add_patch(Rectangle(facecolor=cmap(norm(c.loss)), **box))
-                ax.text(x, text_y, f"{c.loss:.4f}", ha="center", va="center", fontsize=7, color="white" if norm(c.loss) > 0.6 else "black")
+                ax.text(
+                    x,
+                    text_y,
+                    f"{c.loss:.4f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm(c.loss) > 0.6 else "black",
+                )
             elif c.status is Status.DIVERGED:
                 ax.add_patch(Rectangle(facecolor="mistyrose", hatch="xx", **dict(box, edgecolor="tab:red")))
                 ax.text(x, text_y, "diverged", ha="center", va="center", fontsize=7, color="tab:red", bbox=_LABEL_BOX)
@@ -172,7 +206,9 @@ def draw_level_maps(maps: list[LevelMap], objective: str, sweep: str = "") -> Fi
                 ax.add_patch(Rectangle(facecolor="0.85", hatch="//", **dict(box, edgecolor="0.5")))
                 ax.text(x, text_y, "failed", ha="center", va="center", fontsize=7, color="0.2", bbox=_LABEL_BOX)
             if is_best:
-                ax.plot([x], [y * lift], marker="*", markersize=13, color="white", mec="black", linestyle="none", zorder=5)
+                ax.plot(
+                    [x], [y * lift], marker="*", markersize=13, color="white", mec="black", linestyle="none", zorder=5
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         if m.cells:
@@ -181,11 +217,15 @@ def draw_level_maps(maps: list[LevelMap], objective: str, sweep: str = "") -> Fi
             ax.set_ylim(y0, y1)
         for axis, name in ((ax.xaxis, m.x), (ax.yaxis, m.y)):
             ticks = sorted({c.values[name] for c in m.cells})
-            axis.set_ticks(ticks, [f"{v:.3g}" for v in ticks], rotation=30 if axis is ax.xaxis and len(ticks) > 4 else 0)
+            axis.set_ticks(
+                ticks, [f"{v:.3g}" for v in ticks], rotation=30 if axis is ax.xaxis and len(ticks) > 4 else 0
+            )
             axis.set_ticks([], minor=True)
         ax.set_xlabel(_pretty(m.x))
         ax.set_ylabel(_pretty(m.y))
-        ax.set_title(f"level {m.level}, width {m.width}" + (f"\n{_held_text(m.held)}" if m.held else ""), fontsize="medium")
+        ax.set_title(
+            f"level {m.level}, width {m.width}" + (f"\n{_held_text(m.held)}" if m.held else ""), fontsize="medium"
+        )
         if len(set(losses)) > 1:  # one loss has no range to show
             bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, location="bottom", shrink=0.9, aspect=30)
             bar.set_label(f"{objective} (this level's range)", fontsize="small")
@@ -221,16 +261,22 @@ def _extent(m: LevelMap) -> tuple[tuple[float, float], tuple[float, float]]:
 # --------------------------------------------------------------------------- figure 3
 
 
-def draw_loss_vs_width(points: list[tuple[int, float]], law: PowerLaw | None, note: str | None, objective: str, sweep: str = "") -> Figure:
+def draw_loss_vs_width(
+    points: list[tuple[int, float]], law: PowerLaw | None, note: str | None, objective: str, sweep: str = ""
+) -> Figure:
     """Best loss per width and the fitted L(d) = A/d^a + E (or a note why there is no fit)."""
     import numpy as np
 
     fig, (ax,) = new_figure()
     widths = [w for w, _ in points]
-    ax.plot(widths, [loss for _, loss in points], "o", color="tab:blue", markersize=8, label="best loss per level", zorder=3)
+    ax.plot(
+        widths, [loss for _, loss in points], "o", color="tab:blue", markersize=8, label="best loss per level", zorder=3
+    )
     if law is not None and widths:
         d = np.geomspace(min(widths) / 1.5, max(widths) * 1.5, 100)
-        ax.plot(d, [law(x) for x in d], "-", color="tab:orange", label=f"L(d) = {law.A:.3g}/d^{law.a:.3g} + {law.E:.3g}")
+        ax.plot(
+            d, [law(x) for x in d], "-", color="tab:orange", label=f"L(d) = {law.A:.3g}/d^{law.a:.3g} + {law.E:.3g}"
+        )
         ax.axhline(law.E, color="tab:orange", linestyle=":", linewidth=1, label=f"E = {law.E:.3g}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(widths, [str(w) for w in widths])
@@ -271,7 +317,15 @@ def draw_drift(series: list[DriftSeries], sweep: str = "") -> Figure:
             yerr = None
             if se:
                 yerr = [[at_target - at_target * math.exp(-se)], [at_target * math.exp(se) - at_target]]
-            ax.errorbar([target], [at_target], yerr=yerr, fmt="D", color="tab:red", capsize=4, label=f"target {s.target_width}: {at_target:.3g}")
+            ax.errorbar(
+                [target],
+                [at_target],
+                yerr=yerr,
+                fmt="D",
+                color="tab:red",
+                capsize=4,
+                label=f"target {s.target_width}: {at_target:.3g}",
+            )
         else:
             ax.set_title("no drift fit: it needs 2 widths", fontsize="small", color="0.3")
         shown = [v for line in ax.get_lines() for v in line.get_ydata()] + _error_ends(s)

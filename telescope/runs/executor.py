@@ -7,7 +7,9 @@ from telescope.trials import create_executor
 from telescope.trials.base import Executor, ExecutorSettings, Packing, TrialFn
 
 
-def make_executor(settings: ExecutorSettings, trial_fn: TrialFn | None = None, packing: Packing | None = None) -> Executor:
+def make_executor(
+    settings: ExecutorSettings, trial_fn: TrialFn | None = None, packing: Packing | None = None
+) -> Executor:
     """The executor `settings.kind` names, running proxy trials (`run_trial`) packed by
     `pack_key`, or your `trial_fn`, one at a time unless you give its `packing` too.
     Ray is imported only when asked for; `close()` the executor when done."""

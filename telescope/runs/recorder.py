@@ -58,8 +58,9 @@ def run_pending(
 ) -> int:
     """Add `trials` to the level (idempotent) and run those not finished yet; returns how
     many ran. With `reuse`, a trial whose content key (telescope.runs.content) matches a
-    trial that was trained before, in any run, takes its result and metrics instead. A trial cut off mid-run by a killed driver is `running` in the database:
-    the caller resets those to pending once, when it resumes a sweep."""
+    trial that was trained before, in any run, takes its result and metrics instead. A
+    trial cut off mid-run by a killed driver is `running` in the database: the caller
+    resets those to pending once, when it resumes a sweep."""
     contents = {key: content_key(spec) for key, spec in trials}
     db.add_trials(sweep, level, trials, contents)
     # A finished trial whose metrics file was deleted or truncated runs again, so that every

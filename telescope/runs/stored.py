@@ -21,8 +21,8 @@ from telescope.runs.preflight import check_inputs
 from telescope.runs.recorder import run_pending
 from telescope.spec import ModelShape, TrainSettings, TrialResult, TrialSpec
 from telescope.storage.database import Database
-from telescope.storage.rows import SweepRow, TrialRow, config_hash
 from telescope.storage.metrics import MetricsStore
+from telescope.storage.rows import SweepRow, TrialRow, config_hash
 from telescope.trials.base import Executor, ExecutorSettings
 
 
@@ -64,8 +64,9 @@ class StoredRun:
         if not self.completed:
             self.db.plan_level(self.name, level, width=width, grid=grid)
             self.db.start_level(self.name, level)
-            self.ran += run_pending(self.db, self.store, self.executor, self.name, level, trials, on_started, on_finished,
-                                   self.reuse)  # fmt: skip
+            self.ran += run_pending(
+                self.db, self.store, self.executor, self.name, level, trials, on_started, on_finished, self.reuse
+            )
         rows = {row.key: row for row in self.db.trials(self.name, level)}
         return {key: rows[key] for key, _ in trials}
 
@@ -112,9 +113,15 @@ def open_run(
     with db.lease(name):  # before anything is reset: a second driver must not touch the first's trials
         existing = db.get_sweep(name)
         if existing is None:
-            db.create_sweep(name, record.settings, kind=record.kind, parametrization=record.parametrization,
-                            base_width=record.base_width, calibration_width=record.calibration_width,
-                            target_width=record.target_width)  # fmt: skip
+            db.create_sweep(
+                name,
+                record.settings,
+                kind=record.kind,
+                parametrization=record.parametrization,
+                base_width=record.base_width,
+                calibration_width=record.calibration_width,
+                target_width=record.target_width,
+            )
         else:
             _check_resumable(existing, record)
         completed = existing is not None and existing.status == "completed"

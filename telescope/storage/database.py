@@ -125,9 +125,7 @@ class Database(OpenDatabase):
             return [sweep_row(r) for r in rows]
 
     @retried
-    def update_sweep(
-        self, name: str, *, status: str | None = None, result: Mapping[str, Any] | None = None
-    ) -> None:
+    def update_sweep(self, name: str, *, status: str | None = None, result: Mapping[str, Any] | None = None) -> None:
         """Set a sweep's status and/or its final result (JSON-serialisable)."""
         values: dict[str, Any] = {"updated_at": _now()}
         if status is not None:
@@ -206,9 +204,7 @@ class Database(OpenDatabase):
         grid_json = canonical_json([dict(p) for p in grid])
         with self._writing(sweep) as session:
             self._require_sweep_in(session, sweep)
-            existing = session.scalar(
-                select(LevelModel).where(LevelModel.sweep == sweep, LevelModel.level == level)
-            )
+            existing = session.scalar(select(LevelModel).where(LevelModel.sweep == sweep, LevelModel.level == level))
             if existing is None:
                 session.add(
                     LevelModel(
@@ -384,8 +380,13 @@ class Database(OpenDatabase):
                 .values(
                     {name: bindparam(f"new_{name}") for name in fields}
                     # a result without a start (an executor that never called started) is one attempt
-                    | {"attempts": case((bindparam("new_reused_from", type_=Text).is_not(None), 0),
-                                        (table.c.attempts < 1, 1), else_=table.c.attempts)}  # fmt: skip
+                    | {
+                        "attempts": case(
+                            (bindparam("new_reused_from", type_=Text).is_not(None), 0),
+                            (table.c.attempts < 1, 1),
+                            else_=table.c.attempts,
+                        )
+                    }
                 )
             )
             session.execute(statement, params)
@@ -400,10 +401,13 @@ class Database(OpenDatabase):
             for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
                 rows = session.scalars(
                     select(TrialModel)
-                    .where(TrialModel.content_key.in_(chunk), TrialModel.reused_from.is_(None),
-                           TrialModel.status.in_([Status.COMPLETED.value, Status.DIVERGED.value]))
+                    .where(
+                        TrialModel.content_key.in_(chunk),
+                        TrialModel.reused_from.is_(None),
+                        TrialModel.status.in_([Status.COMPLETED.value, Status.DIVERGED.value]),
+                    )
                     .order_by(TrialModel.id)
-                )  # fmt: skip
+                )
                 for r in rows:
                     found.setdefault(r.content_key, trial_row(r))
         return found

@@ -116,7 +116,11 @@ def check_schema(engine: Engine, url: URL, locks: ProcessLocks, create: bool) ->
                 created = True
                 tables, version = _schema(engine, url)
     if VERSION_TABLE in tables:
-        if version is not None and version < SCHEMA_VERSION and all(v in UPGRADES for v in range(version, SCHEMA_VERSION)):
+        if (
+            version is not None
+            and version < SCHEMA_VERSION
+            and all(v in UPGRADES for v in range(version, SCHEMA_VERSION))
+        ):
             with locks.exclusive(CREATE_LOCK_KEY, wait=True):
                 _upgrade(engine, url)
             _, version = _schema(engine, url)
@@ -162,7 +166,9 @@ def _upgrade(engine: Engine, url: URL) -> None:
                     conn.exec_driver_sql(statement)
                 conn.execute(update(SchemaVersionModel).values(schema_version=version + 1))
     except (DBAPIError, SQLAlchemyError) as e:
-        raise StorageError(f"cannot upgrade {safe_url(url)} to schema version {SCHEMA_VERSION}: {error_line(e, url)}") from None
+        raise StorageError(
+            f"cannot upgrade {safe_url(url)} to schema version {SCHEMA_VERSION}: {error_line(e, url)}"
+        ) from None
 
 
 def _create_tables(engine: Engine, url: URL) -> None:

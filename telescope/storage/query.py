@@ -30,28 +30,21 @@ Every path caps the rows returned and the time spent.
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import duckdb
-import pyarrow as pa
-from sqlalchemy import BigInteger, Double, Integer
 from sqlalchemy.engine import URL
 
 from telescope.errors import StorageError
 from telescope.storage.engine import SQLITE_BUSY_TIMEOUT_S
-from telescope.storage.urls import error_line, read_only_uri, resolve_url, safe_url
+from telescope.storage.metrics import MetricsStore
 from telescope.storage.reader import reader_role
-from telescope.storage.metrics import PARTITION_SCHEMA, STEP_SCHEMA, MetricsStore, readable_metrics_files
-from telescope.storage.schema import DATA_TABLES, Base, UTCDateTime
+from telescope.storage.urls import error_line, read_only_uri, resolve_url, safe_url
 
 DEFAULT_LIMIT = 1000
 DEFAULT_TIMEOUT_S = 30.0
@@ -106,7 +99,9 @@ def run_query(
     deadline = time.monotonic() + timeout
     with _read_only_connection(url, timeout, deadline) as connection:
         if use_duckdb:
-            return _run_in_duckdb(sql, connection, root, limit, deadline)
+            from telescope.storage.query_duckdb import run_in_duckdb  # duckdb only when asked for
+
+            return run_in_duckdb(sql, connection, root, limit, deadline)
         return _run_in_database(sql, connection, limit)
 
 
@@ -115,7 +110,7 @@ def run_query(
 
 
 @dataclass
-class _Connection:
+class ReadOnlyConnection:
     dbapi: Any
     backend: str  # "sqlite" or "postgresql"
     url: URL
@@ -132,7 +127,7 @@ class _Connection:
 
 
 @contextmanager
-def _read_only_connection(url: URL, timeout: float, deadline: float) -> Iterator[_Connection]:
+def _read_only_connection(url: URL, timeout: float, deadline: float) -> Iterator[ReadOnlyConnection]:
     if url.get_backend_name() == "sqlite":
         connection = _open_sqlite(url, timeout, deadline)
     else:
@@ -150,26 +145,78 @@ def _read_only_connection(url: URL, timeout: float, deadline: float) -> Iterator
 
 # Pragmas that only read; any other pragma, and any of these given a value, is refused.
 _READING_PRAGMAS = {
-    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
-    "foreign_key_list", "database_list", "collation_list", "function_list", "module_list",
-    "pragma_list", "compile_options", "user_version", "schema_version", "application_id",
-    "journal_mode", "page_count", "page_size", "freelist_count", "encoding", "foreign_keys",
-    "data_version", "query_only",
-}  # fmt: skip
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "database_list",
+    "collation_list",
+    "function_list",
+    "module_list",
+    "pragma_list",
+    "compile_options",
+    "user_version",
+    "schema_version",
+    "application_id",
+    "journal_mode",
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "encoding",
+    "foreign_keys",
+    "data_version",
+    "query_only",
+}
 _PRAGMAS_WITH_TABLE_ARGUMENT = {
-    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list", "table_list",
-}  # fmt: skip
+    "table_info",
+    "table_xinfo",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "table_list",
+}
 _SQLITE_ACTION_NAMES = {
     getattr(sqlite3, f"SQLITE_{name}"): name.replace("_", " ")
     for name in (
-        "CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE", "CREATE_TEMP_TRIGGER",
-        "CREATE_TEMP_VIEW", "CREATE_TRIGGER", "CREATE_VIEW", "DELETE", "DROP_INDEX", "DROP_TABLE",
-        "DROP_TEMP_INDEX", "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER", "DROP_TEMP_VIEW", "DROP_TRIGGER",
-        "DROP_VIEW", "INSERT", "PRAGMA", "READ", "SELECT", "TRANSACTION", "UPDATE", "ATTACH", "DETACH",
-        "ALTER_TABLE", "REINDEX", "ANALYZE", "CREATE_VTABLE", "DROP_VTABLE", "FUNCTION", "SAVEPOINT",
+        "CREATE_INDEX",
+        "CREATE_TABLE",
+        "CREATE_TEMP_INDEX",
+        "CREATE_TEMP_TABLE",
+        "CREATE_TEMP_TRIGGER",
+        "CREATE_TEMP_VIEW",
+        "CREATE_TRIGGER",
+        "CREATE_VIEW",
+        "DELETE",
+        "DROP_INDEX",
+        "DROP_TABLE",
+        "DROP_TEMP_INDEX",
+        "DROP_TEMP_TABLE",
+        "DROP_TEMP_TRIGGER",
+        "DROP_TEMP_VIEW",
+        "DROP_TRIGGER",
+        "DROP_VIEW",
+        "INSERT",
+        "PRAGMA",
+        "READ",
+        "SELECT",
+        "TRANSACTION",
+        "UPDATE",
+        "ATTACH",
+        "DETACH",
+        "ALTER_TABLE",
+        "REINDEX",
+        "ANALYZE",
+        "CREATE_VTABLE",
+        "DROP_VTABLE",
+        "FUNCTION",
+        "SAVEPOINT",
         "RECURSIVE",
     )
-}  # fmt: skip
+}
 
 
 def _sqlite_authorizer(denied: list[str]) -> Callable[..., int]:
@@ -191,7 +238,7 @@ def _sqlite_authorizer(denied: list[str]) -> Callable[..., int]:
     return authorize
 
 
-def _open_sqlite(url: URL, timeout: float, deadline: float) -> _Connection:
+def _open_sqlite(url: URL, timeout: float, deadline: float) -> ReadOnlyConnection:
     if url.database in (None, "", ":memory:"):
         raise StorageError("telescope query needs a database file, not an in-memory database")
     path = Path(url.database)
@@ -207,10 +254,10 @@ def _open_sqlite(url: URL, timeout: float, deadline: float) -> _Connection:
     dbapi.set_authorizer(_sqlite_authorizer(denied))
     # Returning non-zero from the progress handler interrupts the running statement.
     dbapi.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
-    return _Connection(dbapi, "sqlite", url, timeout, denied)
+    return ReadOnlyConnection(dbapi, "sqlite", url, timeout, denied)
 
 
-def _open_postgres(url: URL, timeout: float) -> _Connection:
+def _open_postgres(url: URL, timeout: float) -> ReadOnlyConnection:
     # Always psycopg 3, whatever driver the URL names: the one-statement guarantee of
     # _run_in_database relies on its prepared statements.
     import psycopg  # only PostgreSQL users need the driver loaded
@@ -238,7 +285,7 @@ def _open_postgres(url: URL, timeout: float) -> _Connection:
             dbapi.close()
             raise
         dbapi.rollback()
-        connection = _Connection(dbapi, "postgresql", url, timeout, [], role)
+        connection = ReadOnlyConnection(dbapi, "postgresql", url, timeout, [], role)
         connection.begin_reading()
     except psycopg.Error as e:
         raise StorageError(f"cannot connect to {safe_url(url)}: {error_line(e, url)}") from None
@@ -249,7 +296,7 @@ def _open_postgres(url: URL, timeout: float) -> _Connection:
 # Running the statement in the database itself
 
 
-def _run_in_database(sql: str, connection: _Connection, limit: int) -> QueryResult:
+def _run_in_database(sql: str, connection: ReadOnlyConnection, limit: int) -> QueryResult:
     if connection.backend == "postgresql":
         return _run_in_postgres(sql, connection, limit)
     cursor = connection.dbapi.cursor()
@@ -257,7 +304,7 @@ def _run_in_database(sql: str, connection: _Connection, limit: int) -> QueryResu
         cursor.execute(sql)  # sqlite3 itself refuses more than one statement
         if cursor.description is None:
             return QueryResult([], [], False, connection.backend)
-        columns = _unique([d[0] for d in cursor.description])
+        columns = unique_names([d[0] for d in cursor.description])
         rows = [tuple(r) for r in cursor.fetchmany(limit + 1)]
     except Exception as e:
         raise _query_error(e, connection) from None
@@ -278,7 +325,7 @@ _FUNCTION_FIELDS = re.compile(r":(?:funcid|aggfnoid|winfnoid|opfuncid) (\d+)")
 _OPERATOR_FIELDS = re.compile(r":opno (\d+)")
 
 
-def _run_in_postgres(sql: str, connection: _Connection, limit: int) -> QueryResult:
+def _run_in_postgres(sql: str, connection: ReadOnlyConnection, limit: int) -> QueryResult:
     import psycopg
 
     dbapi = connection.dbapi
@@ -292,14 +339,14 @@ def _run_in_postgres(sql: str, connection: _Connection, limit: int) -> QueryResu
         # A named cursor is DECLARE ... CURSOR FOR, which takes nothing but a query.
         with dbapi.cursor(name="telescope_query") as cursor:
             cursor.execute(sql)
-            columns = _unique([d.name for d in cursor.description or []])
+            columns = unique_names([d.name for d in cursor.description or []])
             rows = [tuple(r) for r in cursor.fetchmany(limit + 1)] if columns else []
     except psycopg.Error as e:
         raise _query_error(e, connection) from None
     return QueryResult(columns, rows[:limit], len(rows) > limit, connection.backend)
 
 
-def _vet_postgres_statement(sql: str, connection: _Connection) -> None:
+def _vet_postgres_statement(sql: str, connection: ReadOnlyConnection) -> None:
     """Let the server parse `sql` and refuse, before it runs, anything but one query that
     calls no volatile function (see the module's docstring). Rolled back by the caller."""
     import psycopg
@@ -345,7 +392,7 @@ def _vet_postgres_statement(sql: str, connection: _Connection) -> None:
         raise StorageError(f"{READ_ONLY_REFUSAL} (calls {', '.join(others)}: only built-in functions run)")
 
 
-def _query_error(error: Exception, connection: _Connection) -> StorageError:
+def _query_error(error: Exception, connection: ReadOnlyConnection) -> StorageError:
     message = error_line(error, connection.url)
     if connection.backend == "sqlite":
         if isinstance(error, sqlite3.ProgrammingError) and "one statement" in message:
@@ -357,7 +404,7 @@ def _query_error(error: Exception, connection: _Connection) -> StorageError:
             reason = (own or connection.denied or [message])[0]
             return StorageError(f"{READ_ONLY_REFUSAL} ({reason})")
         if message == "interrupted":
-            return _timeout_error(connection.timeout)
+            return timeout_error(connection.timeout)
         return StorageError(f"query failed: {message}")
     code = getattr(error, "sqlstate", None)
     if code == "25006":  # read_only_sql_transaction
@@ -365,121 +412,15 @@ def _query_error(error: Exception, connection: _Connection) -> StorageError:
     if code == "42501":  # insufficient_privilege: telescope_reader may read telescope's tables only
         return StorageError(f"{READER_REFUSAL} ({message})")
     if code == "57014":  # query_canceled: statement_timeout
-        return _timeout_error(connection.timeout)
+        return timeout_error(connection.timeout)
     return StorageError(f"query failed: {message}")
 
 
-def _timeout_error(timeout: float) -> StorageError:
+def timeout_error(timeout: float) -> StorageError:
     return StorageError(f"query stopped after the time limit of {timeout:g} s (raise it with --timeout)")
 
 
-# ---------------------------------------------------------------------------
-# Running the statement in DuckDB, with the step metrics
-
-
-def _run_in_duckdb(sql: str, connection: _Connection, store: Path, limit: int, deadline: float) -> QueryResult:
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as e:
-        raise StorageError(f"query failed: {_first_line(e)}") from None
-    if len(statements) != 1:
-        raise StorageError(ONE_STATEMENT if statements else "empty query: pass a SQL statement")
-    statement = statements[0]
-    if statement.type != duckdb.StatementType.SELECT:
-        kind = statement.type.name.replace("_", " ")
-        raise StorageError(f"{READ_ONLY_REFUSAL} ({kind} statement; with metrics only SELECT runs)")
-    duck = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), duck.interrupt)
-    try:
-        for table in DATA_TABLES:
-            duck.register(table, _load_table(connection, table))
-        skipped = _create_metrics_view(duck, store)
-        # From here on the statement can read the store and nothing else, and cannot undo that.
-        duck.execute(f"SET allowed_directories = [{_duck_string(str(store.absolute()) + os.sep)}]")
-        duck.execute("SET enable_external_access = false")
-        duck.execute("SET lock_configuration = true")
-        timer.start()
-        cursor = duck.execute(statement.query)
-        columns = _unique([d[0] for d in cursor.description or []])
-        rows = [tuple(r) for r in cursor.fetchmany(limit + 1)] if columns else []
-    except duckdb.InterruptException:
-        raise _timeout_error(connection.timeout) from None
-    except duckdb.Error as e:
-        raise StorageError(f"query failed: {_first_line(e)}") from None
-    finally:
-        timer.cancel()
-        duck.close()
-    return QueryResult(columns, rows[:limit], len(rows) > limit, "duckdb", skipped)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def _arrow_type(column: Any) -> pa.DataType:
-    kind = column.type
-    if isinstance(kind, UTCDateTime):
-        return pa.timestamp("us", tz="UTC")
-    if isinstance(kind, (Integer, BigInteger)):
-        return pa.int64()
-    if isinstance(kind, Double):
-        return pa.float64()
-    return pa.string()
-
-
-def _load_table(connection: _Connection, name: str) -> pa.Table:
-    """Copy one telescope table, typed by its schema, through the read-only connection."""
-    columns = list(Base.metadata.tables[name].columns)
-    schema = pa.schema([(c.name, _arrow_type(c)) for c in columns])
-    cursor = connection.dbapi.cursor()
-    try:
-        cursor.execute(f"SELECT {', '.join(c.name for c in columns)} FROM {name}")
-        rows = cursor.fetchall()
-    except Exception as e:
-        raise StorageError(
-            f"cannot read table {name} from {safe_url(connection.url)} "
-            f"(is it a telescope database?): {error_line(e, connection.url)}"
-        ) from None
-    finally:
-        cursor.close()
-    data: dict[str, list[Any]] = {}
-    for index, field in enumerate(schema):
-        values = [row[index] for row in rows]
-        if pa.types.is_timestamp(field.type):
-            values = [_utc(v) for v in values]
-        data[field.name] = values
-    return pa.table(data, schema=schema)
-
-
-def _utc(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):  # SQLite keeps datetimes as naive-UTC text
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-
-
-def _create_metrics_view(duck: duckdb.DuckDBPyConnection, store: Path) -> tuple[str, ...]:
-    """Create the `metrics` view over the store's readable Parquet files; returns the
-    files left out because they do not read (truncated, or not Parquet)."""
-    files, skipped = readable_metrics_files(store)
-    if files:
-        duck.execute(
-            "CREATE VIEW metrics AS SELECT CAST(sweep AS VARCHAR) AS sweep, CAST(level AS BIGINT) AS level, "
-            + ", ".join(f.name for f in STEP_SCHEMA)
-            + f" FROM read_parquet([{', '.join(_duck_string(str(f.absolute())) for f in files)}], "
-            "hive_partitioning = true, hive_types_autocast = false)"
-        )
-    else:  # no trial has finished yet: an empty table with the same columns
-        duck.register("metrics", pa.schema(list(PARTITION_SCHEMA) + list(STEP_SCHEMA)).empty_table())
-    return tuple(str(f) for f in skipped)
-
-
-def _duck_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _unique(names: list[str]) -> list[str]:
+def unique_names(names: list[str]) -> list[str]:
     """Column names made unique (a, a_2, ...), so rows can be dicts."""
     unique: list[str] = []
     for name in names:

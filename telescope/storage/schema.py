@@ -134,9 +134,7 @@ class LevelModel(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sweep: Mapped[str] = mapped_column(
-        String(NAME_LENGTH), ForeignKey("sweeps.name", ondelete="CASCADE")
-    )
+    sweep: Mapped[str] = mapped_column(String(NAME_LENGTH), ForeignKey("sweeps.name", ondelete="CASCADE"))
     level: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)
     grid_json: Mapped[str] = mapped_column(Text)  # the level's points: [{"lr": ..., "weight_decay": ...}, ...]
@@ -162,9 +160,7 @@ class TrialModel(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sweep: Mapped[str] = mapped_column(
-        String(NAME_LENGTH), ForeignKey("sweeps.name", ondelete="CASCADE")
-    )
+    sweep: Mapped[str] = mapped_column(String(NAME_LENGTH), ForeignKey("sweeps.name", ondelete="CASCADE"))
     level: Mapped[int] = mapped_column(Integer)
     trial_key: Mapped[str] = mapped_column(String(NAME_LENGTH))
     width: Mapped[int] = mapped_column(Integer)

@@ -31,7 +31,9 @@ def resolve_url(url: str | None) -> URL:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        raise StorageError(f"invalid database URL {_redact_text(url)!r}: expected sqlite:///FILE or postgresql://...") from None
+        raise StorageError(
+            f"invalid database URL {_redact_text(url)!r}: expected sqlite:///FILE or postgresql://..."
+        ) from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StorageError(
             f"unsupported database {parsed.get_backend_name()!r} in {safe_url(parsed)}: use sqlite:///FILE or postgresql://..."

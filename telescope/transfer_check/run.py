@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from telescope.errors import ConfigError, TelescopeError
-from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec, objective_value
 from telescope.numbers import finite_or_none
 from telescope.runs import keys
 from telescope.runs.line import LineStep, run_line
 from telescope.runs.stored import RunRecord, StoredRun, open_run
+from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec, objective_value
 from telescope.storage.database import Database
-from telescope.storage.rows import TrialRow
 from telescope.storage.metrics import MetricsStore
+from telescope.storage.rows import TrialRow
 from telescope.transfer_check.analysis import (
     DEFAULT_EXTENSION_POINTS,
     DEFAULT_MAX_EXTENSIONS,
@@ -161,12 +161,20 @@ def check_foreign_model(
         with torch.no_grad():
             out = logits_of(model(idx))
     except Exception as e:  # noqa: BLE001 - the user's forward failed; say how, in one line
-        raise TelescopeError(f"model factory {factory!r}: forward on token ids (1, {shape.seq_len}) failed: "
-                             f"{type(e).__name__}: {e}".replace("\n", " ")) from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[:2] != idx.shape or out.shape[2] < shape.vocab_size:
+        raise TelescopeError(
+            f"model factory {factory!r}: forward on token ids (1, {shape.seq_len}) failed: "
+            f"{type(e).__name__}: {e}".replace("\n", " ")
+        ) from None
+    if (
+        not isinstance(out, torch.Tensor)
+        or out.ndim != 3
+        or out.shape[:2] != idx.shape
+        or out.shape[2] < shape.vocab_size
+    ):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise TelescopeError(
-            f"model factory {factory!r} must map token ids (batch, seq) to logits (batch, seq, >= {shape.vocab_size}), got {got}"
+            f"model factory {factory!r} must map token ids (batch, seq) to logits (batch, seq, >= "
+            f"{shape.vocab_size}), got {got}"
         )
 
 
@@ -242,12 +250,18 @@ class CheckResult:
         rows = []
         for r in self.verdict.widths:
             d = drift.get(r.width)
-            rows.append({
-                "width": r.width, "optimum_lr": r.optimum_lr, "optimum_steps": round(r.optimum_steps, 3),
-                "best_loss": finite_or_none(r.best_loss), "edge": r.edge or "", "seed_std_steps": _round(r.seed_std_steps),
-                "drift_per_doubling": _round(d.drift_per_doubling) if d else None,
-                "drift_std": _round(d.drift_std) if d else None,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "width": r.width,
+                    "optimum_lr": r.optimum_lr,
+                    "optimum_steps": round(r.optimum_steps, 3),
+                    "best_loss": finite_or_none(r.best_loss),
+                    "edge": r.edge or "",
+                    "seed_std_steps": _round(r.seed_std_steps),
+                    "drift_per_doubling": _round(d.drift_per_doubling) if d else None,
+                    "drift_std": _round(d.drift_std) if d else None,
+                }
+            )
         worst = max(self.verdict.doublings, key=lambda d: abs(d.drift_per_doubling))
         return {
             "check": self.name,
@@ -290,8 +304,14 @@ def run_transfer_check(
     check_settings(settings)
     if plot is not None:
         check_plot_path(plot)
-    record = RunRecord(KIND, name or settings.default_name(), settings.trial_settings(), settings.parametrization,
-                       settings.base, settings.widths[-1])  # fmt: skip
+    record = RunRecord(
+        KIND,
+        name or settings.default_name(),
+        settings.trial_settings(),
+        settings.parametrization,
+        settings.base,
+        settings.widths[-1],
+    )
     with open_run(db, store, executor, record, (settings.model, settings.train), new=new, reuse=reuse) as run:
         result = _run(settings, run, on_trial or (lambda key, result: None))
         if plot is not None:
@@ -314,13 +334,22 @@ def _run(settings: CheckSettings, run: StoredRun, on_trial: Callable[[str, Any],
         def assess(lrs: list[float], rows: dict[str, TrialRow], extensions: int, width: int = width) -> LineStep:
             losses, n_failed = _loss_table(settings, rows, width, lrs, seeds)
             optimum = locate_seeds(lrs, losses, settings.step)
-            more = next_extension(lrs, optimum.mean, extensions, max_extensions=settings.max_extensions,
-                                  n=settings.extension_points)  # fmt: skip
-            return LineStep(optimum.mean.grid_lr, finite_or_none(optimum.mean.grid_loss), more,
-                            (optimum, losses, n_failed))  # fmt: skip
+            more = next_extension(
+                lrs, optimum.mean, extensions, max_extensions=settings.max_extensions, n=settings.extension_points
+            )
+            return LineStep(
+                optimum.mean.grid_lr, finite_or_none(optimum.mean.grid_loss), more, (optimum, losses, n_failed)
+            )
 
-        lrs, step = run_line(run, width, lr_line(settings.center, settings.points, settings.step),
-                             lambda j, i=i: i + n * j, trials_of, assess, on_trial)  # fmt: skip
+        lrs, step = run_line(
+            run,
+            width,
+            lr_line(settings.center, settings.points, settings.step),
+            lambda j, i=i: i + n * j,
+            trials_of,
+            assess,
+            on_trial,
+        )
         optimum, losses, n_failed = step.outcome
         located.append(optimum)
         curves[width] = list(zip(lrs, [sum(col) / len(col) for col in zip(*losses)]))
@@ -385,7 +414,8 @@ def first_widths(config: Any) -> tuple[int, ...]:
     base, calibration = config.widths.base, config.widths.calibration
     if calibration <= base:
         raise ConfigError(
-            f"a transfer check needs two widths but the config's base and calibration widths are both {base}; pass --widths"
+            f"a transfer check needs two widths but the config's base and calibration widths are both {base}; pass "
+            "--widths"
         )
     return (base, min(4 * base, calibration))
 
@@ -404,4 +434,3 @@ __all__ = [
     "settings_from_config",
     "trial_key",
 ]
-

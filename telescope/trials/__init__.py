@@ -5,7 +5,7 @@ trials (`Packing`) come from the caller (telescope.runs.executor gives the proxy
 
 from __future__ import annotations
 
-from telescope.trials.base import Executor, ExecutorSettings, Packing, PackFn, TrialEvents, TrialFn
+from telescope.trials.base import Executor, ExecutorSettings, PackFn, Packing, TrialEvents, TrialFn
 
 
 def create_executor(settings: ExecutorSettings, trial_fn: TrialFn, packing: Packing | None = None) -> Executor:

@@ -8,8 +8,6 @@ from collections import defaultdict
 from typing import Hashable, Sequence
 
 
-
-
 def plan_packs(keys: Sequence[Hashable | None], pack_size: int, slots: int) -> list[list[int]]:
     """Indices of `keys` in packs of at most `pack_size` trials with equal keys, spread so
     that each of `slots` workers gets about the same number of trials: a run of n equal

@@ -31,9 +31,9 @@ import ray
 from ray import tune
 
 from telescope.errors import TelescopeError
-from telescope.spec import StepMetrics, Status, TrialResult, TrialSpec
+from telescope.spec import Status, StepMetrics, TrialResult, TrialSpec
 from telescope.trials.attempts import run_pack_with_retries
-from telescope.trials.base import ExecutorSettings, Packing, PackFn, TrialEvents, TrialFn
+from telescope.trials.base import ExecutorSettings, PackFn, Packing, TrialEvents, TrialFn
 from telescope.trials.packs import plan_packs
 from telescope.trials.ray_cluster import check_resources, connect, logger_level
 from telescope.trials.threads import limit_threads, threads_for
@@ -88,8 +88,9 @@ class RayExecutor:
         if len(set(keys)) != len(keys):
             raise ValueError("trial keys must be unique within one run")
         pack_size = self.settings.pack_size if self._packing is not None else 1
-        packs = plan_packs([self._packing.key(spec) if self._packing else None for _, spec in trials], pack_size,
-                           self._slots)  # fmt: skip
+        packs = plan_packs(
+            [self._packing.key(spec) if self._packing else None for _, spec in trials], pack_size, self._slots
+        )
         if self._pool is None or not self._pool.alive:
             self._start_pool()
         self._pool.run([[trials[i] for i in pack] for pack in packs], events)
@@ -111,8 +112,14 @@ class _WorkerPool:
     """`slots` worker trials in one Tune experiment, run by a background thread; `run`
     queues packs for them and delivers their events until every trial has finished."""
 
-    def __init__(self, settings: ExecutorSettings, trial_fn: TrialFn, pack_fn: PackFn | None, slots: int,
-                 report_interval_s: float):  # fmt: skip
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        trial_fn: TrialFn,
+        pack_fn: PackFn | None,
+        slots: int,
+        report_interval_s: float,
+    ):
         from ray.util.queue import Queue
 
         self._work = Queue()
@@ -121,8 +128,9 @@ class _WorkerPool:
         self._max_retries = settings.max_retries
         self._pack_names = (f"pack-{n}" for n in itertools.count(1))  # unique across batches
         self._storage = tempfile.TemporaryDirectory(prefix="telescope-tune-", ignore_cleanup_errors=True)
-        worker = _make_worker(trial_fn, pack_fn, self._work, settings.max_retries,
-                              threads_for(settings.cpus_per_trial), report_interval_s)  # fmt: skip
+        worker = _make_worker(
+            trial_fn, pack_fn, self._work, settings.max_retries, threads_for(settings.cpus_per_trial), report_interval_s
+        )
         resources = {"cpu": settings.cpus_per_trial}
         if settings.gpus_per_trial:
             resources["gpu"] = settings.gpus_per_trial
@@ -170,7 +178,9 @@ class _WorkerPool:
             if kind == "stopped":
                 if self._error is not None:
                     raise self._error
-                raise RuntimeError(f"Ray Tune stopped before these trials finished: {', '.join(sorted(batch.unfinished))}")
+                raise RuntimeError(
+                    f"Ray Tune stopped before these trials finished: {', '.join(sorted(batch.unfinished))}"
+                )
             # A failing driver (disk full...) raises here, in its own thread.
             for job in batch.on(kind, worker, payload):
                 self._work.put(job)
@@ -187,6 +197,7 @@ class _WorkerPool:
 
 
 # --- the worker side ----------------------------------------------------------
+
 
 def _make_worker(
     trial_fn: TrialFn,
