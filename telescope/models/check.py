@@ -105,9 +105,9 @@ def check_user_model(config: Any, coord: bool | None = None) -> UserModelCheck:
     """Build the user's model at the sweep's base width, run it on a batch of the sweep's
     data, then (unless `[model] check = "none"`, or `coord` says otherwise) coord-check
     its proxies at the level widths."""
+    from telescope.data.load import load_train_data
     from telescope.foreign import build_user_model
     from telescope.models import model_maker
-    from telescope.data.load import load_train_data
     from telescope.roles import with_defaults
 
     source, train = config.source, config.train
