@@ -71,8 +71,10 @@ def check_forward(model: nn.Module, inputs: torch.Tensor, vocab_size: int, label
                 f"model {label}: its forward fails on a batch of the data {data!r}: {_one_line(e)}"
             ) from None
         if not isinstance(logits, torch.Tensor) or logits.shape[:-1] != inputs.shape:
-            got = f"logits of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else (
-                f"a {type(logits).__name__}, not logits")  # fmt: skip
+            if isinstance(logits, torch.Tensor):
+                got = f"logits of shape {tuple(logits.shape)}"
+            else:
+                got = f"a {type(logits).__name__}, not logits"
             raise TelescopeError(
                 f"model {label}: returned {got} for inputs of shape {tuple(inputs.shape)}; "
                 "it must return logits (batch, seq, vocab) or an object with .logits"
