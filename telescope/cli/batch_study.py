@@ -14,6 +14,8 @@ from telescope.cli.common import (
     DbOption,
     DbRetryOption,
     ExecutorKind,
+    NewOption,
+    NoReuseOption,
     StoreOption,
     console,
     open_database,
@@ -51,15 +53,8 @@ def batch_study(
         ),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Study name. Default: batch-study-TABLE-HASH.")] = None,
-    new: Annotated[
-        bool, typer.Option("--new", help="Start a new run under the next free name if this one exists.")
-    ] = False,
-    no_reuse: Annotated[
-        bool,
-        typer.Option(
-            "--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for."
-        ),
-    ] = False,
+    new: NewOption = False,
+    no_reuse: NoReuseOption = False,
     db: DbOption = None,
     db_retry_seconds: DbRetryOption = DEFAULT_RETRY_SECONDS,
     store: StoreOption = None,

@@ -63,6 +63,13 @@ DbRetryOption = Annotated[
         help="How long to wait for a database that is unavailable (restarting, failing over) before stopping.",
     ),
 ]
+NewOption = Annotated[bool, typer.Option("--new", help="Start a new run under the next free name if this one exists.")]
+NoReuseOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for."
+    ),
+]
 WideOption = Annotated[bool, typer.Option("--wide", help="Every column at full width, even past the terminal's edge.")]
 StoreOption = Annotated[
     str | None,

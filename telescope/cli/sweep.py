@@ -14,6 +14,8 @@ from telescope.cli.common import (
     DbRetryOption,
     ExecutorKind,
     ModelOption,
+    NewOption,
+    NoReuseOption,
     RulesOption,
     StoreOption,
     err_console,
@@ -39,7 +41,7 @@ def sweep(
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="Connect to this Ray cluster instead of starting one.")
     ] = None,
-    new: Annotated[bool, typer.Option("--new", help="Start a new sweep even if one of this name exists.")] = False,
+    new: NewOption = False,
     check_transfer: Annotated[
         bool,
         typer.Option(
@@ -50,12 +52,7 @@ def sweep(
         float, typer.Option("--check-threshold", help="The check's largest drift per doubling, in grid steps.")
     ] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="Go on with the sweep when the transfer check fails.")] = False,
-    no_reuse: Annotated[
-        bool,
-        typer.Option(
-            "--no-reuse", help="Train every trial, even one a trial trained before (same content) could stand in for."
-        ),
-    ] = False,
+    no_reuse: NoReuseOption = False,
     dashboard: Annotated[
         bool, typer.Option("--dashboard", help="Serve `telescope dashboard` on 127.0.0.1 for the sweep's life.")
     ] = False,
