@@ -29,7 +29,7 @@ class Optimizers(torch.optim.Optimizer):
     `step`, `zero_grad`, `state_dict`, `load_state_dict` and `param_groups` (every group
     of both, carrying `role`, `names` and `peak_lr`), so LR schedulers wrap it:
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizers, lambda step: schedule(step))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizers, lambda step: min(1.0, (step + 1) / warmup))
 
     With `grad_clip`, `step` first clips the gradients of all groups to that global norm.
     """
