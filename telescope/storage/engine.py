@@ -103,15 +103,15 @@ def check_schema(engine: Engine, url: URL, locks: ProcessLocks, create: bool) ->
     is not telescope's or has another schema version. Returns whether it created them."""
     display_url = safe_url(url)
     tables, version = _schema(engine, url)
-    foreign = VERSION_TABLE not in tables and tables & set(DATA_TABLES)
     created = False
-    if create and version is None and not foreign:
+    if create and version is None:
         # Two drivers starting on a fresh database would both create the tables (a duplicate
-        # key in PostgreSQL's catalog, "table already exists" in SQLite): they take turns,
-        # and the second finds the first one's tables.
+        # key in PostgreSQL's catalog, "table already exists" in SQLite): they take turns.
+        # The first creates every table and the version row while it holds the lock, so the
+        # others read the finished schema, never one half made (which would look foreign).
         with locks.exclusive(CREATE_LOCK_KEY, wait=True):
             tables, version = _schema(engine, url)
-            if VERSION_TABLE not in tables:
+            if not tables & {VERSION_TABLE, *DATA_TABLES}:
                 _create_tables(engine, url)
                 created = True
                 tables, version = _schema(engine, url)
