@@ -27,9 +27,9 @@ from telescope.storage.database import Database
 runner = CliRunner()
 
 
-def write_sweep(tmp_path: Path, family: str | None = None, **model) -> Path:
+def write_sweep(tmp_path: Path, family: str | None = None, pack: int | None = None, **model) -> Path:
     """SMALLEST (widths 16 -> 32, 3x3 grids, 2 steps) over `family`'s tiny config."""
-    config = micro_config(**SMALLEST, executor={"max_concurrent": 1})
+    config = micro_config(**SMALLEST, executor={"max_concurrent": 1} | ({"pack": pack} if pack else {}))
     config["model"] = {"seq_len": 16, "check": "none"} | model
     if family is not None:
         config["model"]["hf_config"] = write_hf_config(tmp_path / family, family)
@@ -62,7 +62,7 @@ def finished_trials(url: str) -> list:
 
 @pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
 def test_hf_sweep_resumes_after_sigkill_and_exports_the_models_own_names(tmp_path: Path, family: str) -> None:
-    config = write_sweep(tmp_path, family)
+    config = write_sweep(tmp_path, family, pack=1)  # one trial at a time: the kill lands mid-level
     url = f"sqlite:///{tmp_path / 't.db'}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "telescope", *sweep_args(config, tmp_path)],
