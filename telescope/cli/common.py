@@ -132,7 +132,7 @@ def load_sweep_config(path: Path, model: str | None = None, rules: Path | None =
     """The sweep config at `path`, with --model and --rules applied (--rules needs a user
     model: --model, or the config's factory or hf_config)."""
     from telescope.config import parse_config, read_config_file
-    from telescope.models.config import with_model
+    from telescope.model_config import with_model
 
     data = read_config_file(path)
     if rules is None:
