@@ -109,11 +109,24 @@ class Plan:
         return dataclasses.asdict(self)
 
 
+def planned_levels(config: SweepConfig) -> list[tuple[int, float]]:
+    """Per level: its planned trials and the training FLOPs of one trial (of the built-in
+    proxy, or of the user's own model as `plan` measures it): what the live view's
+    remaining time starts from."""
+    costs = _costs(config)
+    return [(lp.trials, costs(lp.width)[1]) for lp in config.levels()]
+
+
+def _costs(config: SweepConfig) -> Costs:
+    tokens = config.train.steps * config.train.batch_size * config.model.seq_len
+    return _user_model_costs(config, tokens) if config.user_model else _proxy_costs(config, tokens)
+
+
 def plan(config: SweepConfig) -> Plan:
     """Cost of every level of the sweep and the totals, from the config alone."""
     shape, train = config.model, config.train
     tokens = train.steps * train.batch_size * shape.seq_len
-    costs = _user_model_costs(config, tokens) if config.user_model else _proxy_costs(config, tokens)
+    costs = _costs(config)
     levels = []
     for lp in config.levels():
         counts, per_trial, heads = costs(lp.width)

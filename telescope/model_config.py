@@ -57,6 +57,7 @@ def parse_source(table: Mapping[str, Any]) -> ModelSource:
         from telescope.models import hf
 
         digest = hf.architecture_hash(hf.read_config(hf_config))
+        hf_config = hf.canonical_path(hf_config)
         stored = _config()._coerce(table.get("hf_config_hash"), str | None, "model.hf_config_hash")
         if stored is not None and stored != digest:
             raise ConfigError(

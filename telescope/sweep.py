@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from telescope.config import SweepConfig
-from telescope.cost import train_flops
+from telescope.cost import planned_levels
 from telescope.progress import SweepProgress
 from telescope.runs.executor import make_executor
 from telescope.runs.keys import trial_key
@@ -74,6 +74,8 @@ def run_sweep(
         with open_run(
             db, store, executor, _record(config, name), (config.model, config.train), new=new, reuse=reuse
         ) as run:
+            if checks:
+                run.note(checks)
             result = _run_levels(config, run, console or Console(stderr=True, markup=False))
             result.update(checks or {})
             run.finish(result)
@@ -106,8 +108,7 @@ def _record(config: SweepConfig, name: str) -> RunRecord:
 
 def _run_levels(config: SweepConfig, run: StoredRun, console: Console) -> dict[str, Any]:
     plans = config.levels()
-    tokens = config.train.steps * config.train.batch_size * config.model.seq_len
-    planned = [(p.trials, train_flops(config.model, p.width, tokens)) for p in plans]
+    planned = planned_levels(config)
     levels: list[dict[str, Any]] = []
     optima: list[tuple[int, dict[str, float]]] = []
     warnings: list[str] = []

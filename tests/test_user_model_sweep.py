@@ -177,19 +177,6 @@ def test_without_transformers_an_hf_sweep_is_one_line(tmp_path: Path, monkeypatc
     assert not (tmp_path / "t.db").exists()
 
 
-def test_the_coord_check_gives_a_transformers_llama_one_verdict_on_either_ladder(tmp_path: Path) -> None:
-    from telescope.coord.model_check import check_user_model, coord_widths
-
-    # The ladders 32, 64, 128 and 64, 128, 256 once flipped the verdict (see telescope.coord.model_check).
-    assert coord_widths(32, 64) == coord_widths(64, 128) == coord_widths(16, 128) == (64, 128, 256)
-    config = load_config(write_sweep(tmp_path, "llama", check="coord"))
-    verdict = check_user_model(config)
-    assert verdict.passed, verdict.failing()
-    assert verdict.widths == (64, 128, 256) and {"embedding", "hidden", "vector"} <= {
-        role for layer in verdict.layers for role in layer.roles.split(", ")
-    }
-
-
 def test_an_export_warns_once_on_a_model_unlike_its_proxies_strict_refuses_and_its_recipe_is_used(capsys) -> None:
     import torch
     from hf_models import llama

@@ -54,6 +54,7 @@ def status(
             for level in detail.levels:
                 for warning in level.warnings:
                     console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)
+            _print_model_check((detail.sweep.result or {}).get("model_check"))
     if show_trials:
         rows = [_trial(t) for t in detail.trials]
         print_rows(
@@ -178,3 +179,21 @@ def _trial(t: TrialRow) -> dict[str, Any]:
         "reused_from": t.reused_from,
         "error": t.error.strip().splitlines()[-1] if t.error else None,  # the exception line of a traceback
     }
+
+
+def _print_model_check(stored: dict[str, Any] | None) -> None:
+    """The pre-sweep coord check of the user's model: its verdict, widths and worst layer."""
+    if not stored:
+        return
+    from rich.text import Text
+
+    from telescope.coord.verdict import UserModelCheck
+
+    verdict = UserModelCheck.from_dict(stored)
+    label = "PASS" if verdict.passed else "FAIL"
+    head, found, rest = verdict.summary().partition(f": {label} ")
+    if not found:  # not run
+        console.print(Text(verdict.summary()), highlight=False, soft_wrap=True)
+        return
+    color = "green" if verdict.passed else "red"
+    console.print(Text.assemble(head + ": ", (label, f"bold {color}"), " " + rest), highlight=False, soft_wrap=True)

@@ -146,22 +146,11 @@ def _check_user_model(cfg) -> dict:
 
     verdict = check_user_model(cfg)
     if verdict.check == "coord":
-        widths = ", ".join(map(str, verdict.widths))
-        err_console.print(
-            f"coord check of your model at widths {widths}: {'PASS' if verdict.passed else 'FAIL'}", highlight=False
-        )
+        err_console.print(verdict.summary(), highlight=False, markup=False, soft_wrap=True)
     if not verdict.passed:
         print_rows(
-            [
-                {
-                    "layer": v.layer,
-                    "roles": v.roles,
-                    "slope": round(v.slope, 3),
-                    "verdict": "PASS" if v.passed else "FAIL",
-                }
-                for v in verdict.layers
-            ],
-            title=f"coord check: {verdict.steps} steps, lr {verdict.lr:g}, |slope| <= {verdict.threshold} passes",
+            verdict.rows(),
+            title=f"coord check: {verdict.steps} steps, lr {verdict.lr:g}; a layer passes with its slope in its bounds",
         )
         err_console.print(
             "the sweep did not start: the coord check failed, so the learning rates would not transfer across widths "

@@ -64,7 +64,6 @@ def transfer_check(
     """Line-sweep the learning rate at each width, locate the optima and judge whether they
     stay put: exit 0 on PASS, 1 on FAIL, 2 on bad input. Trials are stored and resumable."""
     from telescope.cli.checks import check_plot_file, check_widths_fit
-    from telescope.cli.common import model_rules
     from telescope.cli.coord_check import parse_widths
     from telescope.runs.executor import make_executor
     from telescope.runs.preflight import check_inputs
@@ -73,9 +72,17 @@ def transfer_check(
     from telescope.transfer_check.run import check_settings, run_transfer_check
 
     settings, executor_settings = build_settings(
-        config, parametrization, parse_widths(widths) if widths else None, points, steps, seeds, lr, threshold, model
+        config,
+        parametrization,
+        parse_widths(widths) if widths else None,
+        points,
+        steps,
+        seeds,
+        lr,
+        threshold,
+        model,
+        rules,
     )
-    settings = dataclasses.replace(settings, model_rules=model_rules(rules, model))
     if executor is not None:
         executor_settings = dataclasses.replace(executor_settings, kind=executor.value)
     if name is not None:
@@ -84,7 +91,7 @@ def transfer_check(
         check_plot_file(check_plot_path(plot))
     check_settings(settings)
     check_inputs(settings.model, settings.train, executor_settings)
-    if settings.model_factory is None and executor_settings.ray_address is None:
+    if not settings.user_model and executor_settings.ray_address is None:
         check_widths_fit(settings.model, settings.widths, settings.train.device, "--widths")
     metrics = MetricsStore(store)
     metrics.check_writable()
@@ -115,20 +122,23 @@ def build_settings(
     lr: float | None,
     threshold: float,
     model: str | None,
+    rules: Path | None = None,
 ):
-    """(CheckSettings, ExecutorSettings) from the built-in defaults or a sweep config."""
-    from telescope.config import load_config
+    """(CheckSettings, ExecutorSettings) from the built-in defaults or a sweep config (its
+    model: the built-in proxy or the user's own, replaced by --model and --rules as
+    `telescope sweep` replaces it)."""
+    from telescope.cli.common import load_sweep_config, model_rules
     from telescope.transfer_check.run import CheckSettings, settings_from_config
     from telescope.trials.base import ExecutorSettings
 
-    common: dict[str, Any] = {"points": points, "seeds": seeds, "threshold": threshold, "model_factory": model}
+    common: dict[str, Any] = {"points": points, "seeds": seeds, "threshold": threshold}
     if config is None:
-        settings = CheckSettings(**common)
+        settings = CheckSettings(**common, model_factory=model, model_rules=model_rules(rules, model))
         if widths is not None:
             settings = dataclasses.replace(settings, widths=widths)
         executor_settings = ExecutorSettings(kind="ray", cpus_per_trial=1.0)
     else:
-        cfg = load_config(config)
+        cfg = load_sweep_config(config, model, rules)
         settings = settings_from_config(cfg, widths, **common)
         executor_settings = cfg.executor
     if parametrization is not None:

@@ -22,7 +22,7 @@ class ModelSource:
     coord check of its proxies runs before the sweep."""
 
     factory: str | None = None  # "package.module:function", width -> nn.Module
-    hf_config: str | None = None  # a config.json (or a folder holding one), as the config names it
+    hf_config: str | None = None  # a config.json: absolute, symlinks resolved (hf.canonical_path)
     hf_config_hash: str | None = None  # telescope.models.hf.architecture_hash of it
     rules: tuple[tuple[str, str], ...] = ()  # (pattern or "<kind>", role), before FOREIGN_RULES
     check: CoordCheck = "coord"

@@ -79,6 +79,12 @@ def config_file(path: str | Path) -> Path:
     return p / "config.json" if p.is_dir() else p
 
 
+def canonical_path(path: str | Path) -> str:
+    """The one spelling of the config.json `path` names: absolute, symlinks resolved, so
+    `./x/config.json`, `x/` and a link to it are the same sweep's model."""
+    return str(config_file(path).resolve())
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """The JSON object of a config.json; ConfigError (one line) when missing or not JSON."""
     file = config_file(path)

@@ -3,7 +3,8 @@
 Sections: the plan, the per-level table, the chosen values and their drift
 extrapolation, the per-group values at the target width, the warnings, the cost spent
 against the plan, the figures (written into a folder next to the report and linked
-with relative paths) and, when the sweep has one, the transfer check.
+with relative paths) and, when the sweep has them, the coord check of the user's model
+and the transfer check.
 
 Numbers read as a person reads them (telescope.readable): FLOPs as `158 TFLOP`, parameters
 as `49.4k`, losses to 4 decimals, hyperparameters to 4 significant digits; `telescope
@@ -129,6 +130,9 @@ def render_markdown(report: ReportData, figures: dict[str, str], report_dir: Pat
         _cost_section(report),
         _figures_section(figures),
     ]
+    model_check = report.sweep.result.get("model_check")
+    if model_check:
+        parts.append(_model_check_section(model_check))
     check = report.sweep.result.get("transfer_check")
     if check:
         parts.append(_transfer_check_section(check, report_dir))
@@ -347,6 +351,35 @@ def _figures_section(figures: dict[str, str]) -> str:
     for name, path in figures.items():
         title = titles.get(name, name)
         lines += ["", f"### {title}", "", f"![{title}]({path})"]
+    return "\n".join(lines)
+
+
+def _model_check_section(stored: dict[str, Any]) -> str:
+    from telescope.coord.verdict import UserModelCheck
+
+    verdict = UserModelCheck.from_dict(stored)
+    lines = ["## Coord check of your model", ""]
+    if verdict.check != "coord":
+        return "\n".join(lines + ['Not run (`[model] check = "none"`).'])
+    lines += [
+        f"- verdict: {'PASS' if verdict.passed else 'FAIL'}",
+        f"- widths: {', '.join(map(str, verdict.widths))} ({verdict.steps} steps, {verdict.seeds} seed(s), lr "
+        f"{verdict.lr:g})",
+    ]
+    worst = verdict.worst()
+    if worst is not None:
+        lines.append(
+            f"- worst layer: `{worst.layer}` ({worst.roles or 'no parameters of its own'}): slope {worst.slope:+.2f}, "
+            f"passes {worst.bounds()}"
+        )
+    lines.append(
+        "- a layer passes when its slope of log mean |activation| against log width lies within its bounds after "
+        "the steps, and at init (except the readout)"
+    )
+    rows = verdict.rows()
+    if rows:
+        columns = list(rows[0])
+        lines += ["", table(columns, [[r[c] for c in columns] for r in rows])]
     return "\n".join(lines)
 
 

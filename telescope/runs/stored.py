@@ -86,6 +86,12 @@ class StoredRun:
         if not self.completed:
             self.db.update_sweep(self.name, status="completed", result=dict(result))
 
+    def note(self, result: Mapping[str, Any]) -> None:
+        """Store `result` while the run is under way (what was checked before it), so that
+        `telescope status` shows it before the run finishes."""
+        if not self.completed:
+            self.db.update_sweep(self.name, result=dict(result))
+
     def stop(self, result: Mapping[str, Any]) -> None:
         """End the run as stopped, with `result` saying why; running it again resumes it."""
         if not self.completed:

@@ -76,6 +76,12 @@ class CheckSettings:
     train: TrainSettings = DEFAULT_CHECK_TRAIN
     model_factory: str | None = None
     model_rules: tuple[tuple[str, str], ...] = ()  # role rules for the user's model, before FOREIGN_RULES
+    hf_config: str | None = None  # or a Hugging Face config.json (absolute) the user's model is built from
+    hf_config_hash: str | None = None
+
+    @property
+    def user_model(self) -> bool:
+        return self.model_factory is not None or self.hf_config is not None
 
     @property
     def center(self) -> float:
@@ -100,6 +106,8 @@ class CheckSettings:
             d.pop(key)
         d["widths"] = list(self.widths)
         d["base_width"], d["lr_center"] = self.base, self.center
+        if self.hf_config is None:  # a check of the proxy or a factory keeps the name it had
+            del d["hf_config"], d["hf_config_hash"]
         return d
 
     def default_name(self) -> str:
@@ -129,41 +137,55 @@ def check_settings(settings: CheckSettings) -> None:
         raise ConfigError("weight decay must be >= 0 and muon_lr_ratio > 0")
     spec = _spec(settings, ws[0], settings.center, settings.seed_base)
     check_spec(spec)
-    if settings.model_factory is None:
+    if not settings.user_model:
         for w in ws:
             check_shape(settings.model, w)
     else:
         check_foreign_model(
-            settings.model_factory, settings.parametrization, ws[0], settings.base, settings.model, settings.model_rules
+            settings.model_factory,
+            settings.parametrization,
+            ws[0],
+            settings.base,
+            settings.model,
+            settings.model_rules,
+            settings.hf_config,
+            settings.hf_config_hash,
         )
 
 
 def check_foreign_model(
-    factory: str,
+    factory: str | None,
     parametrization: str,
     width: int,
     base_width: int,
     shape: ModelShape,
     rules: tuple[tuple[str, str], ...] = (),
+    hf_config: str | None = None,
+    hf_config_hash: str | None = None,
 ) -> None:
-    """Build the user's model at `width`, classify its parameters and run one forward pass:
-    a bad factory, an unmatched parameter, no unembedding or outputs that are not logits
-    over the vocabulary are each one TelescopeError line."""
+    """Build the user's model (a factory, or a Hugging Face config) at `width`, classify its
+    parameters and run one forward pass: a bad factory, an unmatched parameter, no
+    unembedding or outputs that are not logits over the vocabulary are each one
+    TelescopeError line."""
     import torch
 
+    from telescope.models import model_maker
     from telescope.models.foreign import build_user_model
     from telescope.models.packing import logits_of
     from telescope.roles import with_defaults
 
-    model = build_user_model(factory, parametrization, width, base_width, 0, with_defaults(rules))
+    maker, name = model_maker(factory, hf_config, hf_config_hash)
+    model = build_user_model(maker, parametrization, width, base_width, 0, with_defaults(rules), name)
+    label = f"factory {factory!r}" if factory is not None else name
     idx = torch.zeros(1, shape.seq_len, dtype=torch.long)
     try:
         with torch.no_grad():
             out = logits_of(model(idx))
     except Exception as e:  # noqa: BLE001 - the user's forward failed; say how, in one line
         raise TelescopeError(
-            f"model factory {factory!r}: forward on token ids (1, {shape.seq_len}) failed: "
-            f"{type(e).__name__}: {e}".replace("\n", " ")
+            f"model {label}: forward on token ids (1, {shape.seq_len}) failed: {type(e).__name__}: {e}".replace(
+                "\n", " "
+            )
         ) from None
     if (
         not isinstance(out, torch.Tensor)
@@ -173,8 +195,7 @@ def check_foreign_model(
     ):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise TelescopeError(
-            f"model factory {factory!r} must map token ids (batch, seq) to logits (batch, seq, >= "
-            f"{shape.vocab_size}), got {got}"
+            f"model {label} must map token ids (batch, seq) to logits (batch, seq, >= {shape.vocab_size}), got {got}"
         )
 
 
@@ -191,6 +212,8 @@ def _spec(settings: CheckSettings, width: int, lr: float, seed: int) -> TrialSpe
         train=settings.train,
         model_factory=settings.model_factory,
         model_rules=settings.model_rules,
+        hf_config=settings.hf_config,
+        hf_config_hash=settings.hf_config_hash,
     )
 
 
@@ -388,11 +411,13 @@ def settings_from_config(
     widths: Sequence[int] | None = None,
     **overrides: Any,
 ) -> CheckSettings:
-    """Check settings from a sweep config: its model, train settings, parametrization and base
-    width; the LR line centred on the middle of its lr range (or its fixed lr), weight decay
-    and muon_lr_ratio at their fixed values or the middle of their ranges. Default widths:
-    the sweep's first widths, `first_widths(config)`."""
+    """Check settings from a sweep config: its model (the built-in proxy's shape, or the
+    user's model its `[model]` names: factory or hf_config, with its rules), train settings,
+    parametrization and base width; the LR line centred on the middle of its lr range (or
+    its fixed lr), weight decay and muon_lr_ratio at their fixed values or the middle of
+    their ranges. Default widths: the sweep's first widths, `first_widths(config)`."""
     values = config.search.centre()
+    source = config.source
     return CheckSettings(
         parametrization=config.parametrization,
         widths=tuple(widths) if widths is not None else first_widths(config),
@@ -404,6 +429,10 @@ def settings_from_config(
         model=config.model,
         train=config.train,
         seed_base=config.seeds.base,
+        model_factory=source.factory,
+        model_rules=source.rules,
+        hf_config=source.hf_path,
+        hf_config_hash=source.hf_config_hash,
         **overrides,
     )
 
