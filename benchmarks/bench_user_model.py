@@ -1,13 +1,18 @@
-"""Wall time of a sweep over a transformers Llama of the built-in proxy's shape against the
-built-in proxy's sweep on the same grid, on the CPU, measured in the same run.
+"""Wall time of a sweep over a transformers Llama against the built-in proxy's sweep of the
+same shape, on the same trials, on the CPU, measured in the same run.
 
     python benchmarks/bench_user_model.py --repeats 3 --steps 10
 
-Both sweeps: widths 32 -> 64, depth 2, head dim 32, 4x MLP, vocabulary 256, untied, a
-3x3 grid at each level, the local executor. The Llama is built from a config.json by
-`[model] hf_config` (no QK-norm: the one difference in shape) and trains one trial per
-process; the proxy trains in packs. The pre-sweep coord check is not timed (check =
-"none"). Medians over --repeats fresh sweeps; ratio = Llama / proxy (target <= 1.3).
+The Llama is examples/llama/config.json (4 layers, head dim 32, 4:1 grouped-query
+attention, a SwiGLU MLP of 2.6875x, vocabulary 256, untied), rebuilt per width by `[model]
+hf_config`; the proxy takes its shape from the same file (depth, head dim, KV ratio, MLP
+ratio, vocabulary, tying), so QK-norm is the one difference. Widths 128 -> 256: the
+narrowest at which 4:1 attention has whole KV heads. Both sweeps train the same 18 trials:
+3x3 grids that keep the level-0 spacing (`narrowing.halve_spacing = false`), so each
+level's grid is the whole range and no edge extension can add a trial (checked). The local
+executor, packs of 8, --workers trials at a time; the pre-sweep coord check is not timed
+(check = "none"). Medians over --repeats fresh sweeps, interleaved so that a change of load
+hits both; ratio = Llama / proxy (target <= 1.3).
 """
 
 from __future__ import annotations
@@ -18,35 +23,38 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from telescope.config import parse_config
+from telescope.runs.executor import make_executor
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 from telescope.sweep import run_sweep
-from telescope.trials import make_executor
 
-LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "head_dim": 32,
-    "vocab_size": 256,
-    "max_position_embeddings": 256,
-    "tie_word_embeddings": False,
-    "rms_norm_eps": 1e-6,
-}
+LLAMA = Path(__file__).parents[1] / "examples" / "llama" / "config.json"
+SEQ_LEN = 64
+
+
+def proxy_shape(llama: dict[str, Any]) -> dict[str, Any]:
+    """The built-in proxy's `[model]` of the Llama's shape (QK-norm aside)."""
+    return {
+        "depth": llama["num_hidden_layers"],
+        "head_dim": llama["head_dim"],
+        "kv_ratio": llama["num_attention_heads"] // llama["num_key_value_heads"],
+        "mlp_ratio": llama["intermediate_size"] / llama["hidden_size"],
+        "vocab_size": llama["vocab_size"],
+        "tied_embeddings": llama["tie_word_embeddings"],
+        "seq_len": SEQ_LEN,
+    }
 
 
 def config(model: dict, steps: int, workers: int) -> dict:
     return {
         "model": model,
-        "widths": {"base": 32, "calibration": 64, "target": 256},
+        "widths": {"base": 128, "calibration": 256, "target": 512},
         "train": {"steps": steps, "batch_size": 8, "warmup_steps": 2, "eval_batches": 2, "device": "cpu"},
         "search": {"lr": {"lo": 0.006, "hi": 0.024, "points": 3}, "weight_decay": {"lo": 0.05, "hi": 0.2, "points": 3}},
-        "narrowing": {"min_points": 3},
+        "narrowing": {"min_points": 3, "halve_spacing": False},
         "executor": {"kind": "local", "cpus_per_trial": 1, "max_concurrent": workers},
     }
 
@@ -70,26 +78,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
+    models = {
+        "proxy": proxy_shape(json.loads(LLAMA.read_text())),
+        "llama": {"hf_config": str(LLAMA), "seq_len": SEQ_LEN, "check": "none"},
+    }
+    times: dict[str, list[float]] = {label: [] for label in models}
+    counts: dict[str, set[int]] = {label: set() for label in models}
+    began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "llama").mkdir()
-        (folder / "llama" / "config.json").write_text(json.dumps(LLAMA))
-        proxy = {"depth": 2, "head_dim": 32, "seq_len": 64}
-        llama = {"hf_config": str(folder / "llama"), "seq_len": 64, "check": "none"}
-        times: dict[str, list[float]] = {"proxy": [], "llama": []}
-        counts: dict[str, int] = {}
-        for r in range(args.repeats):  # interleaved, so a load change hits both
-            for label, model in (("proxy", proxy), ("llama", llama)):
-                seconds, counts[label] = timed_sweep(config(model, args.steps, args.workers), folder, f"{label}{r}")
+        for r in range(args.repeats):
+            for label, model in models.items():
+                seconds, trials = timed_sweep(config(model, args.steps, args.workers), Path(tmp), f"{label}{r}")
                 times[label].append(seconds)
-    print(f"{'sweep':<8} {'trials':>6} {'median s':>9}  runs")
-    for label in ("proxy", "llama"):
-        print(
-            f"{label:<8} {counts[label]:>6} {statistics.median(times[label]):>9.2f}  "
-            f"{', '.join(f'{t:.1f}' for t in times[label])}"
-        )
+                counts[label].add(trials)
+    if len(counts["proxy"] | counts["llama"]) != 1:
+        raise SystemExit(f"the sweeps trained different trial counts: {counts}; the comparison is void")
+    (trials,) = counts["proxy"]
+    print(f"{'sweep':<6} {'trials':>6} {'median s':>9} {'s/trial':>8}  runs")
+    for label in models:
+        median = statistics.median(times[label])
+        runs = ", ".join(f"{t:.1f}" for t in times[label])
+        print(f"{label:<6} {trials:>6} {median:>9.2f} {median / trials:>8.2f}  {runs}")
     ratio = statistics.median(times["llama"]) / statistics.median(times["proxy"])
-    print(f"ratio llama / proxy: {ratio:.2f}x (target <= 1.3x)")
+    print(f"ratio llama / proxy: {ratio:.2f}x (target <= 1.3x); the benchmark took {time.perf_counter() - began:.0f} s")
 
 
 if __name__ == "__main__":
