@@ -27,10 +27,8 @@ class LayerSlope:
         return min(self.slope - self.low, self.high - self.slope) if math.isfinite(self.slope) else -math.inf
 
     def bounds(self) -> str:
-        """E.g. `-0.75..+0.25`; a verdict stored before layers had bounds of their own: `|slope| <= 0.25`."""
-        if math.isfinite(self.low) and math.isfinite(self.high):
-            return f"{self.low:+.2f}..{self.high:+.2f}"
-        return "within the threshold"
+        """E.g. `-0.75..+0.25`."""
+        return f"{self.low:+.2f}..{self.high:+.2f}"
 
 
 @dataclass(frozen=True)
@@ -58,9 +56,14 @@ class UserModelCheck:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "UserModelCheck":
-        """The stored verdict (keys this version does not know are left out)."""
+        """The stored verdict (keys this version does not know are left out; a verdict stored
+        before layers had bounds of their own judged |slope| <= threshold)."""
         known = {f.name for f in fields(LayerSlope)}
-        layers = tuple(LayerSlope(**{k: v for k, v in layer.items() if k in known}) for layer in d.get("layers", ()))
+        t = d.get("threshold", 0.0)
+        layers = tuple(
+            LayerSlope(**({"low": -t, "high": t} | {k: v for k, v in layer.items() if k in known}))
+            for layer in d.get("layers", ())
+        )
         top = {f.name for f in fields(cls)} - {"layers"}
         return cls(**{k: tuple(v) if k == "widths" else v for k, v in d.items() if k in top}, layers=layers)
 

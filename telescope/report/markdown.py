@@ -373,8 +373,9 @@ def _model_check_section(stored: dict[str, Any]) -> str:
             f"passes {worst.bounds()}"
         )
     lines.append(
-        "- a layer passes when its slope of log mean |activation| against log width lies within its bounds after "
-        "the steps, and at init (except the readout)"
+        "- a layer passes when its slope of log mean |activation| against log width lies within its bounds: at most "
+        f"+{verdict.threshold:g} (no growth), and down to {verdict.threshold:g} below the shrinking the table designs "
+        "for it"
     )
     rows = verdict.rows()
     if rows:
