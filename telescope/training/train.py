@@ -206,19 +206,38 @@ def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tu
     generator = torch.Generator().manual_seed(spec.seed)
     recipe = spec.train.recipe
     if not spec.user_model:
-        model = build_model(spec.model, spec.width, spec.base_width, table, generator).to(device)
+        model = build_model(spec.model, spec.width, spec.base_width, table, generator, spec.base_depth).to(device)
         optimizers = build_optimizers(
-            model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, recipe=recipe
+            model,
+            table,
+            spec.lr,
+            spec.weight_decay,
+            spec.width,
+            spec.base_width,
+            spec.muon_lr_ratio,
+            recipe=recipe,
+            depth=model.depth,
         )
         return model, optimizers
     from telescope.models import model_maker
-    from telescope.models.foreign import build_user_model
+    from telescope.models.foreign import build_user_model, user_depth
 
     rules = with_defaults(spec.model_rules)
     maker, label = model_maker(spec.model_factory, spec.hf_config, spec.hf_config_hash)
-    model = build_user_model(maker, table, spec.width, spec.base_width, spec.seed, rules, label).to(device)
+    model = build_user_model(
+        maker, table, spec.width, spec.base_width, spec.seed, rules, label, spec.model.depth_alpha, spec.base_depth
+    ).to(device)
     optimizers = build_optimizers(
-        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, rules, recipe=recipe
+        model,
+        table,
+        spec.lr,
+        spec.weight_decay,
+        spec.width,
+        spec.base_width,
+        spec.muon_lr_ratio,
+        rules,
+        recipe=recipe,
+        depth=user_depth(model, rules, spec.model.depth_alpha, spec.base_depth),
     )
     return model, optimizers
 
@@ -357,7 +376,9 @@ def run_trials(
                 wall_time=wall_time,
                 steps=len(losses[i]),
                 device=where,
-                fingerprint=fingerprint(table, trial.muon_lr_ratio, trial.train.recipe, identity),
+                fingerprint=fingerprint(
+                    table, trial.muon_lr_ratio, trial.train.recipe, identity, trial.model.depth_alpha
+                ),
             )
         )
     return results
