@@ -104,6 +104,12 @@ class Plan:
     # of its edge extension adds this many trials (one more line per swept axis) at its width.
     extension_trials_per_step: int = 0
     extension_flops_per_step: float = 0.0
+    # With [depths]: the proxies' and the target's depth, and the same sweep with proxies of
+    # the target's depth (what the shallow proxies save: full_depth_sweep_flops / sweep_flops).
+    proxy_depth: int | None = None
+    target_depth: int | None = None
+    full_depth_sweep_flops: float | None = None
+    depth_saving: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,6 +138,15 @@ def plan(config: SweepConfig) -> Plan:
         )
     sweep = sum(lc.flops_per_level for lc in levels)
     target = config.widths.target
+    depths: dict[str, Any] = {}
+    if config.depths is not None:
+        deep = _proxy_costs(
+            dataclasses.replace(config, model=dataclasses.replace(shape, depth=config.depths.target)), tokens
+        )
+        full = sum(deep(lc.width)[1] * lc.trials for lc in levels)
+        depths = dict(proxy_depth=config.depths.proxy, target_depth=config.depths.target)
+        depths |= dict(full_depth_sweep_flops=full, depth_saving=full / sweep)
+        costs = deep  # the target run and the brute-force grid are at the target's depth
     target_counts, target_flops, _ = costs(target)
     brute_trials = math.prod(a.points for a in config.search.axes) * config.seeds.per_point
     last = config.levels()[-1]
@@ -152,6 +167,7 @@ def plan(config: SweepConfig) -> Plan:
         saving=brute_trials * target_flops / sweep,
         extension_trials_per_step=extension,
         extension_flops_per_step=extension * levels[-1].flops_per_trial,
+        **depths,
     )
 
 

@@ -11,7 +11,7 @@ from telescope.config import SweepConfig, parse_config
 from telescope.cost import param_counts
 from telescope.errors import TelescopeError
 from telescope.models import model_identity
-from telescope.parametrization import fingerprint, transfer
+from telescope.parametrization import Depth, fingerprint, get_table, transfer
 from telescope.proxy.model import parameter_roles
 from telescope.storage.database import Database
 
@@ -20,12 +20,16 @@ MAX_TARGET_PARAMETERS = 10**15  # beyond any model anyone trains; far beyond it,
 
 
 def export_sweep(
-    db: Database, sweep: str, target_width: int | None = None, target_config: str | None = None
+    db: Database,
+    sweep: str,
+    target_width: int | None = None,
+    target_config: str | None = None,
+    target_depth: int | None = None,
 ) -> dict[str, Any]:
     """Base values, fingerprint, provenance, what the proxies were (`measured_on`) and every
-    parameter group's absolute values at `target_width` (default: the config's target), by
-    the model's own parameter names. `target_config`: the full-size Hugging Face config of
-    a sweep over `[model] hf_config`; the width is its own."""
+    parameter group's absolute values at `target_width` and `target_depth` (defaults: the
+    config's targets), by the model's own parameter names. `target_config`: the full-size
+    Hugging Face config of a sweep over `[model] hf_config`; the width is its own."""
     row = db.require_sweep(sweep)
     if row.status != "completed" or not row.result:
         raise TelescopeError(f"sweep {sweep!r} has not finished (status {row.status}); run it to the end first")
@@ -54,6 +58,8 @@ def export_sweep(
     advice = recommendation(result, width)
     use = advice["values"]
     ratio = use.get("muon_lr_ratio", 1.0)
+    alpha = config.model.depth_alpha
+    parameters, blocks, proxy_depth, depth = _target(config, width, target, target_depth)
     groups = transfer(
         config.parametrization,
         lr=use["lr"],
@@ -61,16 +67,25 @@ def export_sweep(
         muon_lr_ratio=use.get("muon_lr_ratio", 1.0),
         base_width=config.widths.base,
         width=width,
-        parameters=target.parameters if target is not None else _parameters(config, width),
+        parameters=parameters,
+        depth=Depth(depth or 1, proxy_depth or depth or 1, alpha),
+        blocks=blocks,
+        adamw_eps=config.train.adamw_eps,
     )
     identity = model_identity(config.source.factory, config.source.hf_path, config.source.hf_config_hash)
+    model = config.to_dict()["model"]  # the proxy family (or the user's model), to build it at the target
+    if not config.user_model:
+        model["depth"] = depth
     return {
         "sweep": sweep,
         "target_width": width,
         "base_width": config.widths.base,
+        "proxy_depth": proxy_depth,
+        "target_depth": depth,
+        "depth": depth_section(config.parametrization, alpha, proxy_depth, depth),
         "parametrization": config.parametrization,
-        "model": config.to_dict()["model"],  # the proxy family (or the user's model), to build it at target_width
-        "fingerprint": fingerprint(config.parametrization, ratio, config.train.recipe, identity),
+        "model": model,
+        "fingerprint": fingerprint(config.parametrization, ratio, config.train.recipe, identity, alpha),
         "measured_on": measured_on(config),
         "notes": target.notes if target is not None else [],
         "base": base,
@@ -187,7 +202,7 @@ def measured_on(config: SweepConfig) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class TargetModel:
     width: int
-    parameters: list[Any]  # classified, at the target's width
+    model: Any  # the target, on the meta device
     notes: list[str]  # how the target differs from the proxies besides its width (depth, vocab)
 
 
@@ -197,7 +212,6 @@ def target_model(config: SweepConfig, path: str, width: int | None) -> TargetMod
     proxies'. Any other difference is refused: the sweep did not measure that model."""
     from telescope.models import ModelSource, hf
     from telescope.models.measure import build_on_meta
-    from telescope.roles import classify, with_defaults
 
     if config.source.hf_config is None:
         raise TelescopeError("--target-config is for a sweep of [model] hf_config; this sweep's model is not one")
@@ -222,17 +236,59 @@ def target_model(config: SweepConfig, path: str, width: int | None) -> TargetMod
         if k in target and target.get(k) != proxies.get(k)
     ]
     source = ModelSource(hf_config=str(hf.config_file(path)), rules=config.source.rules)
-    model = build_on_meta(source, target_width)
-    return TargetModel(target_width, classify(model, with_defaults(config.source.rules)), notes)
+    return TargetModel(target_width, build_on_meta(source, target_width), notes)
 
 
-def _parameters(config: SweepConfig, width: int) -> list[Any]:
+def depth_section(parametrization: str, alpha: float, proxy_depth: int | None, target_depth: int | None) -> dict:
+    """What the export says about depth: alpha, the depths, and the branch multiplier and
+    the table's depth rule where the rule is on (each group carries its own factors)."""
+    section: dict[str, Any] = {"alpha": alpha, "proxy_depth": proxy_depth, "target_depth": target_depth}
+    if alpha > 0 and proxy_depth and target_depth:
+        table = get_table(parametrization)
+        section["ratio"] = target_depth / proxy_depth
+        section["branch_multiplier"] = table.branch_multiplier(Depth(target_depth, proxy_depth, alpha))
+        section["rule"] = dataclasses.asdict(table.depth)
+    return section
+
+
+def _target(
+    config: SweepConfig, width: int, target: TargetModel | None, target_depth: int | None
+) -> tuple[list[Any], list[str], int | None, int | None]:
+    """The target's classified parameters, its block names, the proxies' depth and its own
+    (None where a user's model shows no blocks and the depth rule is off)."""
     if not config.user_model:
-        return parameter_roles(config.model, width, config.widths.base, config.parametrization)
+        if target_depth is not None and target_depth < config.model.depth:
+            raise TelescopeError(
+                f"--target-depth {target_depth} is below the proxies' depth {config.model.depth}: telescope transfers "
+                "to deeper models"
+            )
+        depth = target_depth or config.target_depth
+        shape = dataclasses.replace(config.model, depth=depth)
+        names = [f"blocks.{i}" for i in range(depth)]
+        return (
+            parameter_roles(shape, width, config.widths.base, config.parametrization),
+            names,
+            config.model.depth,
+            depth,
+        )
+    if target_depth is not None:
+        raise TelescopeError(
+            "--target-depth is for the built-in proxy; your model's depth is its own (--target-config)"
+        )
+    from telescope.blocks import find_blocks
     from telescope.models.measure import build_on_meta
     from telescope.roles import classify, with_defaults
 
-    return classify(build_on_meta(config.source, width), with_defaults(config.source.rules))
+    rules = with_defaults(config.source.rules)
+    model = target.model if target is not None else build_on_meta(config.source, width)
+    proxies = build_on_meta(config.source, config.widths.base)
+    try:
+        names, proxy_depth = [n for n, _ in find_blocks(model, rules)], len(find_blocks(proxies, rules))
+    except TelescopeError:
+        if config.model.depth_alpha > 0:
+            raise
+        return classify(model, rules), [], None, None
+    return classify(model, rules), names, proxy_depth, len(names)
 
 
 def _toml_ready(value: Any) -> Any:

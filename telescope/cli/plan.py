@@ -72,8 +72,9 @@ def _total_rows(p: Plan) -> list[dict[str, object]]:
         },
         {
             "quantity": "one target run",
-            "value": f"{readable.flops(p.target_flops)} (width {p.target_width}, {readable.count(p.target_params)} "
-            "params)",
+            "value": f"{readable.flops(p.target_flops)} (width {p.target_width}"
+            + (f", depth {p.target_depth}" if p.target_depth is not None else "")
+            + f", {readable.count(p.target_params)} params)",
         },
         {"quantity": "sweep / target run", "value": f"{p.ratio:.3g}x"},
         {
@@ -81,4 +82,18 @@ def _total_rows(p: Plan) -> list[dict[str, object]]:
             "value": f"{readable.flops(p.brute_force_flops)} in {p.brute_force_trials} trials",
         },
         {"quantity": "saving vs brute force", "value": f"{p.saving:.3g}x"},
+        *_depth_rows(p),
+    ]
+
+
+def _depth_rows(p: Plan) -> list[dict[str, object]]:
+    """With [depths]: the same sweep with proxies of the target's depth, and what the shallow ones save."""
+    if p.full_depth_sweep_flops is None:
+        return []
+    return [
+        {
+            "quantity": f"same sweep at depth {p.target_depth}",
+            "value": f"{readable.flops(p.full_depth_sweep_flops)} (proxies of the target's depth)",
+        },
+        {"quantity": f"saving of depth {p.proxy_depth} proxies", "value": f"{p.depth_saving:.3g}x"},
     ]
