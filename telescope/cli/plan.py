@@ -29,6 +29,10 @@ def plan(
     Like `telescope sweep`, it first checks that the data loads and fits the model and that
     the device exists here (exit 2 if not); --no-data-check skips that."""
     cfg = load_sweep_config(config, model, rules)
+    if cfg.user_model:
+        from telescope.models.depth import check_user_blocks
+
+        check_user_blocks(cfg.source, cfg.widths.base, cfg.model.depth_alpha)
     if not no_data_check:
         from telescope.runs.preflight import check_inputs
 

@@ -142,7 +142,9 @@ def build_checked_model(settings: CoordCheckSettings, width: int, base_width: in
 
     rules = with_defaults(settings.model_rules)
     maker, label = model_maker(settings.model_factory, settings.hf_config, settings.hf_config_hash)
-    model = build_user_model(maker, settings.parametrization, width, base_width, settings.seed, rules, label)
+    model = build_user_model(
+        maker, settings.parametrization, width, base_width, settings.seed, rules, label, settings.shape.depth_alpha
+    )
     optimizers = build_foreign_optimizers(model, settings.parametrization, lr, 0.0, width, base_width, rules=rules)
     return model, optimizers, foreign_layer_modules(model)
 

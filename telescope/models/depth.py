@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from telescope.blocks import depth_of, set_branch_multiplier
+from telescope.blocks import depth_of, find_branches, set_branch_multiplier
 from telescope.errors import TelescopeError
 from telescope.parametrization import Depth, Table, get_table
 from telescope.roles import RuleLike, as_rules
@@ -58,3 +58,15 @@ def export_depth(
                 f"export for yours: telescope export {payload.get('sweep', 'SWEEP')} --target-depth {depth}"
             )
     return alpha, proxy_depth, target_depth
+
+
+def check_user_blocks(source: Any, width: int, depth_alpha: float) -> None:
+    """With the depth rule on, the user's model (a telescope.models.ModelSource) must show
+    its residual blocks and their branches, or name them with rules: a ConfigError, one
+    line, before anything is written."""
+    if depth_alpha <= 0:
+        return
+    from telescope.models.measure import build_on_meta
+    from telescope.roles import with_defaults
+
+    find_branches(build_on_meta(source, width), with_defaults(source.rules))

@@ -184,7 +184,9 @@ def check_foreign_model(
     from telescope.models.packing import logits_of
     from telescope.roles import with_defaults
 
-    model = build_user_model(factory, parametrization, width, base_width, 0, with_defaults(rules))
+    model = build_user_model(
+        factory, parametrization, width, base_width, 0, with_defaults(rules), None, shape.depth_alpha
+    )
     idx = torch.zeros(1, shape.seq_len, dtype=torch.long)
     try:
         with torch.no_grad():
