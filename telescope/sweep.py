@@ -16,8 +16,9 @@ from typing import Any
 from rich.console import Console
 
 from telescope.config import SweepConfig
-from telescope.cost import train_flops
+from telescope.cost import plan
 from telescope.progress import SweepProgress
+from telescope.remaining import LevelWork
 from telescope.runs.executor import make_executor
 from telescope.runs.keys import trial_key
 from telescope.runs.stored import RunRecord, StoredRun, open_run
@@ -106,14 +107,14 @@ def _record(config: SweepConfig, name: str) -> RunRecord:
 
 def _run_levels(config: SweepConfig, run: StoredRun, console: Console) -> dict[str, Any]:
     plans = config.levels()
-    tokens = config.train.steps * config.train.batch_size * config.model.seq_len
-    planned = [(p.trials, train_flops(config.model, p.width, tokens)) for p in plans]
+    costs = plan(config)
+    planned = [LevelWork(lc.trials, lc.flops_per_trial, lc.newton_schulz_flops_per_trial) for lc in costs.levels]
     levels: list[dict[str, Any]] = []
     optima: list[tuple[int, dict[str, float]]] = []
     warnings: list[str] = []
     previous_best = None
     grid = initial_grid(config.search.axes, config.widths.base)
-    with SweepProgress(planned, console=console) as progress:
+    with SweepProgress(planned, console=console, growth=costs.extension_trials_per_step) as progress:
         for index in range(len(plans)):
             outcomes = _run_level(config, run, grid, progress)
             best = best_point(grid, outcomes)
