@@ -43,12 +43,12 @@ def write_micro_config(path: Path, **sections: dict[str, Any]) -> Path:
 
 
 def run_micro_sweep(url: str, store: Path, name: str = "micro", **sections: dict[str, Any]) -> dict[str, Any]:
-    """Run a micro sweep to the end in-process; returns its result."""
+    """Run a micro sweep to the end in-process; returns its result as stored (a dict)."""
     config = parse_config(micro_config(**sections))
     executor = make_executor(config.executor)
     try:
         with Database(url) as db:
-            return run_sweep(config, db, MetricsStore(store), name, executor=executor)
+            return run_sweep(config, db, MetricsStore(store), name, executor=executor).to_dict()
     finally:
         executor.close()
 

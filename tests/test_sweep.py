@@ -246,15 +246,15 @@ def test_the_last_level_extends_past_an_edge_best_until_it_is_interior(tmp_path:
     executor = make_executor(config.executor, DriftingTrial())
     with Database(url) as db:
         result = run_sweep(config, db, store, "edge", executor=executor)
-        last = result["levels"][-1]
-        lrs = sorted(t.lr for t in db.trials("edge", level=last["level"]))
+        last = result.levels[-1]
+        lrs = sorted(t.lr for t in db.trials("edge", level=last.level))
         stored_at = db.get_sweep("edge").updated_at
         again = run_sweep(config, db, store, "edge", executor=executor)  # completed: derived again, untouched
         assert db.get_sweep("edge").updated_at == stored_at
-    assert lrs[0] < result["best"]["lr"] < lrs[-1]
-    assert len(lrs) > 3 and last["grid"] == f"{len(lrs)}"
-    assert any("extended" in w and "past it" in w for w in last["warnings"])
-    assert result["best"]["lr"] == pytest.approx(0.03 * 64 / 16, rel=0.2)
+    assert lrs[0] < result.best["lr"] < lrs[-1]
+    assert len(lrs) > 3 and last.grid == f"{len(lrs)}"
+    assert any("extended" in w and "past it" in w for w in last.warnings)
+    assert result.best["lr"] == pytest.approx(0.03 * 64 / 16, rel=0.2)
     assert again == result
 
 
