@@ -36,12 +36,12 @@ import torch
 from rich.console import Console
 
 from telescope.config import SweepConfig, load_config
-from telescope.proxy.train import run_trial
 from telescope.runs.executor import make_executor
 from telescope.spec import TrialSpec
 from telescope.storage.database import Database
 from telescope.storage.metrics import MetricsStore
 from telescope.sweep import run_sweep
+from telescope.training.train import run_trial
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "tiny-cpu.toml"
 CPUS = len(os.sched_getaffinity(0))

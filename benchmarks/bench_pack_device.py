@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from telescope.proxy.train import resolve_device, run_trial, run_trials
 from telescope.spec import ModelShape, TrainSettings, TrialSpec
+from telescope.training.train import resolve_device, run_trial, run_trials
 
 
 def level(width: int, n: int, shape: ModelShape, train: TrainSettings) -> list[TrialSpec]:

@@ -17,11 +17,11 @@ import time
 import torch
 
 from telescope.data import load_data
+from telescope.optim.groups import build_optimizers
+from telescope.optim.muon import Muon
 from telescope.proxy.model import build_model
-from telescope.proxy.muon import Muon
-from telescope.proxy.optim import build_optimizers
-from telescope.proxy.train import loss_fn
 from telescope.spec import ModelShape
+from telescope.training.train import loss_fn
 
 
 def median_seconds(fn, repeats: int, warmup: int = 3) -> float:

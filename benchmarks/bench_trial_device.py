@@ -20,10 +20,10 @@ import torch
 
 from telescope.cost import param_counts
 from telescope.data import load_data
+from telescope.optim.groups import build_optimizers
 from telescope.proxy.model import build_model
-from telescope.proxy.optim import build_optimizers
-from telescope.proxy.train import autocast, loss_fn, lr_multiplier, resolve_device, run_trial
 from telescope.spec import ModelShape, StepMetrics, TrainSettings, TrialSpec
+from telescope.training.train import autocast, loss_fn, lr_multiplier, resolve_device, run_trial
 
 
 def reset_peak(device: torch.device) -> None:

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from telescope.models import hf
-from telescope.proxy.train import run_trials
 from telescope.spec import ModelShape, TrainSettings, TrialSpec
+from telescope.training.train import run_trials
 
 LLAMA = {
     "model_type": "llama",

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(args: argparse.Namespace) -> None:
     import torch
 
-    from telescope.proxy.train import autocast, loss_fn, lr_multiplier, resolve_device, validation_loss
+    from telescope.training.train import autocast, loss_fn, lr_multiplier, resolve_device, validation_loss
 
     if args.steps < 1 or args.batch_size < 1 or args.log_every < 1:
         raise TelescopeError("--steps, --batch-size and --log-every must be >= 1")

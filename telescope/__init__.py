@@ -13,7 +13,7 @@ Everything the command line does, from Python (each name is imported on first us
         payload = export_sweep(db, "tiny-cpu")      # telescope export
     executor.close()
 
-Your own model: `optimizers_from_export(model, "export.json")` (see telescope.foreign).
+Your own model: `optimizers_from_export(model, "export.json")` (see telescope.models.foreign).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ _EXPORTS: dict[str, str] = {
     "write_report": "telescope.report",
     "load_sweep": "telescope.report",
     # one trial, the proxy, the coord check (telescope trial / coord-check)
-    "run_trial": "telescope.proxy.train",
+    "run_trial": "telescope.training.train",
     "TrialSpec": "telescope.spec",
     "TrialResult": "telescope.spec",
     "ModelShape": "telescope.spec",
@@ -53,15 +53,15 @@ _EXPORTS: dict[str, str] = {
     "StepMetrics": "telescope.spec",
     "Status": "telescope.spec",
     "build_model": "telescope.proxy.model",
-    "build_optimizers": "telescope.proxy.optim",
+    "build_optimizers": "telescope.optim.groups",
     "NameRule": "telescope.roles",
     "PROXY_RULES": "telescope.roles",
     "classify": "telescope.roles",
     "load_rules": "telescope.roles",
-    "Optimizers": "telescope.proxy.optim",
+    "Optimizers": "telescope.optim.groups",
     "load_data": "telescope.data",
-    "coord_check": "telescope.proxy.coord_check",
-    "CoordCheckSettings": "telescope.proxy.coord_check",
+    "coord_check": "telescope.coord.study",
+    "CoordCheckSettings": "telescope.coord.study",
     # parametrizations and the transfer
     "TABLES": "telescope.parametrization",
     "get_table": "telescope.parametrization",
@@ -70,13 +70,13 @@ _EXPORTS: dict[str, str] = {
     # your own model
     "FOREIGN_RULES": "telescope.roles",
     "KindRule": "telescope.roles",
-    "classify_foreign": "telescope.foreign",
-    "classification_report": "telescope.foreign",
-    "parametrize": "telescope.foreign",
-    "build_foreign_optimizers": "telescope.foreign",
-    "optimizers_from_export": "telescope.foreign",
-    "load_export": "telescope.foreign",
-    "load_factory": "telescope.foreign",
+    "classify_foreign": "telescope.models.foreign",
+    "classification_report": "telescope.models.foreign",
+    "parametrize": "telescope.models.foreign",
+    "build_foreign_optimizers": "telescope.models.foreign",
+    "optimizers_from_export": "telescope.models.foreign",
+    "load_export": "telescope.models.foreign",
+    "load_factory": "telescope.models.foreign",
     # errors
     "TelescopeError": "telescope.errors",
     "ConfigError": "telescope.errors",

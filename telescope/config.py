@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from telescope.errors import ConfigError
+from telescope.model_config import SOURCE_KEYS, check_user_widths, model_table, parse_source, user_model_shape
 from telescope.models import ModelSource
-from telescope.models.config import SOURCE_KEYS, check_user_widths, model_table, parse_source, user_model_shape
 from telescope.search import Axis, LevelPlan, Narrowing, Widths, plan_levels
 from telescope.spec import (
     SWEEPABLE,

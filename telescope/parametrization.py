@@ -26,7 +26,7 @@ ROLES: tuple[Role, ...] = ("embedding", "hidden", "output", "vector")
 # Optimizer settings shared by every table (docs/design.md §2); part of the fingerprint. The
 # recipe a sweep may set ([train] grad_clip, AdamW betas and eps, Muon momentum and
 # Nesterov: telescope.spec.Recipe) is in the fingerprint too.
-MUON_VARIANT = "telescope.proxy.muon.Muon"  # batched NS, numerically torch.optim.Muon
+MUON_VARIANT = "telescope.optim.muon.Muon"  # batched NS, numerically torch.optim.Muon
 NS_STEPS = 5
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 LR_ADJUST = "match_rms_adamw"

@@ -10,7 +10,7 @@ def muon_step_flops(config, width: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from telescope.parametrization import get_table
-    from telescope.proxy.train import build_trial_model
+    from telescope.training.train import build_trial_model
 
     spec = config.trial_spec(width, {"lr": 0.01, "weight_decay": 0.1}, 0)
     model, optimizers = build_trial_model(spec, get_table(spec.parametrization), torch.device("cpu"))

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
-from telescope.proxy.coord_check import log_log_slope
+from telescope.coord.study import log_log_slope
 
 # Small enough to be quick on 2 CPUs; same verdicts as the default 64..512 check.
 SMALL = ["--widths", "32,64,128", "--head-dim", "16", "--steps", "10"]

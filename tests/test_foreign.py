@@ -14,7 +14,7 @@ from torch import nn
 
 from telescope.errors import ConfigError, TelescopeError
 from telescope.export import export_sweep, render
-from telescope.foreign import (
+from telescope.models.foreign import (
     FOREIGN_RULES,
     apply_output_multiplier,
     classification_report,

@@ -15,15 +15,15 @@ import torch
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
+from telescope.coord.study import CoordCheckSettings, coord_check
 from telescope.data import load_data
 from telescope.errors import TelescopeError
 from telescope.export import export_sweep
-from telescope.foreign import build_foreign_optimizers, classify, optimizers_from_export, parametrize
-from telescope.proxy.coord_check import CoordCheckSettings, coord_check
-from telescope.proxy.muon import Muon
-from telescope.proxy.train import loss_fn
+from telescope.models.foreign import build_foreign_optimizers, classify, optimizers_from_export, parametrize
+from telescope.optim.muon import Muon
 from telescope.spec import ModelShape
 from telescope.storage.database import Database
+from telescope.training.train import loss_fn
 
 MODELS = ("llama", "gpt2", "qwen3", "mixtral")
 WIDTH, BASE = 64, 32

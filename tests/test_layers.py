@@ -12,21 +12,62 @@ PACKAGE = Path(__file__).parents[1] / "telescope"
 DRIVERS = ("telescope.sweep", "telescope.transfer_check", "telescope.batch_study")
 ABOVE_RUNS = (*DRIVERS, "telescope.cli", "telescope.report", "telescope.dashboard", "telescope.export")
 
-# package -> what it must never import (module prefixes)
+# package -> what it must never import (module prefixes). From the bottom up: the math
+# (parametrization, roles), optim, the models (proxy, models), data, training, coord_check,
+# trials, storage, runs, then the drivers and what sits above them.
+MODELS_AND_UP = (
+    "telescope.training",
+    "telescope.coord",
+    "telescope.trials",
+    "telescope.storage",
+    "telescope.runs",
+)
 FORBIDDEN = {
-    "telescope.trials": (
+    "telescope.optim": (
+        "telescope.config",
         "telescope.proxy",
+        "telescope.models",
+        "telescope.data",
+        *MODELS_AND_UP,
+        *ABOVE_RUNS,
+    ),
+    "telescope.proxy": ("telescope.config", "telescope.models", "telescope.data", *MODELS_AND_UP, *ABOVE_RUNS),
+    "telescope.models": ("telescope.config", "telescope.proxy", "telescope.data", *MODELS_AND_UP, *ABOVE_RUNS),
+    "telescope.data": (
+        "telescope.config",
+        "telescope.optim",
+        "telescope.proxy",
+        "telescope.models",
+        *MODELS_AND_UP,
+        *ABOVE_RUNS,
+    ),
+    "telescope.training": (
+        "telescope.coord",
+        "telescope.trials",
         "telescope.storage",
         "telescope.runs",
-        "telescope.foreign",
+        *ABOVE_RUNS,
+    ),
+    "telescope.coord": ("telescope.trials", "telescope.storage", "telescope.runs", *ABOVE_RUNS),
+    "telescope.trials": (
+        "telescope.proxy",
         "telescope.models",
+        "telescope.training",
+        "telescope.coord",
+        "telescope.storage",
+        "telescope.runs",
         "telescope.data",
         *ABOVE_RUNS,
     ),
-    "telescope.storage": ("telescope.runs", "telescope.proxy", "telescope.trials", *ABOVE_RUNS),
-    "telescope.proxy": ("telescope.config", "telescope.storage", "telescope.runs", "telescope.trials", *ABOVE_RUNS),
+    "telescope.storage": ("telescope.runs", "telescope.proxy", "telescope.training", "telescope.trials", *ABOVE_RUNS),
     "telescope.runs": ABOVE_RUNS,
-    "telescope.parametrization": ("telescope.config", "telescope.proxy", "telescope.runs", *ABOVE_RUNS),
+    "telescope.parametrization": (
+        "telescope.config",
+        "telescope.optim",
+        "telescope.proxy",
+        "telescope.runs",
+        *ABOVE_RUNS,
+    ),
     "telescope.sweep": ("telescope.transfer_check", "telescope.batch_study", "telescope.cli"),
     "telescope.transfer_check": ("telescope.sweep", "telescope.batch_study", "telescope.cli"),
     "telescope.batch_study": ("telescope.sweep", "telescope.transfer_check", "telescope.cli"),

@@ -4,8 +4,8 @@ from torch import nn
 
 from telescope.cost import param_counts
 from telescope.errors import ConfigError
+from telescope.optim.groups import build_optimizers
 from telescope.proxy.model import build_model
-from telescope.proxy.optim import build_optimizers
 from telescope.roles import PROXY_RULES, NameRule, classify, roles_of
 from telescope.spec import ModelShape
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from telescope.optim.groups import build_optimizers
+from telescope.optim.muon import Muon, zeropower_via_newtonschulz5
 from telescope.proxy.model import build_model
-from telescope.proxy.muon import Muon, zeropower_via_newtonschulz5
-from telescope.proxy.optim import build_optimizers
 from telescope.spec import ModelShape
 
 SHAPES = [(32, 32)] * 3 + [(96, 32)] * 2 + [(32, 96)] * 2 + [(17, 5)]

@@ -6,9 +6,9 @@ import math
 import pytest
 
 from telescope.errors import ConfigError
-from telescope.proxy.train import pack_key, run_trial, run_trials
 from telescope.runs.executor import make_executor
 from telescope.spec import ModelShape, Status, StepMetrics, TrainSettings, TrialResult, TrialSpec
+from telescope.training.train import pack_key, run_trial, run_trials
 from telescope.trials import ExecutorSettings, Packing
 from telescope.trials.packs import plan_packs
 

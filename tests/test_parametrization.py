@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from telescope.errors import ConfigError
+from telescope.optim.groups import build_optimizers
 from telescope.parametrization import (
     TABLES,
     check_same_fingerprint,
@@ -12,7 +13,6 @@ from telescope.parametrization import (
     transfer,
 )
 from telescope.proxy.model import build_model, parameter_roles
-from telescope.proxy.optim import build_optimizers
 from telescope.spec import ModelShape
 
 SHAPE = ModelShape(depth=1, head_dim=16)

@@ -5,8 +5,8 @@ import pytest
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
-from telescope.proxy.train import lr_multiplier, run_trial
 from telescope.spec import ModelShape, Status, TrainSettings, TrialSpec
+from telescope.training.train import lr_multiplier, run_trial
 
 SMALL = ModelShape(depth=1, head_dim=16, seq_len=32)
 
@@ -119,7 +119,7 @@ def test_trial_cli_rejects_bad_input_with_exit_2(args, message):
 def test_reading_the_loss_every_few_steps_records_the_same_trial(monkeypatch, lr, steps):
     """On a GPU the host reads losses every HOST_SYNC_STEPS steps: the same metrics, the same
     result and, for a diverging trial, the same last recorded step as reading every step."""
-    import telescope.proxy.train as train
+    import telescope.training.train as train
 
     runs = []
     for every in (1, 4):

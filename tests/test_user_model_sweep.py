@@ -188,9 +188,9 @@ def test_without_transformers_an_hf_sweep_is_one_line(tmp_path: Path, monkeypatc
 
 
 def test_the_coord_check_gives_a_transformers_llama_one_verdict_on_either_ladder(tmp_path: Path) -> None:
-    from telescope.models.check import check_user_model, coord_widths
+    from telescope.coord.model_check import check_user_model, coord_widths
 
-    # The ladders 32, 64, 128 and 64, 128, 256 once flipped the verdict (see telescope.models.check).
+    # The ladders 32, 64, 128 and 64, 128, 256 once flipped the verdict (see telescope.coord.model_check).
     assert coord_widths(32, 64) == coord_widths(64, 128) == coord_widths(16, 128) == (64, 128, 256)
     config = load_config(write_sweep(tmp_path, "llama", check="coord"))
     verdict = check_user_model(config)
@@ -207,7 +207,7 @@ def test_an_export_warns_once_on_a_model_unlike_its_proxies_strict_refuses_and_i
     from telescope.config import parse_config
     from telescope.errors import TelescopeError
     from telescope.export import measured_on
-    from telescope.foreign import optimizers_from_export
+    from telescope.models.foreign import optimizers_from_export
     from telescope.parametrization import fingerprint
     from telescope.spec import Recipe
 

@@ -51,8 +51,8 @@ def coord_check(
     width-independent. Exit 0 if every layer passes, 1 otherwise."""
     from telescope.cli.checks import check_plot_file, check_widths_fit
     from telescope.cli.common import model_rules, positive_number
-    from telescope.proxy.coord_check import CoordCheckSettings, plot_coord_check
-    from telescope.proxy.coord_check import coord_check as run_coord_check
+    from telescope.coord.study import CoordCheckSettings, plot_coord_check
+    from telescope.coord.study import coord_check as run_coord_check
 
     shape = ModelShape(depth=depth, head_dim=head_dim)
     if model is None:

@@ -111,7 +111,7 @@ def sweep(
                 checks=checks,
                 reuse=not no_reuse,
             )
-            payload = export_sweep(database, result["sweep"])
+            payload = export_sweep(database, result.sweep)
     finally:
         runner.close()
     print_export(payload)
@@ -142,7 +142,7 @@ def _check_user_model(cfg) -> dict:
     """The user's model runs on the sweep's data, and its proxies pass the coord check
     (`[model] check = "coord"`), before anything is written; on FAIL the per-layer slopes
     and roles are printed and the command exits 1."""
-    from telescope.models.check import check_user_model
+    from telescope.coord.model_check import check_user_model
 
     verdict = check_user_model(cfg)
     if verdict.check == "coord":

@@ -44,7 +44,7 @@ def trial(
     """Train one proxy model and print its losses, tokens, FLOPs and wall time."""
     from telescope.data import load_train_data
     from telescope.parametrization import get_table
-    from telescope.proxy.train import run_trial
+    from telescope.training.train import run_trial
 
     train = TrainSettings(
         steps=steps,

@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 CoordCheck = Literal["coord", "none"]
+# "package.module:function"
+FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def model_maker(
 ) -> tuple[Callable[[int], Any], str]:
     """(width -> nn.Module, a label for messages) for a factory spec or a Hugging Face config."""
     if factory is not None:
-        from telescope.foreign import load_factory
+        from telescope.models.foreign import load_factory
 
         return load_factory(factory), factory
     if hf_config is None:

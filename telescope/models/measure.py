@@ -15,7 +15,7 @@ from telescope.models import ModelSource, model_maker
 
 def build_on_meta(source: ModelSource, width: int) -> nn.Module:
     """The user's model at `width` on the meta device (no weights in memory)."""
-    from telescope.foreign import make_model
+    from telescope.models.foreign import make_model
 
     if source.hf_config is not None:
         from telescope.models import hf

@@ -1,4 +1,4 @@
-"""Whether the user's model can be packed like the built-in proxy (telescope.proxy.packed):
+"""Whether the user's model can be packed like the built-in proxy (telescope.training.packed):
 k models' parameters stacked and run through one template with `torch.func.functional_call`
 under `vmap`. Decided once per model (factory or config) and process: a tiny packed forward
 of two differently seeded models must equal their unpacked forwards, or the model trains
@@ -6,14 +6,38 @@ one trial per process (data-dependent code such as an MoE's routing cannot run u
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from telescope.proxy.packed import logits_of, vmap_quietly
 from telescope.spec import TrialSpec
+
+# Under vmap on CUDA (torch 2.11, H200), the cuDNN attention kernel's backward returns NaN
+# gradients and the memory-efficient one fails ("LSE is not correctly aligned"); flash
+# attention and the plain math are right. Flash first (bf16), math otherwise (fp32).
+VMAP_SAFE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits a model returned: the tensor itself, or a Hugging Face ModelOutput's `.logits`."""
+    return output if isinstance(output, torch.Tensor) else getattr(output, "logits", output)
+
+
+@contextlib.contextmanager
+def vmap_quietly() -> Iterator[None]:
+    """Where a pack's forward runs under vmap: attention a vmapped backward gets right, and
+    quiet about what torch cannot batch."""
+    with warnings.catch_warnings(), sdpa_kernel(VMAP_SAFE_ATTENTION):
+        # CPU flash attention has no vmap rule: torch runs it once per trial, and says so each step.
+        warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule", category=UserWarning)
+        yield
+
 
 # How close the packed forward must come to the unpacked one (float rounding of batched matmuls).
 TOLERANCE = 1e-4
@@ -21,13 +45,13 @@ TOLERANCE = 1e-4
 
 def build_trial_module(spec: TrialSpec, seed: int, device: str | torch.device | None = None) -> nn.Module:
     """The user's model of `spec` at its width, built from `seed` and parametrized per its table."""
-    from telescope.foreign import build_user_model
     from telescope.models import model_maker
+    from telescope.models.foreign import build_user_model
     from telescope.roles import with_defaults
 
     maker, label = model_maker(spec.model_factory, spec.hf_config, spec.hf_config_hash)
     if device is not None and torch.device(device).type == "meta":
-        from telescope.foreign import apply_output_multiplier, make_model
+        from telescope.models.foreign import apply_output_multiplier, make_model
 
         with torch.device("meta"):
             model = make_model(maker, spec.width, label)

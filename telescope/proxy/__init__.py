@@ -1,1 +1,1 @@
-"""The proxy: model, optimizers (Muon + AdamW by role), one trial, coord check (its data: telescope.data)."""
+"""The built-in proxy model (its optimizers: telescope.optim; its training: telescope.training)."""

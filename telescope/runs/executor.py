@@ -1,5 +1,5 @@
 """The executor every command that trains uses: the proxy's trials (or the user's model's),
-packed as telescope.proxy.train packs them."""
+packed as telescope.training.train packs them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def make_executor(
     `pack_key`, or your `trial_fn`, one at a time unless you give its `packing` too.
     Ray is imported only when asked for; `close()` the executor when done."""
     if trial_fn is None:
-        from telescope.proxy.train import pack_key, run_trial, run_trials
+        from telescope.training.train import pack_key, run_trial, run_trials
 
         trial_fn, packing = run_trial, packing or Packing(key=pack_key, train=run_trials)
     return create_executor(settings, trial_fn, packing)

@@ -17,7 +17,7 @@ def check_inputs(model: ModelShape, train: TrainSettings, executor: ExecutorSett
     On a cluster (`ray_address`) the workers may have the GPUs and the data path the driver
     lacks: there only the device's name is checked, and the data only if the path is here."""
     from telescope.data import load_train_data, source_path
-    from telescope.proxy.train import check_device_name, resolve_device
+    from telescope.training.train import check_device_name, resolve_device
 
     if executor.ray_address is not None:
         check_device_name(train.device, where="train.device")

@@ -111,7 +111,7 @@ def check_settings(settings: CheckSettings) -> None:
     """TelescopeError (one line) for settings that cannot run; nothing is written before this."""
     from telescope.parametrization import get_table
     from telescope.proxy.model import check_shape
-    from telescope.proxy.train import check_spec
+    from telescope.training.train import check_spec
 
     get_table(settings.parametrization)
     ws = settings.widths
@@ -151,8 +151,8 @@ def check_foreign_model(
     over the vocabulary are each one TelescopeError line."""
     import torch
 
-    from telescope.foreign import build_user_model
-    from telescope.proxy.train import logits_of
+    from telescope.models.foreign import build_user_model
+    from telescope.models.packing import logits_of
     from telescope.roles import with_defaults
 
     model = build_user_model(factory, parametrization, width, base_width, 0, with_defaults(rules))

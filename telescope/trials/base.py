@@ -13,7 +13,7 @@ from telescope.errors import ConfigError
 from telescope.spec import MetricsCallback, StepMetrics, TrialResult, TrialSpec
 
 TrialFn = Callable[[TrialSpec, MetricsCallback], TrialResult]
-# Trains several trials as one pack (telescope.proxy.train.run_trials): results in order.
+# Trains several trials as one pack (telescope.training.train.run_trials): results in order.
 PackFn = Callable[[Sequence[TrialSpec], Sequence[MetricsCallback]], list[TrialResult]]
 # Trials with equal keys can share a pack; None: the trial always runs alone.
 PackKeyFn = Callable[[TrialSpec], Hashable | None]

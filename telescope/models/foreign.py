@@ -3,7 +3,7 @@
 Your own model gets its role per parameter from the classifier the proxy uses
 (telescope.roles: ordered rules, first match wins, no implicit default), its weights
 initialised per the table (telescope.weights), the output multiplier on its logits, and
-the Muon + AdamW optimizers of telescope's proxy (telescope.proxy.optim) with the
+the Muon + AdamW optimizers of telescope's proxy (telescope.optim.groups) with the
 transferred per-group learning rates and weight decay, straight from an export file:
 
     parametrize(model, "export.json")                      # init + logit multiplier, per the export
@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from telescope.errors import ConfigError, TelescopeError
-from telescope.models.config import FACTORY_SPEC
+from telescope.models import FACTORY_SPEC
 from telescope.models.describe import check_measured_on
+from telescope.optim.groups import Optimizers, build_optimizers
 from telescope.parametrization import Role, Table, check_same_fingerprint, fingerprint, get_table, width_multiplier
-from telescope.proxy.optim import Optimizers, build_optimizers
 from telescope.roles import (
     FOREIGN_RULES,
     KindRule,

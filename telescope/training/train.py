@@ -18,10 +18,11 @@ from torch import Tensor, nn
 from telescope.data import load_train_data
 from telescope.errors import ConfigError, TelescopeError
 from telescope.models import model_identity
+from telescope.models.packing import logits_of
+from telescope.numbers import finite_or_none
+from telescope.optim.groups import Optimizers, build_optimizers
 from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.model import build_model
-from telescope.proxy.optim import Optimizers, build_optimizers
-from telescope.proxy.packed import PackedProxies, logits_of
 from telescope.roles import with_defaults
 from telescope.spec import (
     MetricsCallback,
@@ -32,6 +33,7 @@ from telescope.spec import (
     TrialSpec,
     check_token_count,
 )
+from telescope.training.packed import PackedProxies
 
 SMOOTHING_STEPS = 10  # the reported train loss is the mean over this many final steps
 HOST_SYNC_STEPS = 16  # on an accelerator, losses are read (and divergence checked) every this many steps
@@ -185,10 +187,6 @@ def validation_losses(learner: "_Evaluated | PackedProxies", batches, device: to
     return (total / len(batches)).tolist()
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def train_flops(spec: TrialSpec, tokens: int, model: nn.Module | None = None) -> float:
     """The proxy's cost model; for a user's model the 6 * params * tokens rule."""
     if spec.user_model and model is not None:
@@ -210,8 +208,8 @@ def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tu
             model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, recipe=recipe
         )
         return model, optimizers
-    from telescope.foreign import build_user_model
     from telescope.models import model_maker
+    from telescope.models.foreign import build_user_model
 
     rules = with_defaults(spec.model_rules)
     maker, label = model_maker(spec.model_factory, spec.hf_config, spec.hf_config_hash)
@@ -254,7 +252,7 @@ def run_trials(
     on_metrics: Sequence[MetricsCallback | None] | None = None,
     reference: bool = False,
 ) -> list[TrialResult]:
-    """Train the trials `specs` describe as one pack (see telescope.proxy.packed) and return
+    """Train the trials `specs` describe as one pack (see telescope.training.packed) and return
     their results in order. Each trial streams its own metrics to `on_metrics[i]` and stops
     recording when it diverges; the pack runs until every trial has finished or diverged. A
     packed trial's wall_time is its share of the pack's (pack wall time / k), and its device
@@ -335,7 +333,7 @@ def run_trials(
         measured = validation_losses(learner, val_batches, device)
         for i in range(k):
             if status[i] is Status.COMPLETED:
-                val_losses[i] = _finite(measured[i])
+                val_losses[i] = finite_or_none(measured[i])
                 if val_losses[i] is None:
                     status[i] = Status.DIVERGED
     wall_time = (time.perf_counter() - started) / k
@@ -349,7 +347,7 @@ def run_trials(
         results.append(
             TrialResult(
                 status=status[i],
-                train_loss=_finite(sum(tail) / len(tail)),
+                train_loss=finite_or_none(sum(tail) / len(tail)),
                 val_loss=val_losses[i],
                 tokens=tokens,
                 flops=train_flops(trial, tokens, model),

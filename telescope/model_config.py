@@ -5,11 +5,10 @@ Plain data, no torch."""
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Literal, Mapping
 
 from telescope.errors import ConfigError
-from telescope.models import ModelSource
+from telescope.models import FACTORY_SPEC, ModelSource
 from telescope.spec import ModelShape
 
 
@@ -67,8 +66,7 @@ def parse_source(table: Mapping[str, Any]) -> ModelSource:
     return ModelSource(factory, hf_config, digest, rules, check)
 
 
-# "package.module:function": how a factory is named (telescope.foreign loads it).
-FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+# "package.module:function": how a factory is named (telescope.models.foreign loads it).
 
 
 def _parse_rules(value: Any) -> tuple[tuple[str, str], ...]:

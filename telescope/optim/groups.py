@@ -154,7 +154,7 @@ def build_optimizers(
             f"need lr > 0, weight_decay >= 0, muon_lr_ratio > 0; got {lr}, {weight_decay}, {muon_lr_ratio}"
         )
     if muon_cls is None:
-        from telescope.proxy.muon import Muon
+        from telescope.optim.muon import Muon
 
         muon_cls = Muon
     groups = param_groups(model, table, lr, weight_decay, width, base_width, muon_lr_ratio, rules)

@@ -19,12 +19,13 @@ import torch
 from telescope.data import load_data
 from telescope.errors import ConfigError
 from telescope.files import atomic_write
+from telescope.models.packing import logits_of
+from telescope.optim.groups import build_optimizers
 from telescope.parametrization import get_table
 from telescope.proxy.model import Transformer, build_model
-from telescope.proxy.optim import build_optimizers
-from telescope.proxy.train import logits_of, loss_fn
 from telescope.roles import with_defaults
 from telescope.spec import ModelShape
+from telescope.training.train import loss_fn
 
 DEFAULT_LR = 0.01
 
@@ -102,8 +103,8 @@ def build_checked_model(settings: CoordCheckSettings, width: int, base_width: in
         model = build_model(settings.shape, width, base_width, settings.parametrization, generator)
         optimizers = build_optimizers(model, settings.parametrization, lr, 0.0, width, base_width)
         return model, optimizers, layer_modules(model)
-    from telescope.foreign import build_foreign_optimizers, build_user_model
     from telescope.models import model_maker
+    from telescope.models.foreign import build_foreign_optimizers, build_user_model
 
     rules = with_defaults(settings.model_rules)
     maker, label = model_maker(settings.model_factory, settings.hf_config, settings.hf_config_hash)
@@ -149,7 +150,7 @@ def _probe_width(settings: CoordCheckSettings, width: int, base_width: int, lr: 
     model, optimizers, layers = build_checked_model(settings, width, base_width, lr)
     probe_inputs, _ = data.val_batches(1, B, T)[0]
     if settings.model_factory is not None or settings.hf_config is not None:
-        from telescope.models.check import check_forward
+        from telescope.coord.model_check import check_forward
 
         check_forward(model, probe_inputs, data.vocab_size, settings.model_factory or settings.hf_config, settings.data)
 

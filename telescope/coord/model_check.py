@@ -61,7 +61,7 @@ def check_forward(model: nn.Module, inputs: torch.Tensor, vocab_size: int, label
     """A TelescopeError (one line) unless `model(inputs)` runs and its logits cover the
     data's `vocab_size` tokens. A batch of token 0 goes first, so a vocabulary too small
     for the data is named as such rather than as an index error."""
-    from telescope.proxy.train import logits_of
+    from telescope.models.packing import logits_of
 
     with torch.no_grad():
         try:
@@ -108,8 +108,8 @@ def check_user_model(config: Any, coord: bool | None = None) -> UserModelCheck:
     data, then (unless `[model] check = "none"`, or `coord` says otherwise) coord-check
     its proxies at the level widths."""
     from telescope.data.load import load_train_data
-    from telescope.foreign import build_user_model
     from telescope.models import model_maker
+    from telescope.models.foreign import build_user_model
     from telescope.roles import with_defaults
 
     source, train = config.source, config.train
@@ -126,7 +126,7 @@ def check_user_model(config: Any, coord: bool | None = None) -> UserModelCheck:
 
 
 def _coord(config: Any) -> UserModelCheck:
-    from telescope.proxy.coord_check import CoordCheckSettings, coord_check
+    from telescope.coord.study import CoordCheckSettings, coord_check
     from telescope.roles import classify, with_defaults
 
     source = config.source

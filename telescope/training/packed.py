@@ -5,51 +5,29 @@ init); their parameters are stacked along a new leading dimension and run throug
 proxy's own forward under `torch.func.vmap`, so one op serves k trials. Muon
 orthogonalises the matrices of all k trials in one batched Newton-Schulz chain and
 AdamW updates each group with one op; every trial keeps its own learning rate, weight
-decay and data order (`telescope.proxy.train.run_trials` keeps its metrics, divergence
+decay and data order (`telescope.training.train.run_trials` keeps its metrics, divergence
 check and result). Same math as `Optimizers` with `Muon` and `torch.optim.AdamW`,
 within float rounding (tests/test_packed.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
 from collections import defaultdict
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from telescope.models.packing import logits_of, vmap_quietly
+from telescope.optim.groups import param_groups
+from telescope.optim.muon import adjusted_lr, momentum_update, zeropower_via_newtonschulz5
 from telescope.parametrization import LR_ADJUST, NS_COEFFICIENTS, NS_STEPS, Table
 from telescope.proxy.model import build_model
-from telescope.proxy.muon import adjusted_lr, momentum_update, zeropower_via_newtonschulz5
-from telescope.proxy.optim import param_groups
 from telescope.roles import PROXY_RULES, with_defaults
 from telescope.spec import TrialSpec
-
-# Under vmap on CUDA (torch 2.11, H200), the cuDNN attention kernel's backward returns NaN
-# gradients and the memory-efficient one fails ("LSE is not correctly aligned"); flash
-# attention and the plain math are right. Flash first (bf16), math otherwise (fp32).
-VMAP_SAFE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
-
-
-def logits_of(output: Any) -> Tensor:
-    """The logits a model returned: the tensor itself, or a Hugging Face ModelOutput's `.logits`."""
-    return output if isinstance(output, Tensor) else getattr(output, "logits", output)
-
-
-@contextlib.contextmanager
-def vmap_quietly() -> Iterator[None]:
-    """Where a pack's forward runs under vmap: attention a vmapped backward gets right, and
-    quiet about what torch cannot batch."""
-    with warnings.catch_warnings(), sdpa_kernel(VMAP_SAFE_ATTENTION):
-        # CPU flash attention has no vmap rule: torch runs it once per trial, and says so each step.
-        warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule", category=UserWarning)
-        yield
 
 
 class PackedProxies:
