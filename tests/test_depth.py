@@ -47,7 +47,7 @@ def run_config(url: str, store: Path, name: str, config: dict) -> dict:
     executor = make_executor(parsed.executor)
     try:
         with Database(url) as db:
-            return run_sweep(parsed, db, MetricsStore(store), name, executor=executor)
+            return run_sweep(parsed, db, MetricsStore(store), name, executor=executor).to_dict()
     finally:
         executor.close()
 
