@@ -330,3 +330,16 @@ def test_bad_depth_config_is_one_line_and_writes_nothing(tmp_path: Path, edit, m
         assert result.exit_code == 2, result.output
         assert len(result.output.strip().splitlines()) == 1 and message in result.output
     assert not db.exists()
+
+
+def test_a_trial_without_depth_transfer_keeps_its_spec_dict_and_content_key() -> None:
+    """The depth fields are left out at their defaults, so every trial stored before depth
+    transfer existed keeps its content key (and is reused); with the rule on they count."""
+    from telescope.runs.content import content_key
+    from telescope.spec import TrialSpec
+
+    plain = TrialSpec(width=32, base_width=32, lr=0.01, weight_decay=0.0)
+    assert "base_depth" not in plain.to_dict() and "depth_alpha" not in plain.to_dict()["model"]
+    deep = replace(plain, model=replace(plain.model, depth_alpha=1.0), base_depth=1)
+    assert TrialSpec.from_dict(deep.to_dict()) == deep and TrialSpec.from_dict(plain.to_dict()) == plain
+    assert content_key(deep) != content_key(plain)
