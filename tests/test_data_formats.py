@@ -15,7 +15,7 @@ import torch
 from micro import run_micro_sweep
 
 from telescope.data import load as loading
-from telescope.data import load_data, tokenized
+from telescope.data import load_data, tokenized, tokens
 from telescope.data.testing import write_hf_arrow, write_mds, write_megatron, write_parquet_tokens
 from telescope.errors import ConfigError, DataError
 
@@ -321,6 +321,23 @@ def test_bad_mds(tmp_path):
     refused(write_mds(tmp_path / "zstd", docs, compression="zstd"), "compressed MDS shards")
     fixed = write_mds(tmp_path / "fixed", docs, encoding="ndarray:uint32")
     assert load_data(fixed).vocab_size == TOP + 1
+
+
+@pytest.mark.parametrize("read_bytes, gap_bytes", [(1 << 22, 1 << 16), (64, 4)])
+def test_token_range_is_exact_wherever_the_tokens_lie(tmp_path, monkeypatch, read_bytes, gap_bytes):
+    """MDS samples are read a stretch of the file at a time: with the default buffer (more
+    samples than one read takes), and with a tiny one (samples split across reads, every
+    header gap too long to read through), the largest token and a negative one are found."""
+    monkeypatch.setattr(tokens, "_READ_BYTES", read_bytes)
+    monkeypatch.setattr(tokens, "_GAP_BYTES", gap_bytes)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 1000, size=int(rng.integers(40, 160))) for _ in range(1500)]
+    docs[1200][30] = 123_456
+    assert load_data(write_mds(tmp_path / "mds", docs)).vocab_size == 123_457
+    docs[1300][5] = -7
+    refused(write_mds(tmp_path / "signed", docs, dtype="int32"), r"shard\.00000\.mds", r"negative token id \(-7\)")
+    np.save(tmp_path / "signed.npy", np.concatenate(docs).astype(np.int64))
+    refused(tmp_path / "signed.npy", r"signed\.npy", r"negative token id \(-7\)")
 
 
 def test_bad_tokenizer_and_empty_folders(tmp_path):
