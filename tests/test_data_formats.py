@@ -90,6 +90,17 @@ def test_same_documents_give_the_same_batches_in_every_document_format(tmp_path,
         assert same_batches(d, reference), name
 
 
+def test_parquet_of_many_row_groups_gives_the_same_batches(tmp_path):
+    docs = documents()
+    megatron = load_data(write_megatron(tmp_path / "m", docs))
+    parquet = write_parquet_tokens(tmp_path / "small_groups.parquet", docs, rows_per_group=7)
+    assert pq.ParquetFile(parquet).num_row_groups == 43
+    d = load_data(f"{parquet}:input_ids")
+    assert d.vocab_size == TOP + 1 and same_batches(d, megatron)
+    loading._load_resolved.cache_clear()
+    assert same_batches(load_data(f"{parquet}:input_ids"), megatron), "reopened from the converted cache"
+
+
 def test_megatron_by_prefix_bin_or_idx_and_2d_npy_agree(tmp_path):
     docs = documents(equal=64)
     prefix = write_megatron(tmp_path / "m", docs, dtype="int32")

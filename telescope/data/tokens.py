@@ -103,20 +103,23 @@ class TokenFile:
 
     def token_range(self) -> tuple[int, int]:
         """(smallest token if negative else 0, largest token), from the on-disk cache or one pass."""
-        cache = _stats_path(self.identity)
         try:
-            stats = json.loads(cache.read_text())
+            stats = json.loads(_stats_path(self.identity).read_text())
             return int(stats["min"]), int(stats["max"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
         blocks = _read_runs(self.tokens, self.path) if isinstance(self.tokens, Runs) else _array_blocks(self)
-        lo, hi = bounds(blocks)
-        try:
-            with atomic_write(cache, make_parents=True) as f:
-                f.write(json.dumps({"min": lo, "max": hi}).encode())
-        except TelescopeError:
-            pass  # a read-only cache only costs the next process a rescan
-        return lo, hi
+        return remember_range(self.identity, bounds(blocks))
+
+
+def remember_range(identity: str, token_range: tuple[int, int]) -> tuple[int, int]:
+    """Cache a file's token range (a reader that decodes every token anyway finds it for free)."""
+    try:
+        with atomic_write(_stats_path(identity), make_parents=True) as f:
+            f.write(json.dumps({"min": token_range[0], "max": token_range[1]}).encode())
+    except TelescopeError:
+        pass  # a read-only cache only costs the next process a rescan
+    return token_range
 
 
 def file_identity(path: Path, layout: str) -> str:
