@@ -13,9 +13,10 @@ reclaimable; the kernel maps ~64 KB around every page a window touches); peak is
 minus the same.
 
 A first open finds the largest token (one pass over every token) and, for Parquet, converts
-the column to a raw token file; it is timed twice, with the telescope cache emptied each
-time: with the dataset in the page cache (just written), and from disk (its files dropped
-from the page cache with posix_fadvise after an fsync). Later opens find the range cached.
+the column to a raw token file; it is timed with the telescope cache emptied: --repeats times
+with the dataset in the page cache (just written; median, and its CPU seconds, which other
+jobs on the machine do not inflate), then once from disk (its files dropped from the page
+cache with posix_fadvise after an fsync). Later opens find the range cached.
 References, measured in the same run: reading every byte of the raw .bin once (16 MB reads;
 the floor for any pass over the tokens), pyarrow decoding the Parquet column once (no
 writing), and a plain np.memmap of the raw .bin drawing the same windows by hand (later
@@ -127,16 +128,16 @@ def measure(source: str, settings: dict, batches: int) -> dict:
 
     warm_up_libraries()
     before = resident()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     data = load_data(source, **settings)
-    opened = time.perf_counter() - start
+    opened, cpu = time.perf_counter() - start, time.process_time() - cpu
     draws = []
     for step in range(batches):
         t = time.perf_counter()
         data.train_batch(step, BATCH, SEQ, seed=0)
         draws.append(time.perf_counter() - t)
     data.val_batches(8, BATCH, SEQ)
-    return {"open_s": opened, "batch_ms": 1e3 * statistics.median(draws), **grown(before)}
+    return {"open_s": opened, "cpu_s": cpu, "batch_ms": 1e3 * statistics.median(draws), **grown(before)}
 
 
 def measure_reference(source: str, batches: int) -> dict:
@@ -161,11 +162,11 @@ def measure_reference(source: str, batches: int) -> dict:
 def measure_read(source: str) -> dict:
     """Every byte of a file, read once."""
     buffer = bytearray(16 << 20)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with open(source, "rb", buffering=0) as f:
         while f.readinto(buffer):
             pass
-    return {"open_s": time.perf_counter() - start}
+    return {"open_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
 
 
 def measure_decode(source: str) -> dict:
@@ -175,11 +176,11 @@ def measure_decode(source: str) -> dict:
     path, _, column = source.rpartition(":")
     warm_up_libraries()
     before = resident()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     parquet = pq.ParquetFile(path)
     for group in range(parquet.num_row_groups):
         parquet.read_row_group(group, columns=[column], use_threads=False)
-    return {"open_s": time.perf_counter() - start, **grown(before)}
+    return {"open_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, **grown(before)}
 
 
 def evict(folder: Path) -> None:
@@ -200,10 +201,12 @@ def run_child(args: list[str], cache: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def first_opens(args: list[str], folder: Path, cache: Path) -> tuple[dict, dict]:
-    """(in the page cache, from disk), each with the telescope cache emptied."""
-    shutil.rmtree(cache, ignore_errors=True)
-    in_cache = run_child(args, cache)
+def first_opens(args: list[str], folder: Path, cache: Path, repeats: int) -> tuple[list[dict], dict]:
+    """(`repeats` runs in the page cache, one from disk), each with the telescope cache emptied."""
+    in_cache = []
+    for _ in range(repeats):
+        shutil.rmtree(cache, ignore_errors=True)
+        in_cache.append(run_child(args, cache))
     shutil.rmtree(cache, ignore_errors=True)
     evict(folder)
     return in_cache, run_child(args, cache)
@@ -236,7 +239,7 @@ def main() -> None:
     tokens = int(min(args.tokens, (free - SPARE) / (4 * PEAK_DISK)))
     print(
         f"{tokens:,} tokens a format ({tokens * 4 / 1e9:.2f} GB as uint32; {free / 1e9:.0f} GB free in {args.dir};"
-        f" asked for {int(args.tokens):,})",
+        f" asked for {int(args.tokens):,}); {os.cpu_count()} CPUs, load average {os.getloadavg()[1]:.1f}",
         flush=True,
     )
     rows = []
@@ -254,7 +257,7 @@ def main() -> None:
                 rows.append(
                     (
                         "reference: read every byte of the raw .bin once",
-                        *first_opens(["--read", source], folder, cache),
+                        *first_opens(["--read", source], folder, cache, args.repeats),
                         [],
                     )
                 )
@@ -267,16 +270,16 @@ def main() -> None:
                 rows.append(
                     (
                         "reference: pyarrow decodes the Parquet column once",
-                        *first_opens(["--decode", source], folder, cache),
+                        *first_opens(["--decode", source], folder, cache, args.repeats),
                         [],
                     )
                 )
             measure_args = ["--measure", source, json.dumps(settings), "--batches", str(args.batches)]
-            in_cache, from_disk = first_opens(measure_args, folder, cache)
+            in_cache, from_disk = first_opens(measure_args, folder, cache, args.repeats)
             later = [run_child(measure_args, cache) for _ in range(args.repeats)]
             rows.append((name, in_cache, from_disk, later))
             print(
-                f"  {name}: written in {written:.0f} s, first open {in_cache['open_s']:.2f} s in the page cache,"
+                f"  {name}: written in {written:.0f} s, first open {med(in_cache, 'open_s'):.2f} s in the page cache,"
                 f" {from_disk['open_s']:.2f} s from disk",
                 flush=True,
             )
@@ -284,6 +287,7 @@ def main() -> None:
             shutil.rmtree(cache, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(f"load average over the last 5 minutes at the end: {os.getloadavg()[1]:.1f}")
     print_table(rows)
 
 
@@ -293,21 +297,22 @@ def med(runs: list[dict], key: str) -> float:
 
 def print_table(rows: list) -> None:
     """One line a format; a reference line leaves blank what it does not measure."""
-    read = next((r for r in rows if r[0].startswith("reference: read")), None)
+    read = next((r[1] for r in rows if r[0].startswith("reference: read")), None)
     memmap = next((r[3] for r in rows if r[0].startswith("reference: np.memmap")), None)
     mb = 1 << 20
     print(
-        "\n| format | first open s (page cache) | first open / read once | first open s (from disk) | later open s"
+        "\n| format | first open s (page cache) | its CPU s | / read once | first open s (from disk) | later open s"
         " | batch ms | batch / ref | RSS growth MB (anon + file) | RSS / ref | first open peak MB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, in_cache, from_disk, later in rows:
         cells = [name]
         if in_cache:
-            ratio = f"{in_cache['open_s'] / read[1]['open_s']:.1f}x" if read else "-"
-            cells += [f"{in_cache['open_s']:.2f}", ratio, f"{from_disk['open_s']:.2f}"]
+            ratio = f"{med(in_cache, 'open_s') / med(read, 'open_s'):.1f}x" if read else "-"
+            cells += [f"{med(in_cache, 'open_s'):.2f}", f"{med(in_cache, 'cpu_s'):.2f}", ratio]
+            cells += [f"{from_disk['open_s']:.2f}"]
         else:
-            cells += ["-", "-", "-"]
+            cells += ["-"] * 4
         if later:
             rss = f"{med(later, 'rss') / mb:.1f} ({med(later, 'anon') / mb:.1f} + {med(later, 'file') / mb:.1f})"
             cells += [f"{med(later, 'open_s'):.4f}", f"{med(later, 'batch_ms'):.2f}"]
@@ -315,8 +320,8 @@ def print_table(rows: list) -> None:
             cells += [f"{med(later, 'rss') / max(med(memmap, 'rss'), 1):.2f}x" if memmap else "-"]
         else:
             cells += ["-"] * 5
-        peak = (in_cache or {}).get("peak", later[0]["peak"] if later else None)
-        cells.append(f"{peak / mb:.0f}" if peak is not None else "-")
+        peaks = [r["peak"] for r in (in_cache or later) if "peak" in r]
+        cells.append(f"{max(peaks) / mb:.0f}" if peaks else "-")
         print("| " + " | ".join(cells) + " |")
 
 
