@@ -13,6 +13,7 @@ from telescope.errors import TelescopeError
 from telescope.models import model_identity
 from telescope.parametrization import fingerprint, transfer
 from telescope.proxy.model import parameter_roles
+from telescope.results import SweepResult, finished_sweep
 from telescope.storage.database import Database
 
 ExportFormat = Literal["json", "yaml", "toml"]
@@ -26,16 +27,13 @@ def export_sweep(
     parameter group's absolute values at `target_width` (default: the config's target), by
     the model's own parameter names. `target_config`: the full-size Hugging Face config of
     a sweep over `[model] hf_config`; the width is its own."""
-    row = db.require_sweep(sweep)
-    if row.status != "completed" or not row.result:
-        raise TelescopeError(f"sweep {sweep!r} has not finished (status {row.status}); run it to the end first")
+    row, result = finished_sweep(db, sweep)
     config = parse_config(row.config)
-    result = row.result
     target = None
     if target_config is not None:
         target = target_model(config, target_config, target_width)
         target_width = target.width
-    width = target_width or result["target_width"]
+    width = target_width or result.target_width
     if not config.user_model and width % config.model.head_dim:
         raise TelescopeError(f"--target-width {width} is not a multiple of head_dim {config.model.head_dim}")
     if not config.user_model and param_counts(config.model, width).total > MAX_TARGET_PARAMETERS:
@@ -43,14 +41,14 @@ def export_sweep(
             f"--target-width {width} makes a model of {param_counts(config.model, width).total:.3g} parameters, "
             f"more than {MAX_TARGET_PARAMETERS:.0e}: pass the width of the model you will train"
         )
-    if width < result["calibration_width"]:
+    if width < result.calibration_width:
         # The drift fit x* - alpha/n blows up below the widths it was fitted on, and a
         # narrower model is tuned directly by the sweep's own levels.
         raise TelescopeError(
-            f"--target-width {width} is below the calibration width {result['calibration_width']}: telescope "
+            f"--target-width {width} is below the calibration width {result.calibration_width}: telescope "
             "transfers to wider models; for a narrower one read its level's best point with `telescope status`"
         )
-    base = {**result["best"], **result["fixed"]}
+    base = {**result.best, **result.fixed}
     advice = recommendation(result, width)
     use = advice["values"]
     ratio = use.get("muon_lr_ratio", 1.0)
@@ -74,49 +72,42 @@ def export_sweep(
         "measured_on": measured_on(config),
         "notes": target.notes if target is not None else [],
         "base": base,
-        "extrapolated": {d["name"]: _at(d, width) for d in result["drift"] or []},
+        "extrapolated": {d.name: d.at(width) for d in result.drift or ()},
         "recommendation": advice,
         "groups": [dataclasses.asdict(g) for g in groups],
         "provenance": {
-            "objective": result["objective"],
-            "calibration_width": result["calibration_width"],
-            "best_loss": result["best_loss"],
+            "objective": result.objective,
+            "calibration_width": result.calibration_width,
+            "best_loss": result.best_loss,
             "levels": [
-                {k: level[k] for k in ("level", "width", "grid", "trials", "diverged", "failed", "best", "best_loss")}
-                for level in result["levels"]
+                {k: v for k, v in dataclasses.asdict(level).items() if k != "warnings"} for level in result.levels
             ],
-            "warnings": result["warnings"],
+            "warnings": result.warnings,
         },
     }
 
 
-def _at(drift: dict[str, Any], width: int) -> float:
-    """The drift fit's optimum at `width`."""
-    return drift["x_inf"] * math.exp(-drift["alpha"] / width)
-
-
-def recommendation(result: dict[str, Any], width: int) -> dict[str, Any]:
+def recommendation(result: SweepResult, width: int) -> dict[str, Any]:
     """Which values to train the model at `width` with, per swept hyperparameter, and why.
 
     The chosen value (the best point at the calibration width) is what muP transfers; the
     drift fit's extrapolation replaces it only where it differs from it by more than twice
     the fit's standard error (as stored for the config's target), i.e. where the optimum
     measurably keeps moving with width."""
-    calibration = result["calibration_width"]
-    drift = {d["name"]: d for d in result.get("drift") or []}
+    calibration = result.calibration_width
     use: dict[str, str] = {}
-    values = dict(result["best"])
-    for name, chosen in result["best"].items():
-        d = drift.get(name)
-        se = d.get("log_at_target_se") if d else None
-        if d is not None and se is not None and abs(math.log(_at(d, width) / chosen)) > 2 * se:
-            use[name], values[name] = "extrapolated", _at(d, width)
+    values = dict(result.best)
+    for name, chosen in result.best.items():
+        d = result.drift_of(name)
+        se = d.log_at_target_se if d else None
+        if d is not None and se is not None and abs(math.log(d.at(width) / chosen)) > 2 * se:
+            use[name], values[name] = "extrapolated", d.at(width)
         else:
             use[name] = "chosen"
     moved = [n for n, how in use.items() if how == "extrapolated"]
-    if not drift:
+    if not result.drift:
         why = "one width only, so there is no drift to extrapolate; muP carries them to the target."
-    elif all(d.get("log_at_target_se") is None for d in drift.values()):
+    elif all(d.log_at_target_se is None for d in result.drift):
         why = (
             "with two widths the drift fit passes exactly through both optima and cannot tell a drift "
             "from the grid's resolution; muP carries the chosen values to the target."
@@ -139,7 +130,7 @@ def recommendation(result: dict[str, Any], width: int) -> dict[str, Any]:
         "mixed": f"Use the values extrapolated to width {width} for {', '.join(moved)} and the chosen ones for the "
         "rest",
     }[kind]
-    return {"use": use, "values": {**values, **result["fixed"]}, "reason": f"{lead}: {why}"}
+    return {"use": use, "values": {**values, **result.fixed}, "reason": f"{lead}: {why}"}
 
 
 def measured_on(config: SweepConfig) -> dict[str, Any]:

@@ -111,7 +111,7 @@ def sweep(
                 checks=checks,
                 reuse=not no_reuse,
             )
-            payload = export_sweep(database, result["sweep"])
+            payload = export_sweep(database, result.sweep)
     finally:
         runner.close()
     print_export(payload)

@@ -17,8 +17,8 @@ from telescope.cli.common import (
     NoReuseOption,
     StoreOption,
     console,
-    open_database,
     print_rows,
+    run_stored,
     styled,
     trial_printer,
 )
@@ -63,12 +63,9 @@ def transfer_check(
 ) -> None:
     """Line-sweep the learning rate at each width, locate the optima and judge whether they
     stay put: exit 0 on PASS, 1 on FAIL, 2 on bad input. Trials are stored and resumable."""
-    from telescope.cli.checks import check_plot_file, check_widths_fit
+    from telescope.cli.checks import check_plot_file
     from telescope.cli.common import model_rules
     from telescope.cli.coord_check import parse_widths
-    from telescope.runs.executor import make_executor
-    from telescope.runs.preflight import check_inputs
-    from telescope.storage.metrics import MetricsStore, check_sweep_name
     from telescope.transfer_check.plot import check_plot_path
     from telescope.transfer_check.run import check_settings, run_transfer_check
 
@@ -78,24 +75,20 @@ def transfer_check(
     settings = dataclasses.replace(settings, model_rules=model_rules(rules, model))
     if executor is not None:
         executor_settings = dataclasses.replace(executor_settings, kind=executor.value)
-    if name is not None:
-        check_sweep_name(name)
     if plot is not None:
         check_plot_file(check_plot_path(plot))
     check_settings(settings)
-    check_inputs(settings.model, settings.train, executor_settings)
-    if settings.model_factory is None and executor_settings.ray_address is None:
-        check_widths_fit(settings.model, settings.widths, settings.train.device, "--widths")
-    metrics = MetricsStore(store)
-    metrics.check_writable()
-    runner = make_executor(executor_settings)
-    try:
-        with open_database(db, db_retry_seconds) as database:
-            result = run_transfer_check(
-                settings, database, metrics, runner, name, trial_printer(settings.objective), plot, new, not no_reuse
-            )
-    finally:
-        runner.close()
+    result = run_stored(
+        name,
+        (settings.model, settings.train, executor_settings),
+        None if settings.model_factory is not None else (settings.widths, "--widths"),
+        store,
+        db,
+        db_retry_seconds,
+        lambda database, metrics, runner: run_transfer_check(
+            settings, database, metrics, runner, name, trial_printer(settings.objective), plot, new, not no_reuse
+        ),
+    )
     if json_out:
         from telescope.transfer_check.run import dumps
 

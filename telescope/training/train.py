@@ -19,6 +19,7 @@ from telescope.data import load_train_data
 from telescope.errors import ConfigError, TelescopeError
 from telescope.models import model_identity
 from telescope.models.packing import logits_of
+from telescope.numbers import finite_or_none
 from telescope.optim.groups import Optimizers, build_optimizers
 from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.model import build_model
@@ -186,10 +187,6 @@ def validation_losses(learner: "_Evaluated | PackedProxies", batches, device: to
     return (total / len(batches)).tolist()
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def train_flops(spec: TrialSpec, tokens: int, model: nn.Module | None = None) -> float:
     """The proxy's cost model; for a user's model the 6 * params * tokens rule."""
     if spec.user_model and model is not None:
@@ -336,7 +333,7 @@ def run_trials(
         measured = validation_losses(learner, val_batches, device)
         for i in range(k):
             if status[i] is Status.COMPLETED:
-                val_losses[i] = _finite(measured[i])
+                val_losses[i] = finite_or_none(measured[i])
                 if val_losses[i] is None:
                     status[i] = Status.DIVERGED
     wall_time = (time.perf_counter() - started) / k
@@ -350,7 +347,7 @@ def run_trials(
         results.append(
             TrialResult(
                 status=status[i],
-                train_loss=_finite(sum(tail) / len(tail)),
+                train_loss=finite_or_none(sum(tail) / len(tail)),
                 val_loss=val_losses[i],
                 tokens=tokens,
                 flops=train_flops(trial, tokens, model),
