@@ -96,7 +96,7 @@ class TokenFile:
     """One file's tokens and, where the format marks them, its document boundaries."""
 
     path: Path
-    tokens: Any  # 1-D: a numpy array over a mapping, or Runs
+    tokens: Any  # 1-D: a numpy array over a mapping, or Runs over the mapping of `path` (a scan reads it)
     docs: np.ndarray | None  # int64 document starts followed by len(tokens); None when unmarked
     maps: tuple[mmap.mmap, ...]  # the mappings `tokens` lies in, whose pages a scan hands back
     identity: str  # what the cached token range is keyed by: path, size, mtime, layout
