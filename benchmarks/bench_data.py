@@ -1,6 +1,6 @@
 """Open time and resident memory of every binary token format, at pretraining scale.
 
-    python benchmarks/bench_data.py [--tokens 1e9] [--dir /tmp] [--batches 100]
+    python benchmarks/bench_data.py [--tokens 1e9] [--dir /tmp] [--batches 100] [--only NAME]
 
 Writes a uint32 dataset (random tokens below 200,000, documents of 256-4,096 tokens) in each
 binary format, one format at a time, under --dir, and deletes it afterwards. --tokens is
@@ -10,10 +10,17 @@ plus its converted cache). Each measurement runs in a fresh process: `load_data`
 end minus VmRSS before `load_data` (after torch and pyarrow are imported and used once),
 split into anonymous memory (copies) and mapped file pages (the page cache, shared and
 reclaimable; the kernel maps ~64 KB around every page a window touches); peak is VmHWM
-minus the same. "cold" is the first open
-(a scan for the token range, and for Parquet the conversion to a raw token file), "warm" the
-next (the range is cached). Reference: a plain np.memmap of the raw .bin with the same
-windows drawn by hand, in the same run. Ratios = ours / reference; medians over --repeats.
+minus the same.
+
+A first open finds the largest token (one pass over every token) and, for Parquet, converts
+the column to a raw token file; it is timed with the telescope cache emptied: --repeats times
+with the dataset in the page cache (just written; median, and its CPU seconds, which other
+jobs on the machine do not inflate), then once from disk (its files dropped from the page
+cache with posix_fadvise after an fsync). Later opens find the range cached.
+References, measured in the same run: reading every byte of the raw .bin once (16 MB reads;
+the floor for any pass over the tokens), pyarrow decoding the Parquet column once (no
+writing), and a plain np.memmap of the raw .bin drawing the same windows by hand (later
+open, batches, RSS). Ratios = ours / reference; later opens are medians over --repeats.
 """
 
 from __future__ import annotations
@@ -121,16 +128,16 @@ def measure(source: str, settings: dict, batches: int) -> dict:
 
     warm_up_libraries()
     before = resident()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     data = load_data(source, **settings)
-    opened = time.perf_counter() - start
+    opened, cpu = time.perf_counter() - start, time.process_time() - cpu
     draws = []
     for step in range(batches):
         t = time.perf_counter()
         data.train_batch(step, BATCH, SEQ, seed=0)
         draws.append(time.perf_counter() - t)
     data.val_batches(8, BATCH, SEQ)
-    return {"open_s": opened, "batch_ms": 1e3 * statistics.median(draws), **grown(before)}
+    return {"open_s": opened, "cpu_s": cpu, "batch_ms": 1e3 * statistics.median(draws), **grown(before)}
 
 
 def measure_reference(source: str, batches: int) -> dict:
@@ -152,10 +159,57 @@ def measure_reference(source: str, batches: int) -> dict:
     return {"open_s": opened, "batch_ms": 1e3 * statistics.median(draws), **grown(before)}
 
 
+def measure_read(source: str) -> dict:
+    """Every byte of a file, read once."""
+    buffer = bytearray(16 << 20)
+    start, cpu = time.perf_counter(), time.process_time()
+    with open(source, "rb", buffering=0) as f:
+        while f.readinto(buffer):
+            pass
+    return {"open_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
+
+
+def measure_decode(source: str) -> dict:
+    """A Parquet column (PATH:COLUMN), decoded once row group by row group, as the conversion does."""
+    import pyarrow.parquet as pq
+
+    path, _, column = source.rpartition(":")
+    warm_up_libraries()
+    before = resident()
+    start, cpu = time.perf_counter(), time.process_time()
+    parquet = pq.ParquetFile(path)
+    for group in range(parquet.num_row_groups):
+        parquet.read_row_group(group, columns=[column], use_threads=False)
+    return {"open_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, **grown(before)}
+
+
+def evict(folder: Path) -> None:
+    """Drop a folder's files from the page cache (written back first), so the next read is from disk."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def run_child(args: list[str], cache: Path) -> dict:
     env = dict(os.environ, TELESCOPE_CACHE=str(cache))
     out = subprocess.run([sys.executable, __file__, *args], env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def first_opens(args: list[str], folder: Path, cache: Path, repeats: int) -> tuple[list[dict], dict]:
+    """(`repeats` runs in the page cache, one from disk), each with the telescope cache emptied."""
+    in_cache = []
+    for _ in range(repeats):
+        shutil.rmtree(cache, ignore_errors=True)
+        in_cache.append(run_child(args, cache))
+    shutil.rmtree(cache, ignore_errors=True)
+    evict(folder)
+    return in_cache, run_child(args, cache)
 
 
 def main() -> None:
@@ -163,48 +217,77 @@ def main() -> None:
     p.add_argument("--tokens", type=float, default=1e9)
     p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     p.add_argument("--batches", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=3, help="warm opens per format (median)")
+    p.add_argument("--repeats", type=int, default=3, help="later opens per format (median)")
+    p.add_argument("--only", help="the formats whose name contains this")
     p.add_argument("--measure", nargs=2, metavar=("SOURCE", "SETTINGS"), help=argparse.SUPPRESS)
     p.add_argument("--reference", metavar="SOURCE", help=argparse.SUPPRESS)
+    p.add_argument("--read", metavar="SOURCE", help=argparse.SUPPRESS)
+    p.add_argument("--decode", metavar="SOURCE", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.measure:
-        print(json.dumps(measure(args.measure[0], json.loads(args.measure[1]), args.batches)))
-        return
-    if args.reference:
-        print(json.dumps(measure_reference(args.reference, args.batches)))
-        return
+    children = {
+        "measure": lambda: measure(args.measure[0], json.loads(args.measure[1]), args.batches),
+        "reference": lambda: measure_reference(args.reference, args.batches),
+        "read": lambda: measure_read(args.read),
+        "decode": lambda: measure_decode(args.decode),
+    }
+    for flag, child in children.items():
+        if getattr(args, flag):
+            print(json.dumps(child()))
+            return
 
     free = shutil.disk_usage(args.dir).free
     tokens = int(min(args.tokens, (free - SPARE) / (4 * PEAK_DISK)))
     print(
         f"{tokens:,} tokens a format ({tokens * 4 / 1e9:.2f} GB as uint32; {free / 1e9:.0f} GB free in {args.dir};"
-        f" asked for {int(args.tokens):,})",
+        f" asked for {int(args.tokens):,}); {os.cpu_count()} CPUs, load average {os.getloadavg()[1]:.1f}",
         flush=True,
     )
     rows = []
     work = Path(tempfile.mkdtemp(prefix="bench-data-", dir=args.dir))
     try:
         for name, (write, settings) in FORMATS.items():
+            if args.only and args.only not in name:
+                continue
             folder, cache = work / "data", work / "cache"
             folder.mkdir()
             t = time.perf_counter()
             source = write(folder, tokens)
             written = time.perf_counter() - t
-            measure_args = ["--measure", source, json.dumps(settings), "--batches", str(args.batches)]
-            cold = run_child(measure_args, cache)
-            warm = [run_child(measure_args, cache) for _ in range(args.repeats)]
             if name.startswith("raw"):
+                rows.append(
+                    (
+                        "reference: read every byte of the raw .bin once",
+                        *first_opens(["--read", source], folder, cache, args.repeats),
+                        [],
+                    )
+                )
                 ref = [
                     run_child(["--reference", source, "--batches", str(args.batches)], cache)
                     for _ in range(args.repeats)
                 ]
-                rows.append(("reference: np.memmap of the raw .bin", None, ref, 0.0))
-            rows.append((name, cold, warm, written))
-            print(f"  {name}: written in {written:.0f} s, cold open {cold['open_s']:.2f} s", flush=True)
+                rows.append(("reference: np.memmap of the raw .bin", None, None, ref))
+            if name.startswith("Parquet"):
+                rows.append(
+                    (
+                        "reference: pyarrow decodes the Parquet column once",
+                        *first_opens(["--decode", source], folder, cache, args.repeats),
+                        [],
+                    )
+                )
+            measure_args = ["--measure", source, json.dumps(settings), "--batches", str(args.batches)]
+            in_cache, from_disk = first_opens(measure_args, folder, cache, args.repeats)
+            later = [run_child(measure_args, cache) for _ in range(args.repeats)]
+            rows.append((name, in_cache, from_disk, later))
+            print(
+                f"  {name}: written in {written:.0f} s, first open {med(in_cache, 'open_s'):.2f} s in the page cache,"
+                f" {from_disk['open_s']:.2f} s from disk",
+                flush=True,
+            )
             shutil.rmtree(folder)
             shutil.rmtree(cache, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(f"load average over the last 5 minutes at the end: {os.getloadavg()[1]:.1f}")
     print_table(rows)
 
 
@@ -213,22 +296,33 @@ def med(runs: list[dict], key: str) -> float:
 
 
 def print_table(rows: list) -> None:
-    ref = rows[0][2]
+    """One line a format; a reference line leaves blank what it does not measure."""
+    read = next((r[1] for r in rows if r[0].startswith("reference: read")), None)
+    memmap = next((r[3] for r in rows if r[0].startswith("reference: np.memmap")), None)
     mb = 1 << 20
     print(
-        "\n| format | cold open s | warm open s | open / ref | batch ms | batch / ref | RSS growth MB"
-        " (anon + file) | RSS / ref | cold peak MB |"
+        "\n| format | first open s (page cache) | its CPU s | / read once | first open s (from disk) | later open s"
+        " | batch ms | batch / ref | RSS growth MB (anon + file) | RSS / ref | first open peak MB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, cold, warm, _ in rows:
-        cold_open = f"{cold['open_s']:.2f}" if cold else "-"
-        peak = f"{(cold or warm[0])['peak'] / mb:.0f}"
-        rss = f"{med(warm, 'rss') / mb:.1f} ({med(warm, 'anon') / mb:.1f} + {med(warm, 'file') / mb:.1f})"
-        print(
-            f"| {name} | {cold_open} | {med(warm, 'open_s'):.4f} | {med(warm, 'open_s') / med(ref, 'open_s'):.0f}x"
-            f" | {med(warm, 'batch_ms'):.2f} | {med(warm, 'batch_ms') / med(ref, 'batch_ms'):.2f}x"
-            f" | {rss} | {med(warm, 'rss') / max(med(ref, 'rss'), 1):.2f}x | {peak} |"
-        )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, in_cache, from_disk, later in rows:
+        cells = [name]
+        if in_cache:
+            ratio = f"{med(in_cache, 'open_s') / med(read, 'open_s'):.1f}x" if read else "-"
+            cells += [f"{med(in_cache, 'open_s'):.2f}", f"{med(in_cache, 'cpu_s'):.2f}", ratio]
+            cells += [f"{from_disk['open_s']:.2f}"]
+        else:
+            cells += ["-"] * 4
+        if later:
+            rss = f"{med(later, 'rss') / mb:.1f} ({med(later, 'anon') / mb:.1f} + {med(later, 'file') / mb:.1f})"
+            cells += [f"{med(later, 'open_s'):.4f}", f"{med(later, 'batch_ms'):.2f}"]
+            cells += [f"{med(later, 'batch_ms') / med(memmap, 'batch_ms'):.2f}x" if memmap else "-", rss]
+            cells += [f"{med(later, 'rss') / max(med(memmap, 'rss'), 1):.2f}x" if memmap else "-"]
+        else:
+            cells += ["-"] * 5
+        peaks = [r["peak"] for r in (in_cache or later) if "peak" in r]
+        cells.append(f"{max(peaks) / mb:.0f}" if peaks else "-")
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -61,9 +61,11 @@ def train(args: argparse.Namespace) -> None:
     shape = ModelShape(**export["model"])
     device = resolve_device(args.device)
     width, base_width = export["target_width"], export["base_width"]
-    model = build_model(
-        shape, width, base_width, export["parametrization"], torch.Generator().manual_seed(args.seed)
-    ).to(device)
+    generator = torch.Generator().manual_seed(args.seed)
+    # At the export's target depth, its branches scaled against the proxies' depth (the depth rule).
+    model = build_model(shape, width, base_width, export["parametrization"], generator, export.get("proxy_depth")).to(
+        device
+    )
     optimizers, assignments = optimizers_from_export(model, export)
     for role in ("embedding", "hidden", "output", "vector"):
         rows = [a for a in assignments if a["role"] == role]

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from telescope.errors import ConfigError
-from telescope.model_config import SOURCE_KEYS, check_user_widths, model_table, parse_source, user_model_shape
+from telescope.model_config import (
+    SOURCE_KEYS,
+    Depths,
+    check_user_widths,
+    model_table,
+    parse_depths,
+    parse_source,
+    user_model_shape,
+)
 from telescope.models import ModelSource
 from telescope.search import Axis, LevelPlan, Narrowing, Widths, plan_levels
 from telescope.spec import (
@@ -87,6 +95,11 @@ class SweepConfig:
     parametrization: str = "paper"
     name: str | None = None
     source: ModelSource = field(default_factory=ModelSource)  # the user's own model, if named
+    depths: Depths | None = None  # shallow proxies for a deep target; None: model.depth throughout
+
+    @property
+    def target_depth(self) -> int:  # what the export is for: [depths] target, else the proxies' depth
+        return self.depths.target if self.depths is not None else self.model.depth
 
     @property
     def user_model(self) -> bool:
@@ -119,11 +132,13 @@ class SweepConfig:
         """Every setting with defaults filled in; `parse_config(c.to_dict()) == c`."""
         search: dict[str, Any] = {a.name: {"lo": a.lo, "hi": a.hi, "points": a.points} for a in self.search.axes}
         search |= {k: {"value": v} for k, v in self.search.fixed}
+        model = {k: v for k, v in model_table(self.model, self.source).items() if k != "depth" or not self.depths}
         d = {
             "name": self.name,
             "objective": self.objective,
             "parametrization": self.parametrization,
-            "model": model_table(self.model, self.source),
+            "model": model,
+            "depths": dataclasses.asdict(self.depths) if self.depths is not None else None,
             "widths": dataclasses.asdict(self.widths),
             "train": dataclasses.asdict(self.train),
             "search": search,
@@ -166,6 +181,9 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     source = parse_source({k: v for k, v in model_table.items() if k in SOURCE_KEYS})
     model_table = {k: v for k, v in model_table.items() if k not in SOURCE_KEYS}
     model = _build(ModelShape, model_table, "model", _MODEL_RULES)
+    depths = parse_depths(data, model_table, source)
+    if depths is not None:
+        model = dataclasses.replace(model, depth=depths.proxy)
     widths = _build(Widths, _table(data, "widths", required=True), "widths", _WIDTH_RULES)
     if source.factory is None and source.hf_config is None:
         _check_widths(widths, model)
@@ -195,7 +213,7 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     if name is not None and not name.strip():
         raise ConfigError("name: must not be empty")
     return SweepConfig(
-        model, widths, train, search, narrowing, seeds, executor, objective, parametrization, name, source
+        model, widths, train, search, narrowing, seeds, executor, objective, parametrization, name, source, depths
     )
 
 
@@ -226,6 +244,7 @@ def _non_empty(v: str) -> str | None:
 
 _MODEL_RULES: dict[str, Rule] = {
     "depth": _positive,
+    "depth_alpha": _between(0.0, 1.0),
     "head_dim": lambda v: None if v >= 2 and v % 2 == 0 else f"must be even and >= 2 (rotary embeddings), got {v}",
     "kv_ratio": _positive,
     "mlp_ratio": _positive,

@@ -10,6 +10,12 @@ unembedding (also when tied) and both attention products (QK^T and AV), where a 
 query at position i sees i + 1 keys. Norms, rotary, softmax and the embedding lookup
 are not matmuls and are left out. Training = forward + backward = 3 x forward.
 
+Muon's Newton-Schulz iterations are counted apart (`newton_schulz_flops`): every optimizer
+step orthogonalises every hidden matrix, NS_STEPS iterations of three matrix products,
+whatever the batch, so on a small proxy with a small batch they add up to half the
+training FLOPs at width 128. The plan's FLOPs leave them out (they are the optimizer's,
+not the model's); the live view's time estimate counts them (telescope.remaining).
+
 A sweep of the user's own model (`[model] factory` or `hf_config`) is costed from that
 model itself, built on the meta device at each width (telescope.models.measure): its
 exact parameter count, and its forward FLOPs per token as torch's FLOP counter sees one
@@ -23,6 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from telescope.parametrization import NS_STEPS, get_table
 from telescope.spec import ModelShape
 
 if TYPE_CHECKING:
@@ -69,6 +76,23 @@ def train_flops(shape: ModelShape, width: int, tokens: int) -> float:
     return 3.0 * forward_flops_per_token(shape, width) * tokens
 
 
+def newton_schulz_flops_per_matrix(rows: int, cols: int, iterations: int = NS_STEPS) -> float:
+    """One orthogonalisation of a rows x cols matrix (m x n, m <= n after transposing):
+    per iteration X X^T (2 m^2 n), the polynomial's square (2 m^3) and its product with X
+    (2 m^2 n)."""
+    m, n = sorted((rows, cols))
+    return float(iterations * (4 * m * m * n + 2 * m**3))
+
+
+def newton_schulz_flops(shape: ModelShape, width: int, steps: int) -> float:
+    """Newton-Schulz FLOPs of Muon over `steps` optimizer steps of the proxy at `width`:
+    q, k, v, o and the three MLP matrices of every block."""
+    d, h = width, mlp_hidden(shape, width)
+    kv = d // shape.kv_ratio
+    ns = newton_schulz_flops_per_matrix
+    return steps * shape.depth * (2 * ns(d, d) + 2 * ns(kv, d) + 3 * ns(h, d))
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -83,6 +107,7 @@ class LevelCost:
     trials: int  # grid points x seeds
     flops_per_trial: float
     flops_per_level: float
+    newton_schulz_flops_per_trial: float = 0.0  # Muon's, apart from the training FLOPs
 
 
 @dataclass(frozen=True)
@@ -104,32 +129,27 @@ class Plan:
     # of its edge extension adds this many trials (one more line per swept axis) at its width.
     extension_trials_per_step: int = 0
     extension_flops_per_step: float = 0.0
+    # With [depths]: the proxies' and the target's depth, and the same sweep with proxies of
+    # the target's depth (what the shallow proxies save: full_depth_sweep_flops / sweep_flops).
+    proxy_depth: int | None = None
+    target_depth: int | None = None
+    full_depth_sweep_flops: float | None = None
+    depth_saving: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def planned_levels(config: SweepConfig) -> list[tuple[int, float]]:
-    """Per level: its planned trials and the training FLOPs of one trial (of the built-in
-    proxy, or of the user's own model as `plan` measures it): what the live view's
-    remaining time starts from."""
-    costs = _costs(config)
-    return [(lp.trials, costs(lp.width)[1]) for lp in config.levels()]
-
-
-def _costs(config: SweepConfig) -> Costs:
-    tokens = config.train.steps * config.train.batch_size * config.model.seq_len
-    return _user_model_costs(config, tokens) if config.user_model else _proxy_costs(config, tokens)
 
 
 def plan(config: SweepConfig) -> Plan:
     """Cost of every level of the sweep and the totals, from the config alone."""
     shape, train = config.model, config.train
     tokens = train.steps * train.batch_size * shape.seq_len
-    costs = _costs(config)
+    costs = _user_model_costs(config, tokens) if config.user_model else _proxy_costs(config, tokens)
+    muon = get_table(config.parametrization).hidden.optimizer == "muon"
     levels = []
     for lp in config.levels():
         counts, per_trial, heads = costs(lp.width)
+        ns = _newton_schulz_costs(config, lp.width) if muon else 0.0
         levels.append(
             LevelCost(
                 level=lp.level,
@@ -141,10 +161,20 @@ def plan(config: SweepConfig) -> Plan:
                 trials=lp.trials,
                 flops_per_trial=per_trial,
                 flops_per_level=per_trial * lp.trials,
+                newton_schulz_flops_per_trial=ns,
             )
         )
     sweep = sum(lc.flops_per_level for lc in levels)
     target = config.widths.target
+    depths: dict[str, Any] = {}
+    if config.depths is not None:
+        deep = _proxy_costs(
+            dataclasses.replace(config, model=dataclasses.replace(shape, depth=config.depths.target)), tokens
+        )
+        full = sum(deep(lc.width)[1] * lc.trials for lc in levels)
+        depths = dict(proxy_depth=config.depths.proxy, target_depth=config.depths.target)
+        depths |= dict(full_depth_sweep_flops=full, depth_saving=full / sweep)
+        costs = deep  # the target run and the brute-force grid are at the target's depth
     target_counts, target_flops, _ = costs(target)
     brute_trials = math.prod(a.points for a in config.search.axes) * config.seeds.per_point
     last = config.levels()[-1]
@@ -165,6 +195,7 @@ def plan(config: SweepConfig) -> Plan:
         saving=brute_trials * target_flops / sweep,
         extension_trials_per_step=extension,
         extension_flops_per_step=extension * levels[-1].flops_per_trial,
+        **depths,
     )
 
 
@@ -174,6 +205,17 @@ Costs = Callable[[int], tuple[ParamCounts, float, int | None]]  # width -> (coun
 def _proxy_costs(config: SweepConfig, tokens: int) -> Costs:
     shape = config.model
     return lambda width: (param_counts(shape, width), train_flops(shape, width, tokens), width // shape.head_dim)
+
+
+def _newton_schulz_costs(config: SweepConfig, width: int) -> float:
+    """Newton-Schulz FLOPs of one trial at `width`: the proxy's, or those of the hidden
+    matrices of the user's model (an expert bank is one matrix per expert)."""
+    if not config.user_model:
+        return newton_schulz_flops(config.model, width, config.train.steps)
+    from telescope.models.measure import hidden_matrices
+
+    per_step = sum(newton_schulz_flops_per_matrix(rows, cols) for rows, cols in hidden_matrices(config.source, width))
+    return config.train.steps * per_step
 
 
 def _user_model_costs(config: SweepConfig, tokens: int) -> Costs:

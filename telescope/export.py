@@ -11,8 +11,9 @@ from telescope.config import SweepConfig, parse_config
 from telescope.cost import param_counts
 from telescope.errors import TelescopeError
 from telescope.models import model_identity
-from telescope.parametrization import fingerprint, transfer
+from telescope.parametrization import Depth, fingerprint, get_table, transfer
 from telescope.proxy.model import parameter_roles
+from telescope.results import SweepResult, finished_sweep
 from telescope.storage.database import Database
 
 ExportFormat = Literal["json", "yaml", "toml"]
@@ -20,22 +21,23 @@ MAX_TARGET_PARAMETERS = 10**15  # beyond any model anyone trains; far beyond it,
 
 
 def export_sweep(
-    db: Database, sweep: str, target_width: int | None = None, target_config: str | None = None
+    db: Database,
+    sweep: str,
+    target_width: int | None = None,
+    target_config: str | None = None,
+    target_depth: int | None = None,
 ) -> dict[str, Any]:
     """Base values, fingerprint, provenance, what the proxies were (`measured_on`) and every
-    parameter group's absolute values at `target_width` (default: the config's target), by
-    the model's own parameter names. `target_config`: the full-size Hugging Face config of
-    a sweep over `[model] hf_config`; the width is its own."""
-    row = db.require_sweep(sweep)
-    if row.status != "completed" or not row.result:
-        raise TelescopeError(f"sweep {sweep!r} has not finished (status {row.status}); run it to the end first")
+    parameter group's absolute values at `target_width` and `target_depth` (defaults: the
+    config's targets), by the model's own parameter names. `target_config`: the full-size
+    Hugging Face config of a sweep over `[model] hf_config`; the width is its own."""
+    row, result = finished_sweep(db, sweep)
     config = parse_config(row.config)
-    result = row.result
     target = None
     if target_config is not None:
         target = target_model(config, target_config, target_width)
         target_width = target.width
-    width = target_width or result["target_width"]
+    width = target_width or result.target_width
     if not config.user_model and width % config.model.head_dim:
         raise TelescopeError(f"--target-width {width} is not a multiple of head_dim {config.model.head_dim}")
     if not config.user_model and param_counts(config.model, width).total > MAX_TARGET_PARAMETERS:
@@ -43,17 +45,19 @@ def export_sweep(
             f"--target-width {width} makes a model of {param_counts(config.model, width).total:.3g} parameters, "
             f"more than {MAX_TARGET_PARAMETERS:.0e}: pass the width of the model you will train"
         )
-    if width < result["calibration_width"]:
+    if width < result.calibration_width:
         # The drift fit x* - alpha/n blows up below the widths it was fitted on, and a
         # narrower model is tuned directly by the sweep's own levels.
         raise TelescopeError(
-            f"--target-width {width} is below the calibration width {result['calibration_width']}: telescope "
+            f"--target-width {width} is below the calibration width {result.calibration_width}: telescope "
             "transfers to wider models; for a narrower one read its level's best point with `telescope status`"
         )
-    base = {**result["best"], **result["fixed"]}
+    base = {**result.best, **result.fixed}
     advice = recommendation(result, width)
     use = advice["values"]
     ratio = use.get("muon_lr_ratio", 1.0)
+    alpha = config.model.depth_alpha
+    parameters, blocks, proxy_depth, depth = _target(config, width, target, target_depth)
     groups = transfer(
         config.parametrization,
         lr=use["lr"],
@@ -61,62 +65,64 @@ def export_sweep(
         muon_lr_ratio=use.get("muon_lr_ratio", 1.0),
         base_width=config.widths.base,
         width=width,
-        parameters=target.parameters if target is not None else _parameters(config, width),
+        parameters=parameters,
+        depth=Depth(depth or 1, proxy_depth or depth or 1, alpha),
+        blocks=blocks,
+        adamw_eps=config.train.adamw_eps,
     )
     identity = model_identity(config.source.factory, config.source.hf_path, config.source.hf_config_hash)
+    model = config.to_dict()["model"]  # the proxy family (or the user's model), to build it at the target
+    if not config.user_model:
+        model["depth"] = depth
     return {
         "sweep": sweep,
         "target_width": width,
         "base_width": config.widths.base,
+        "proxy_depth": proxy_depth,
+        "target_depth": depth,
+        "depth": depth_section(config.parametrization, alpha, proxy_depth, depth),
         "parametrization": config.parametrization,
-        "model": config.to_dict()["model"],  # the proxy family (or the user's model), to build it at target_width
-        "fingerprint": fingerprint(config.parametrization, ratio, config.train.recipe, identity),
+        "model": model,
+        "fingerprint": fingerprint(config.parametrization, ratio, config.train.recipe, identity, alpha),
         "measured_on": measured_on(config),
         "notes": target.notes if target is not None else [],
         "base": base,
-        "extrapolated": {d["name"]: _at(d, width) for d in result["drift"] or []},
+        "extrapolated": {d.name: d.at(width) for d in result.drift or ()},
         "recommendation": advice,
         "groups": [dataclasses.asdict(g) for g in groups],
         "provenance": {
-            "objective": result["objective"],
-            "calibration_width": result["calibration_width"],
-            "best_loss": result["best_loss"],
+            "objective": result.objective,
+            "calibration_width": result.calibration_width,
+            "best_loss": result.best_loss,
             "levels": [
-                {k: level[k] for k in ("level", "width", "grid", "trials", "diverged", "failed", "best", "best_loss")}
-                for level in result["levels"]
+                {k: v for k, v in dataclasses.asdict(level).items() if k != "warnings"} for level in result.levels
             ],
-            "warnings": result["warnings"],
+            "warnings": result.warnings,
         },
     }
 
 
-def _at(drift: dict[str, Any], width: int) -> float:
-    """The drift fit's optimum at `width`."""
-    return drift["x_inf"] * math.exp(-drift["alpha"] / width)
-
-
-def recommendation(result: dict[str, Any], width: int) -> dict[str, Any]:
+def recommendation(result: SweepResult, width: int) -> dict[str, Any]:
     """Which values to train the model at `width` with, per swept hyperparameter, and why.
 
     The chosen value (the best point at the calibration width) is what muP transfers; the
     drift fit's extrapolation replaces it only where it differs from it by more than twice
     the fit's standard error (as stored for the config's target), i.e. where the optimum
     measurably keeps moving with width."""
-    calibration = result["calibration_width"]
-    drift = {d["name"]: d for d in result.get("drift") or []}
+    calibration = result.calibration_width
     use: dict[str, str] = {}
-    values = dict(result["best"])
-    for name, chosen in result["best"].items():
-        d = drift.get(name)
-        se = d.get("log_at_target_se") if d else None
-        if d is not None and se is not None and abs(math.log(_at(d, width) / chosen)) > 2 * se:
-            use[name], values[name] = "extrapolated", _at(d, width)
+    values = dict(result.best)
+    for name, chosen in result.best.items():
+        d = result.drift_of(name)
+        se = d.log_at_target_se if d else None
+        if d is not None and se is not None and abs(math.log(d.at(width) / chosen)) > 2 * se:
+            use[name], values[name] = "extrapolated", d.at(width)
         else:
             use[name] = "chosen"
     moved = [n for n, how in use.items() if how == "extrapolated"]
-    if not drift:
+    if not result.drift:
         why = "one width only, so there is no drift to extrapolate; muP carries them to the target."
-    elif all(d.get("log_at_target_se") is None for d in drift.values()):
+    elif all(d.log_at_target_se is None for d in result.drift):
         why = (
             "with two widths the drift fit passes exactly through both optima and cannot tell a drift "
             "from the grid's resolution; muP carries the chosen values to the target."
@@ -139,7 +145,7 @@ def recommendation(result: dict[str, Any], width: int) -> dict[str, Any]:
         "mixed": f"Use the values extrapolated to width {width} for {', '.join(moved)} and the chosen ones for the "
         "rest",
     }[kind]
-    return {"use": use, "values": {**values, **result["fixed"]}, "reason": f"{lead}: {why}"}
+    return {"use": use, "values": {**values, **result.fixed}, "reason": f"{lead}: {why}"}
 
 
 def measured_on(config: SweepConfig) -> dict[str, Any]:
@@ -187,7 +193,7 @@ def measured_on(config: SweepConfig) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class TargetModel:
     width: int
-    parameters: list[Any]  # classified, at the target's width
+    model: Any  # the target, on the meta device
     notes: list[str]  # how the target differs from the proxies besides its width (depth, vocab)
 
 
@@ -197,7 +203,6 @@ def target_model(config: SweepConfig, path: str, width: int | None) -> TargetMod
     proxies'. Any other difference is refused: the sweep did not measure that model."""
     from telescope.models import ModelSource, hf
     from telescope.models.measure import build_on_meta
-    from telescope.roles import classify, with_defaults
 
     if config.source.hf_config is None:
         raise TelescopeError("--target-config is for a sweep of [model] hf_config; this sweep's model is not one")
@@ -222,17 +227,59 @@ def target_model(config: SweepConfig, path: str, width: int | None) -> TargetMod
         if k in target and target.get(k) != proxies.get(k)
     ]
     source = ModelSource(hf_config=str(hf.config_file(path)), rules=config.source.rules)
-    model = build_on_meta(source, target_width)
-    return TargetModel(target_width, classify(model, with_defaults(config.source.rules)), notes)
+    return TargetModel(target_width, build_on_meta(source, target_width), notes)
 
 
-def _parameters(config: SweepConfig, width: int) -> list[Any]:
+def depth_section(parametrization: str, alpha: float, proxy_depth: int | None, target_depth: int | None) -> dict:
+    """What the export says about depth: alpha, the depths, and the branch multiplier and
+    the table's depth rule where the rule is on (each group carries its own factors)."""
+    section: dict[str, Any] = {"alpha": alpha, "proxy_depth": proxy_depth, "target_depth": target_depth}
+    if alpha > 0 and proxy_depth and target_depth:
+        table = get_table(parametrization)
+        section["ratio"] = target_depth / proxy_depth
+        section["branch_multiplier"] = table.branch_multiplier(Depth(target_depth, proxy_depth, alpha))
+        section["rule"] = dataclasses.asdict(table.depth)
+    return section
+
+
+def _target(
+    config: SweepConfig, width: int, target: TargetModel | None, target_depth: int | None
+) -> tuple[list[Any], list[str], int | None, int | None]:
+    """The target's classified parameters, its block names, the proxies' depth and its own
+    (None where a user's model shows no blocks and the depth rule is off)."""
     if not config.user_model:
-        return parameter_roles(config.model, width, config.widths.base, config.parametrization)
+        if target_depth is not None and target_depth < config.model.depth:
+            raise TelescopeError(
+                f"--target-depth {target_depth} is below the proxies' depth {config.model.depth}: telescope transfers "
+                "to deeper models"
+            )
+        depth = target_depth or config.target_depth
+        shape = dataclasses.replace(config.model, depth=depth)
+        names = [f"blocks.{i}" for i in range(depth)]
+        return (
+            parameter_roles(shape, width, config.widths.base, config.parametrization),
+            names,
+            config.model.depth,
+            depth,
+        )
+    if target_depth is not None:
+        raise TelescopeError(
+            "--target-depth is for the built-in proxy; your model's depth is its own (--target-config)"
+        )
+    from telescope.blocks import find_blocks
     from telescope.models.measure import build_on_meta
     from telescope.roles import classify, with_defaults
 
-    return classify(build_on_meta(config.source, width), with_defaults(config.source.rules))
+    rules = with_defaults(config.source.rules)
+    model = target.model if target is not None else build_on_meta(config.source, width)
+    proxies = build_on_meta(config.source, config.widths.base)
+    try:
+        names, proxy_depth = [n for n, _ in find_blocks(model, rules)], len(find_blocks(proxies, rules))
+    except TelescopeError:
+        if config.model.depth_alpha > 0:
+            raise
+        return classify(model, rules), [], None, None
+    return classify(model, rules), names, proxy_depth, len(names)
 
 
 def _toml_ready(value: Any) -> Any:

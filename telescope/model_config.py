@@ -1,10 +1,11 @@
-"""The `[model]` fields that name the user's own model (factory, hf_config, rules, check):
-parsed and checked for telescope.config, which keeps the built-in proxy's shape.
-Plain data, no torch."""
+"""The `[model]` fields that name the user's own model (factory, hf_config, rules, check),
+and `[depths]`: parsed and checked for telescope.config, which keeps the built-in proxy's
+shape. Plain data, no torch."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 from telescope.errors import ConfigError
@@ -16,6 +17,15 @@ def _config():  # telescope.config imports this module: its helpers are reached 
     import telescope.config
 
     return telescope.config
+
+
+@dataclass(frozen=True)
+class Depths:
+    """`[depths]`: sweep shallow proxies of `proxy` blocks and export for `target` blocks
+    (docs/design.md §8); it takes the place of `[model] depth`."""
+
+    proxy: int
+    target: int
 
 
 SOURCE_KEYS = ("factory", "hf_config", "hf_config_hash", "rules", "check")
@@ -128,10 +138,36 @@ def check_user_widths(widths: Any, source: ModelSource) -> None:
 
 
 def model_table(model: ModelShape, source: ModelSource) -> dict[str, Any]:
+    """The `[model]` table of a config; depth_alpha only when the depth rule is on, so a
+    config without it reads as it did before it existed."""
+    alpha = {"depth_alpha": model.depth_alpha} if model.depth_alpha else {}
     if source.factory is None and source.hf_config is None:  # `check` waits for a --model
-        return dataclasses.asdict(model) | ({"check": source.check} if source.check != "coord" else {})
-    table: dict[str, Any] = {"seq_len": model.seq_len, "vocab_size": model.vocab_size}
+        shape = {k: v for k, v in dataclasses.asdict(model).items() if k != "depth_alpha"}
+        return shape | alpha | ({"check": source.check} if source.check != "coord" else {})
+    table: dict[str, Any] = {"seq_len": model.seq_len, "vocab_size": model.vocab_size, **alpha}
     table |= {"factory": source.factory, "hf_config": source.hf_config, "hf_config_hash": source.hf_config_hash}
     if source.rules:
         table["rules"] = [list(pair) for pair in source.rules]
     return table | {"check": source.check}
+
+
+def parse_depths(data: Mapping[str, Any], model_table: Mapping[str, Any], source: ModelSource) -> Depths | None:
+    """`[depths]`: proxy and target depths, the target no shallower; it replaces model.depth."""
+    if "depths" not in data:
+        return None
+    if source.factory is not None or source.hf_config is not None:
+        named = "model.factory" if source.factory is not None else "model.hf_config"
+        raise ConfigError(f"depths: the proxies are your model ({named}), which decides its own depth")
+    if "depth" in model_table:
+        raise ConfigError(
+            "model.depth: a [depths] section gives the proxies' depth (depths.proxy); leave model.depth out"
+        )
+    depths = _config()._build(
+        Depths,
+        _config()._table(data, "depths"),
+        "depths",
+        {"proxy": _config()._positive, "target": _config()._positive},
+    )
+    if depths.target < depths.proxy:
+        raise ConfigError(f"depths.target: must be >= depths.proxy ({depths.proxy}), got {depths.target}")
+    return depths

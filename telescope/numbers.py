@@ -6,5 +6,8 @@ import math
 
 
 def finite_or_none(value: float | None) -> float | None:
-    """`value` when it is a finite number, else None (how a diverged loss is stored)."""
-    return value if value is not None and math.isfinite(value) else None
+    """`value` as a float when it is a finite number, else None (how a diverged loss is stored)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None

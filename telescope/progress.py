@@ -9,22 +9,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from telescope.remaining import Estimate, LevelWork, RemainingTime
 from telescope.spec import Status
-
-# Before a second width has run, how a level's wall seconds per FLOP scale with the FLOPs of
-# one trial: spf ~ flops**k. Small proxies do not use a device fully (fixed per-step and
-# per-trial costs dominate), so a trial 4x the FLOPs takes about 4**(1 + k) = 2.5x as long.
-# Fitted to three runs of the README's tiny sweep (widths 32 -> 128, Ray, 2 shared CPUs, at
-# different loads): after level 0 each estimate came within 26% of the time the planned
-# levels then took. Two finished levels replace it with their own fit.
-PRIOR_EXPONENT = -0.35
 
 
 def clock(seconds: float | None) -> str:
@@ -41,106 +34,6 @@ def level_label(level: int, n_levels: int, width: int) -> str:
 
 
 @dataclass
-class _Level:
-    """One level as the clock sees it."""
-
-    trials: int  # planned; the real count once the level starts
-    flops: float  # training FLOPs of one trial
-    done: int = 0  # finished, in any run
-    ran: int = 0  # finished in this run (the ones that took time here)
-    running: int = 0  # started in this run and not finished
-    began: float | None = None  # when its first trial started in this run
-    ended: float | None = None
-
-    def seconds_per_flop(self, now: float) -> float | None:
-        """Wall seconds per FLOP measured on this level in this run, from its first trial's
-        start (what comes before, e.g. starting Ray's workers, happens once)."""
-        if not self.ran or self.began is None or self.flops <= 0:
-            return None
-        worked = self.ran + self.running / 2  # trials under way count as half done
-        return ((self.ended if self.ended is not None else now) - self.began) / (worked * self.flops)
-
-
-@dataclass
-class RemainingTime:
-    """Estimates the wall time left from the wall seconds per FLOP measured on each level.
-
-    A level measures its own rate (wall seconds in the level / FLOPs of the trials it ran),
-    which takes in parallel trials, packs and fixed costs as they are. A level not yet
-    measured takes the rate of the widths measured so far, extrapolated in the FLOPs of one
-    trial as a power law: fitted once two levels have finished, PRIOR_EXPONENT before.
-    """
-
-    levels: list[_Level]
-
-    @classmethod
-    def from_plan(cls, planned: list[tuple[int, float]]) -> "RemainingTime":
-        return cls([_Level(trials, flops) for trials, flops in planned])
-
-    def start(self, level: int, trials: int) -> None:
-        self.levels[level].trials = trials
-
-    def extend(self, level: int, extra: int) -> None:
-        self.levels[level].trials += extra
-
-    def start_trial(self, level: int, now: float) -> None:
-        lv = self.levels[level]
-        lv.running += 1
-        if lv.began is None:
-            lv.began = now
-
-    def finish_trial(self, level: int, resumed: bool) -> None:
-        """Count a finished trial; one that was not started in this run (resumed, or reused
-        from a trial trained before) took none of its time."""
-        lv = self.levels[level]
-        lv.done += 1
-        if not resumed and lv.running > 0:
-            lv.ran += 1
-            lv.running -= 1
-
-    def end(self, level: int, now: float) -> None:
-        self.levels[level].ended = now
-
-    def remaining(self, now: float) -> float | None:
-        """Seconds left, or None before any trial has finished in this run."""
-        finished = [lv for lv in self.levels if lv.ended is not None and lv.ran]
-        measured = [(lv.flops, lv.seconds_per_flop(now)) for lv in finished or [lv for lv in self.levels if lv.ran]]
-        measured = [(flops, rate) for flops, rate in measured if rate is not None]
-        if not measured:
-            return None
-        rate = _power_law(measured)  # type: ignore[arg-type]
-        left = 0.0
-        for lv in self.levels:
-            if lv.ended is not None:
-                continue
-            trials_left = max(0, lv.trials - lv.done)
-            own = lv.seconds_per_flop(now)
-            spent = now - lv.began if lv.began is not None else 0.0
-            expected = rate(lv.flops) * lv.flops * (trials_left + lv.ran)  # as the finished widths predict
-            if own is not None and (not finished or spent > expected):  # its own rate is all there is
-                left += own * lv.flops * max(0.0, trials_left - lv.running / 2)
-            else:
-                left += max(0.0, expected - spent)
-        return left
-
-
-def _power_law(points: list[tuple[float, float]]):
-    """seconds per FLOP as a function of a trial's FLOPs: a least-squares line in log-log
-    through `points` (flops, seconds per flop), slope clamped to [-1, 0] (a bigger trial
-    takes no less time, and no more time per FLOP); PRIOR_EXPONENT with one trial size."""
-    xs = [math.log(f) for f, _ in points]
-    ys = [math.log(max(s, 1e-30)) for _, s in points]  # a level that took no time
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    var_x = sum((x - mean_x) ** 2 for x in xs)
-    if var_x > 1e-12:
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var_x
-        slope = min(0.0, max(-1.0, slope))
-    else:
-        slope = PRIOR_EXPONENT
-    return lambda flops: math.exp(mean_y + slope * (math.log(flops) - mean_x))
-
-
-@dataclass
 class SweepProgress:
     """Counts trials as events arrive and renders them: a live view on a terminal, one line
     per level otherwise, and a closing note with the time taken against the estimate made
@@ -152,8 +45,11 @@ class SweepProgress:
 
     dashboard: ClassVar[str | None] = None  # set by `telescope sweep --dashboard` while it serves
 
-    planned: list[tuple[int, float]]  # per level: trials, training FLOPs of one trial
+    # Per level: trials, training FLOPs of one trial, Newton-Schulz FLOPs of one trial
+    # (LevelWork, or a tuple of the first two or all three).
+    planned: Sequence[LevelWork | tuple]
     console: Console = field(default_factory=Console)
+    growth: int = 0  # trials one step of the last level's growth past its edges adds
     level: int | None = None  # None until the first level starts
     width: int = 0
     total: int = 0
@@ -165,12 +61,13 @@ class SweepProgress:
     _best_loss: float = math.inf
     _clock: RemainingTime = field(init=False)
     _started: float = field(default_factory=lambda: time.monotonic())
-    _first_estimate: float | None = None  # total wall time as estimated after the first level
+    _first_estimate: tuple[float, Estimate] | None = None  # after the first level: elapsed, time left
     _live: Live | None = None
     notice: str = ""  # e.g. "database unavailable, retrying (23 s)"
 
     def __post_init__(self) -> None:
-        self._clock = RemainingTime.from_plan(self.planned)
+        self.planned = [LevelWork(*work) for work in self.planned]
+        self._clock = RemainingTime.from_plan(self.planned, self.growth)
 
     @property
     def n_levels(self) -> int:
@@ -233,7 +130,7 @@ class SweepProgress:
         self._clock.end(level, self._now())
         if self._first_estimate is None and self._clock.levels[level].ran:
             remaining = self.eta()
-            self._first_estimate = None if remaining is None else self.elapsed() + remaining
+            self._first_estimate = None if remaining is None else (self.elapsed(), remaining)
         if self._live is None:  # not a terminal: one line per level instead of a live view
             self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
         self._refresh()
@@ -241,14 +138,15 @@ class SweepProgress:
     def elapsed(self) -> float:
         return self._now() - self._started
 
-    def eta(self) -> float | None:
-        """Seconds left in the sweep, or None until a trial has finished in this run."""
+    def eta(self) -> Estimate | None:
+        """Seconds left in the sweep (a range while the last level may still grow past its
+        edges), or None until a trial has finished in this run."""
         return self._clock.remaining(self._now())
 
     def rows(self) -> list[tuple[str, Text | str]]:
         """The view's rows, label and text; a terminal shows them as a grid."""
         if self.level is None:
-            trials = sum(t for t, _ in self.planned)
+            trials = sum(work.trials for work in self.planned)
             rows: list[tuple[str, Text | str]] = [
                 ("level", f"starting: {self.n_levels} levels, {trials} trials planned")
             ]
@@ -265,7 +163,7 @@ class SweepProgress:
                     ),
                 ),
             ]
-        rows.append(("time", f"{clock(self.elapsed())} elapsed, ~{clock(self.eta())} remaining"))
+        rows.append(("time", f"{clock(self.elapsed())} elapsed, {remaining_text(self.eta(), self._clock.grew() > 0)}"))
         if self.level is not None:
             rows.append(("best", self.best))
         if self.dashboard:
@@ -279,10 +177,23 @@ class SweepProgress:
         return " | ".join(f"{label} {text}" if label != "level" else str(text) for label, text in self.rows())
 
     def closing_note(self) -> str:
+        """The time taken, and after the first level: the time it then estimated was left and
+        the time it took, e.g. `sweep took 0:08:14; after the first level: estimated 0:03:36
+        to go (0:05:42 if the last level grows), took 0:06:59 (the last level grew 2 steps)`."""
         took = f"sweep took {clock(self.elapsed())}"
         if self._first_estimate is None:
             return took
-        return f"{took}; estimated {clock(self._first_estimate)} after the first level"
+        at, estimate = self._first_estimate
+        guess = f"{clock(estimate.low)} to go"
+        if estimate.high > estimate.low:
+            guess += f" ({clock(estimate.high)} if the last level grows)"
+        actual = clock(self.elapsed() - at)
+        grew = self._clock.grew()
+        if grew:
+            actual += f" (the last level grew {grew} step{'s' if grew > 1 else ''})"
+        elif estimate.high > estimate.low:
+            actual += " (the last level did not grow)"
+        return f"{took}; after the first level: estimated {guess}, took {actual}"
 
     def _level(self) -> int:
         if self.level is None:
@@ -301,6 +212,16 @@ class SweepProgress:
     def _refresh(self) -> None:
         if self._live is not None:
             self._live.update(self._render())
+
+
+def remaining_text(estimate: Estimate | None, grown: bool = False) -> str:
+    """`~0:03:36 remaining`, `~0:03:36 remaining (~0:05:42 if the last level grows)`."""
+    if estimate is None:
+        return "~? remaining"
+    text = f"~{clock(estimate.low)} remaining"
+    if estimate.high > estimate.low:
+        text += f" (~{clock(estimate.high)} if the last level grows{' again' if grown else ''})"
+    return text
 
 
 _open_views: list[SweepProgress] = []

@@ -23,6 +23,7 @@ from typing import Any, Literal, Sequence, Union
 
 from torch import nn
 
+from telescope.blocks import MODULE_ROLES
 from telescope.errors import ConfigError
 from telescope.parametrization import ROLES, Role
 
@@ -112,8 +113,11 @@ def as_rules(rules: Sequence[RuleLike] | None, default: Sequence[Rule] = FOREIGN
             rule = KindRule(kind.group(1), rule[1]) if kind else NameRule(rule[0], rule[1])  # type: ignore[arg-type]
         else:
             raise ConfigError(f"rule {rule!r} is not a (pattern, role) pair, a NameRule or a KindRule")
-        if role not in ROLES:
-            raise ConfigError(f"rule {rule.pattern!r} has role {role!r}; choose one of {', '.join(ROLES)}")
+        if role not in ROLES and not (role in MODULE_ROLES and isinstance(rule, NameRule)):
+            raise ConfigError(
+                f"rule {rule.pattern!r} has role {role!r}; choose one of {', '.join(ROLES)} (or, naming modules by "
+                f"pattern, {' or '.join(MODULE_ROLES)})"
+            )
         if isinstance(rule, KindRule) and rule.kind not in KINDS:
             raise ConfigError(f"rule kind {rule.kind!r} is unknown; choose one of {', '.join(KINDS)}")
         if isinstance(rule, NameRule):
@@ -218,7 +222,7 @@ def classify(model: nn.Module, rules: Sequence[RuleLike] | None = None) -> list[
 
     ConfigError naming the parameter when no rule matches it, and when no parameter is an
     unembedding (role `output`) reached through a module (or a tied embedding)."""
-    compiled = as_rules(rules)
+    compiled = tuple(r for r in as_rules(rules) if r.role in ROLES)  # block and branch rules name modules
     classified: list[ParamRole] = []
     for names, p, owners in _parameters(model):
         matched = [

@@ -397,6 +397,14 @@ class AxisDrift:
     log_x_inf_se: float | None = None
     log_at_target_se: float | None = None
 
+    def at(self, width: int) -> float:
+        """The fit's optimum at `width`."""
+        return self.at_inverse_width(1 / width)
+
+    def at_inverse_width(self, inverse_width: float) -> float:
+        """The fit's optimum at width 1 / `inverse_width` (0: infinite width)."""
+        return self.x_inf * math.exp(-self.alpha * inverse_width)
+
 
 @dataclass(frozen=True)
 class DriftFit:

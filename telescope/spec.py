@@ -40,6 +40,8 @@ class ModelShape:
     vocab_size: int = 256
     tied_embeddings: bool = False
     seq_len: int = 64
+    # The depth rule's branch exponent (docs/design.md §8): 0 off, 0.5 depth-muP, 1 CompleteP.
+    depth_alpha: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,9 @@ class TrialSpec:
     # and the hash of its architecture (telescope.models.hf), checked where it is built.
     hf_config: str | None = None
     hf_config_hash: str | None = None
+    # The depth the base values refer to (the depth rule's L_base); None: the model's own
+    # depth, so the depth factors are 1 (a sweep's trials). A check across depths sets it.
+    base_depth: int | None = None
 
     @property
     def user_model(self) -> bool:
@@ -133,7 +138,14 @@ class TrialSpec:
         return self.model_factory is not None or self.hf_config is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, except the depth fields at their defaults: a trial without depth
+        transfer has the dict (and so the content key) it had before they existed."""
+        d = dataclasses.asdict(self)
+        if d["base_depth"] is None:
+            del d["base_depth"]
+        if d["model"]["depth_alpha"] == 0.0:
+            del d["model"]["depth_alpha"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrialSpec":

@@ -9,15 +9,16 @@ time, until the best is interior or on the edge of the whole range.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
 from rich.console import Console
 
 from telescope.config import SweepConfig
-from telescope.cost import planned_levels
+from telescope.cost import plan
 from telescope.progress import SweepProgress
+from telescope.remaining import LevelWork
+from telescope.results import LevelResult, SweepResult
 from telescope.runs.executor import make_executor
 from telescope.runs.keys import trial_key
 from telescope.runs.stored import RunRecord, StoredRun, open_run
@@ -59,7 +60,7 @@ def run_sweep(
     console: Console | None = None,
     checks: dict[str, Any] | None = None,
     reuse: bool = True,
-) -> dict[str, Any]:
+) -> SweepResult:
     """Run (or resume) a telescoping sweep and return its result, also stored in the database.
     A sweep that has
     completed trains nothing: its result is derived again from its stored trials.
@@ -76,9 +77,8 @@ def run_sweep(
         ) as run:
             if checks:
                 run.note(checks)
-            result = _run_levels(config, run, console or Console(stderr=True, markup=False))
-            result.update(checks or {})
-            run.finish(result)
+            result = _run_levels(config, run, console or Console(stderr=True, markup=False)).with_checks(checks or {})
+            run.finish(result.to_dict())
     finally:
         if own_executor:
             executor.close()
@@ -106,15 +106,16 @@ def _record(config: SweepConfig, name: str) -> RunRecord:
     )
 
 
-def _run_levels(config: SweepConfig, run: StoredRun, console: Console) -> dict[str, Any]:
+def _run_levels(config: SweepConfig, run: StoredRun, console: Console) -> SweepResult:
     plans = config.levels()
-    planned = planned_levels(config)
-    levels: list[dict[str, Any]] = []
+    costs = plan(config)
+    planned = [LevelWork(lc.trials, lc.flops_per_trial, lc.newton_schulz_flops_per_trial) for lc in costs.levels]
+    levels: list[LevelResult] = []
     optima: list[tuple[int, dict[str, float]]] = []
     warnings: list[str] = []
     previous_best = None
     grid = initial_grid(config.search.axes, config.widths.base)
-    with SweepProgress(planned, console=console) as progress:
+    with SweepProgress(planned, console=console, growth=costs.extension_trials_per_step) as progress:
         for index in range(len(plans)):
             outcomes = _run_level(config, run, grid, progress)
             best = best_point(grid, outcomes)
@@ -190,43 +191,41 @@ def _run_level(
     return [Outcome(point, objective_value(rows[key], config.objective), rows[key].status) for key, point, _ in trials]
 
 
-def _level_summary(grid: Grid, best: Best, outcomes: list[Outcome], warnings: list[str]) -> dict[str, Any]:
+def _level_summary(grid: Grid, best: Best, outcomes: list[Outcome], warnings: list[str]) -> LevelResult:
     statuses = [Status(o.status) for o in outcomes]
-    return {
-        "level": grid.level,
-        "width": grid.width,
-        "grid": grid.shape,
-        "trials": len(outcomes),
-        "diverged": statuses.count(Status.DIVERGED),
-        "failed": statuses.count(Status.FAILED),
-        "best": best.point,
-        "best_loss": best.loss if math.isfinite(best.loss) else None,
-        "warnings": list(warnings),
-    }
+    return LevelResult(
+        level=grid.level,
+        width=grid.width,
+        grid=grid.shape,
+        trials=len(outcomes),
+        diverged=statuses.count(Status.DIVERGED),
+        failed=statuses.count(Status.FAILED),
+        best=best.point,
+        best_loss=best.loss if math.isfinite(best.loss) else None,
+        warnings=list(warnings),
+    )
 
 
 def _result(
     config: SweepConfig,
     name: str,
-    levels: list[dict[str, Any]],
+    levels: list[LevelResult],
     optima: list[tuple[int, dict[str, float]]],
     warnings: list[str],
-) -> dict[str, Any]:
+) -> SweepResult:
     final = levels[-1]
-    drift = None
-    if len({w for w, _ in optima}) >= 2:
-        drift = [dataclasses.asdict(axis) for axis in fit_drift(optima, config.widths.target).axes]
-    return {
-        "sweep": name,
-        "parametrization": config.parametrization,
-        "objective": config.objective,
-        "base_width": config.widths.base,
-        "calibration_width": final["width"],
-        "target_width": config.widths.target,
-        "best": final["best"],
-        "best_loss": final["best_loss"],
-        "fixed": dict(config.search.fixed),
-        "drift": drift,
-        "levels": levels,
-        "warnings": warnings,
-    }
+    drift = fit_drift(optima, config.widths.target).axes if len({w for w, _ in optima}) >= 2 else None
+    return SweepResult(
+        sweep=name,
+        parametrization=config.parametrization,
+        objective=config.objective,
+        base_width=config.widths.base,
+        calibration_width=final.width,
+        target_width=config.widths.target,
+        best=final.best,
+        best_loss=final.best_loss,
+        fixed=dict(config.search.fixed),
+        drift=drift,
+        levels=tuple(levels),
+        warnings=warnings,
+    )

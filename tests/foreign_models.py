@@ -123,3 +123,52 @@ class WidthScaledLogits(EncoderLM):
 
 def width_scaled_logits(width: int) -> nn.Module:
     return WidthScaledLogits(width)
+
+
+class ResidualBlock(nn.Module):
+    """x + mlp(norm(x)): one residual branch, `mlp`."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width, bias=False), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm(x))
+
+
+class ResidualLM(nn.Module):
+    """Embedding, `depth` residual MLP blocks in an nn.ModuleList, norm, unembedding."""
+
+    def __init__(self, width: int, depth: int = 2):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, width)
+        self.layers = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.lm_head = nn.Linear(width, VOCAB, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(self.norm(x))
+
+
+def residual_lm(width: int) -> nn.Module:
+    return ResidualLM(width)
+
+
+class FlatLM(ResidualLM):
+    """ResidualLM's two blocks as plain attributes: no nn.ModuleList to find them by."""
+
+    def __init__(self, width: int):
+        super().__init__(width)
+        self.first, self.second = self.layers
+        del self.layers
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(self.second(self.first(self.embed(idx)))))
+
+
+def flat_lm(width: int) -> nn.Module:
+    return FlatLM(width)

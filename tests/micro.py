@@ -4,6 +4,8 @@ corpus, a few seconds with the local executor. Override any field per test."""
 from __future__ import annotations
 
 import copy
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +44,26 @@ def write_micro_config(path: Path, **sections: dict[str, Any]) -> Path:
     return path
 
 
+def sweep_command(config: Path, url: str, store: Path, *options: str) -> list[str]:
+    """`telescope sweep CONFIG --db URL --store STORE [options]`, as a process runs it."""
+    return [sys.executable, "-m", "telescope", "sweep", str(config), "--db", url, "--store", str(store), *options]
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "timed out") -> None:
+    """Poll `predicate` until it holds, for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def run_micro_sweep(url: str, store: Path, name: str = "micro", **sections: dict[str, Any]) -> dict[str, Any]:
-    """Run a micro sweep to the end in-process; returns its result."""
+    """Run a micro sweep to the end in-process; returns its result as stored (a dict)."""
     config = parse_config(micro_config(**sections))
     executor = make_executor(config.executor)
     try:
         with Database(url) as db:
-            return run_sweep(config, db, MetricsStore(store), name, executor=executor)
+            return run_sweep(config, db, MetricsStore(store), name, executor=executor).to_dict()
     finally:
         executor.close()
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from muon_flops import muon_step_flops
 
 from telescope.config import load_config
 from telescope.cost import forward_flops_per_token, param_counts, plan, train_flops
@@ -71,3 +73,16 @@ def test_plan_totals_are_consistent():
     for lc in p.levels:
         assert lc.flops_per_level == pytest.approx(lc.trials * lc.flops_per_trial)
         assert lc.heads * 16 == lc.width
+
+
+@pytest.mark.parametrize("parametrization", ["paper", "adamw"])
+def test_newton_schulz_flops_are_what_a_muon_step_computes(parametrization):
+    config = load_config(EXAMPLES / "tiny-cpu.toml")
+    config = dataclasses.replace(config, parametrization=parametrization)
+    p = plan(config)
+    for lc in p.levels:
+        assert lc.newton_schulz_flops_per_trial == pytest.approx(config.train.steps * muon_step_flops(config, lc.width))
+    if parametrization == "paper":  # a small batch: a large share of the work at width 128
+        assert 0.3 < p.levels[-1].newton_schulz_flops_per_trial / p.levels[-1].flops_per_trial < 0.6
+    else:  # AdamW everywhere: no Newton-Schulz
+        assert all(lc.newton_schulz_flops_per_trial == 0 for lc in p.levels)

@@ -15,7 +15,7 @@ import torch
 from micro import run_micro_sweep
 
 from telescope.data import load as loading
-from telescope.data import load_data, tokenized
+from telescope.data import load_data, tokenized, tokens
 from telescope.data.testing import write_hf_arrow, write_mds, write_megatron, write_parquet_tokens
 from telescope.errors import ConfigError, DataError
 
@@ -88,6 +88,17 @@ def test_same_documents_give_the_same_batches_in_every_document_format(tmp_path,
         assert d.vocab_size == TOP + 1, name
         assert (d.train_tokens, d.val_tokens) == (reference.train_tokens, reference.val_tokens), name
         assert same_batches(d, reference), name
+
+
+def test_parquet_of_many_row_groups_gives_the_same_batches(tmp_path):
+    docs = documents()
+    megatron = load_data(write_megatron(tmp_path / "m", docs))
+    parquet = write_parquet_tokens(tmp_path / "small_groups.parquet", docs, rows_per_group=7)
+    assert pq.ParquetFile(parquet).num_row_groups == 43
+    d = load_data(f"{parquet}:input_ids")
+    assert d.vocab_size == TOP + 1 and same_batches(d, megatron)
+    loading._load_resolved.cache_clear()
+    assert same_batches(load_data(f"{parquet}:input_ids"), megatron), "reopened from the converted cache"
 
 
 def test_megatron_by_prefix_bin_or_idx_and_2d_npy_agree(tmp_path):
@@ -321,6 +332,23 @@ def test_bad_mds(tmp_path):
     refused(write_mds(tmp_path / "zstd", docs, compression="zstd"), "compressed MDS shards")
     fixed = write_mds(tmp_path / "fixed", docs, encoding="ndarray:uint32")
     assert load_data(fixed).vocab_size == TOP + 1
+
+
+@pytest.mark.parametrize("read_bytes, gap_bytes", [(1 << 22, 1 << 16), (64, 4)])
+def test_token_range_is_exact_wherever_the_tokens_lie(tmp_path, monkeypatch, read_bytes, gap_bytes):
+    """MDS samples are read a stretch of the file at a time: with the default buffer (more
+    samples than one read takes), and with a tiny one (samples split across reads, every
+    header gap too long to read through), the largest token and a negative one are found."""
+    monkeypatch.setattr(tokens, "_READ_BYTES", read_bytes)
+    monkeypatch.setattr(tokens, "_GAP_BYTES", gap_bytes)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 1000, size=int(rng.integers(40, 160))) for _ in range(1500)]
+    docs[1200][30] = 123_456
+    assert load_data(write_mds(tmp_path / "mds", docs)).vocab_size == 123_457
+    docs[1300][5] = -7
+    refused(write_mds(tmp_path / "signed", docs, dtype="int32"), r"shard\.00000\.mds", r"negative token id \(-7\)")
+    np.save(tmp_path / "signed.npy", np.concatenate(docs).astype(np.int64))
+    refused(tmp_path / "signed.npy", r"signed\.npy", r"negative token id \(-7\)")
 
 
 def test_bad_tokenizer_and_empty_folders(tmp_path):

@@ -13,12 +13,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from micro import SMALLEST, write_micro_config
+from micro import SMALLEST, sweep_command, wait_for, write_micro_config
 
 from telescope.errors import StorageError
 from telescope.storage.database import Database
@@ -67,31 +65,10 @@ def _ctl(cluster_id: tuple[str, str], action: str) -> None:
 
 def _sweep(config: Path, url: str, store: Path, name: str, log: Path, retry_seconds: float) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "telescope",
-            "sweep",
-            str(config),
-            "--db",
-            url,
-            "--store",
-            str(store),
-            "--name",
-            name,
-            "--db-retry-seconds",
-            str(retry_seconds),
-        ],
+        sweep_command(config, url, store, "--name", name, "--db-retry-seconds", str(retry_seconds)),
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
     )
-
-
-def _wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def _finished(url: str, sweep: str) -> int:
@@ -125,27 +102,15 @@ def test_a_sweep_rides_through_a_restart_and_a_second_driver_is_refused(cluster,
     log = tmp_path / "first.log"
     first = _sweep(config, url, tmp_path / "store", "ride", log, retry_seconds=60)
     try:
-        _wait_for(lambda: first.poll() is not None or _finished(url, "ride") >= 2)
+        wait_for(lambda: first.poll() is not None or _finished(url, "ride") >= 2)
         first.send_signal(signal.SIGSTOP)
         _ctl(cluster_id, "stop")
         first.send_signal(signal.SIGCONT)  # it finds the server gone, and waits
-        _wait_for(lambda: "database unavailable, retrying (" in log.read_text())
+        wait_for(lambda: "database unavailable, retrying (" in log.read_text())
         first.send_signal(signal.SIGSTOP)  # cut off, so it cannot claim the sweep again yet
         _ctl(cluster_id, "start")
         second = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "telescope",
-                "sweep",
-                str(config),
-                "--db",
-                url,
-                "--store",
-                str(tmp_path / "store"),
-                "--name",
-                "ride",
-            ],
+            sweep_command(config, url, tmp_path / "store", "--name", "ride"),
             capture_output=True,
             text=True,
             timeout=120,
@@ -169,7 +134,7 @@ def test_past_the_retry_limit_a_sweep_stops_in_one_line_and_resumes(cluster, con
     store = tmp_path / "store"
     driver = _sweep(config, url, store, "gives-up", log, retry_seconds=2)
     try:
-        _wait_for(lambda: driver.poll() is not None or _finished(url, "gives-up") >= 1)
+        wait_for(lambda: driver.poll() is not None or _finished(url, "gives-up") >= 1)
         driver.send_signal(signal.SIGSTOP)
         _ctl(cluster_id, "stop")
         driver.send_signal(signal.SIGCONT)

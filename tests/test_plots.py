@@ -64,8 +64,8 @@ def build_micro_sweep(root: Path) -> FinishedSweep:
                 executor.close()
             # A few proxy steps do not diverge or fail: record those outcomes directly, as the
             # driver stores them (NULL losses, a status), on trials that are not a level's best.
-            best_wd = result["levels"][0]["best"]["weight_decay"]
-            best_lr = result["levels"][0]["best"]["lr"]
+            best_wd = result.levels[0].best["weight_decay"]
+            best_lr = result.levels[0].best["lr"]
             level0 = db.trials("micro", level=0)
             diverged = next(t for t in level0 if t.weight_decay == best_wd and t.lr != best_lr)
             failed = next(t for t in level0 if t.weight_decay != best_wd and t.lr != best_lr)
@@ -280,7 +280,7 @@ def test_drift_points_are_the_level_optima_and_the_fit_is_the_stored_one(micro: 
     assert set(series) == {"lr", "weight_decay"}
     for name in series:
         assert list(series[name].optima) == [(r["width"], r[f"best_{name}"]) for r in rows]
-        assert series[name].fit == stored[name]
+        assert dataclasses.asdict(series[name].fit) == stored[name]
         assert series[name].fitted()(1 / 256) == pytest.approx(stored[name]["at_target"])
         assert series[name].target_width == 256
 

@@ -5,8 +5,8 @@ import io
 import pytest
 from rich.console import Console
 
-from telescope.progress import PRIOR_EXPONENT, SweepProgress
-from telescope.progress import clock as clock_text
+from telescope.progress import SweepProgress
+from telescope.remaining import PRIOR_FIXED_SHARE, Estimate
 from telescope.spec import Status
 
 
@@ -64,8 +64,8 @@ def test_levels_count_from_0_as_plan_status_and_report_do(clock):
         "level 2 (3 of 3), width 128",
     ]
     assert "level 3" not in out.getvalue()
-    estimate = 10 + 10 * (4 ** (1 + PRIOR_EXPONENT) + 16 ** (1 + PRIOR_EXPONENT))  # 2 trials at 5 s, then scaled
-    assert lines[3] == f"sweep took 0:00:30; estimated {clock_text(estimate)} after the first level"
+    # 2 trials at 5 s, then 2 at 5 * (0.6 + 0.4 * 4) = 11 s and 2 at 5 * (0.6 + 0.4 * 16) = 35 s
+    assert lines[3] == "sweep took 0:00:30; after the first level: estimated 0:01:32 to go, took 0:00:20"
 
 
 def test_counts(clock):
@@ -82,20 +82,21 @@ def test_remaining_time_after_the_first_level_uses_its_seconds_per_flop(clock):
     progress = SweepProgress([(10, 1e9), (5, 4e9)], console=Console(file=io.StringIO()))
     clock.now = 7.0  # before the first trial starts (e.g. Ray's workers): not a trial's cost
     run_level(progress, clock, 0, 32, 10, 1e9, 20.0)  # 2 s per trial of 1 GFLOP
-    # 5 trials of 4x the FLOPs, each 4**(1 + PRIOR_EXPONENT) times as long as one of level 0
-    assert progress.eta() == pytest.approx(5 * 2.0 * 4 ** (1 + PRIOR_EXPONENT))
+    # 5 trials of 4x the FLOPs: a share of level 0's 2 s stays, the rest grows 4x
+    level_1 = 5 * 2.0 * (PRIOR_FIXED_SHARE + (1 - PRIOR_FIXED_SHARE) * 4)
+    assert progress.eta() == Estimate(pytest.approx(level_1), pytest.approx(level_1))
     progress.start_level(1, 64, 5)
     progress.trial_started()
     clock.now += 4.0
-    assert progress.eta() == pytest.approx(5 * 2.0 * 4 ** (1 + PRIOR_EXPONENT) - 4.0)
+    assert progress.eta().low == pytest.approx(level_1 - 4.0)
 
 
-def test_two_measured_widths_give_the_exponent(clock):
+def test_two_measured_widths_split_fixed_time_from_time_per_flop(clock):
     progress = SweepProgress([(4, 1e9), (4, 4e9), (4, 16e9)], console=Console(file=io.StringIO()))
-    run_level(progress, clock, 0, 32, 4, 1e9, 10.0)
-    run_level(progress, clock, 1, 64, 4, 4e9, 20.0)  # 4x the FLOPs in 2x the time
-    assert progress.eta() == pytest.approx(40.0)
-    assert "~0:00:40 remaining" in text_of(progress)
+    run_level(progress, clock, 0, 32, 4, 1e9, 10.0)  # 2.5 s per trial
+    run_level(progress, clock, 1, 64, 4, 4e9, 20.0)  # 5 s per trial: 5/3 s fixed + 5/6 s per GFLOP
+    assert progress.eta().low == pytest.approx(4 * (5 / 3 + 16 * 5 / 6))
+    assert "~0:01:00 remaining" in text_of(progress)
 
 
 def test_resumed_trials_count_but_take_no_time(clock):
@@ -125,4 +126,42 @@ def test_an_extended_level_counts_its_new_trials(clock):
         progress.trial_finished(Status.COMPLETED, 1e9, 10.0)
     progress.extend_level(3)  # the edge extension: 3 more trials at the same width
     assert "2/5 done" in text_of(progress)
-    assert progress.eta() == pytest.approx(3 * 5.0)  # 10 s for the first two
+    assert progress.eta().low == pytest.approx(3 * 5.0)  # 10 s for the first two
+
+
+def test_while_the_last_level_may_grow_the_view_gives_a_range_and_the_note_says_what_happened(clock):
+    out = io.StringIO()
+    progress = SweepProgress([(2, 1e9), (2, 1e9)], console=Console(file=out, width=100), growth=3)
+    with progress:
+        run_level(progress, clock, 0, 32, 2, 1e9, 10.0)  # 5 s per trial
+        assert "~0:00:10 remaining (~0:00:25 if the last level grows)" in text_of(progress)
+        progress.start_level(1, 64, 2)
+        for _ in range(2):
+            progress.trial_started()
+        clock.now += 10.0
+        for _ in range(2):
+            progress.trial_finished(Status.COMPLETED, 1e9, 10.0)
+        progress.extend_level(3)
+        assert "~0:00:15 remaining (~0:00:30 if the last level grows again)" in text_of(progress)
+        for _ in range(3):
+            progress.trial_started()
+        clock.now += 15.0
+        for _ in range(3):
+            progress.trial_finished(Status.COMPLETED, 1e9, 15.0)
+        progress.end_level()
+        assert "~0:00:00 remaining" in text_of(progress) and "grows" not in text_of(progress)
+    assert out.getvalue().splitlines()[-1] == (
+        "sweep took 0:00:35; after the first level: estimated 0:00:10 to go "
+        "(0:00:25 if the last level grows), took 0:00:25 (the last level grew 1 step)"
+    )
+
+
+def test_the_note_says_when_the_last_level_did_not_grow(clock):
+    out = io.StringIO()
+    with SweepProgress([(2, 1e9), (2, 1e9)], console=Console(file=out, width=100), growth=3) as progress:
+        run_level(progress, clock, 0, 32, 2, 1e9, 10.0)
+        run_level(progress, clock, 1, 64, 2, 1e9, 12.0)
+    assert out.getvalue().splitlines()[-1] == (
+        "sweep took 0:00:22; after the first level: estimated 0:00:10 to go "
+        "(0:00:25 if the last level grows), took 0:00:12 (the last level did not grow)"
+    )

@@ -7,13 +7,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-from micro import run_micro_sweep, write_micro_config
+from micro import run_micro_sweep, sweep_command, wait_for, write_micro_config
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
@@ -75,31 +74,12 @@ def test_sweep_with_local_executor_stores_every_trial_and_exports(tmp_path: Path
 
 def _sweep_process(config: Path, url: str, store: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "telescope",
-            "sweep",
-            str(config),
-            "--db",
-            url,
-            "--store",
-            str(store),
-            "--name",
-            name,
-            "--no-reuse",
-        ],  # trains: the reference sweep beside it in the database must not stand in
+        # --no-reuse trains: the reference sweep beside it in the database must not stand in
+        sweep_command(config, url, store, "--name", name, "--no-reuse"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_url: str) -> None:
@@ -114,7 +94,7 @@ def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_ur
 
     proc = _sweep_process(config, db_url, store, "interrupted")
     try:
-        _wait_for(lambda: proc.poll() is not None or (sweep_exists(db_url) and level_one_half_done()))
+        wait_for(lambda: proc.poll() is not None or (sweep_exists(db_url) and level_one_half_done()))
         proc.send_signal(signal.SIGSTOP)  # frozen mid-level, still holding the sweep
         # A second driver on the same sweep is refused while the first holds it.
         second = _sweep_process(config, db_url, store, "interrupted")
@@ -200,19 +180,7 @@ def test_sweep_on_a_ray_cluster_started_separately(ray_cluster, tmp_path: Path, 
     config = write_config(tmp_path, executor="ray")
     store = tmp_path / "store"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "telescope",
-            "sweep",
-            str(config),
-            "--ray-address",
-            address,
-            "--db",
-            db_url,
-            "--store",
-            str(store),
-        ],
+        sweep_command(config, db_url, store, "--ray-address", address),
         capture_output=True,
         text=True,
         timeout=300,
@@ -246,15 +214,15 @@ def test_the_last_level_extends_past_an_edge_best_until_it_is_interior(tmp_path:
     executor = make_executor(config.executor, DriftingTrial())
     with Database(url) as db:
         result = run_sweep(config, db, store, "edge", executor=executor)
-        last = result["levels"][-1]
-        lrs = sorted(t.lr for t in db.trials("edge", level=last["level"]))
+        last = result.levels[-1]
+        lrs = sorted(t.lr for t in db.trials("edge", level=last.level))
         stored_at = db.get_sweep("edge").updated_at
         again = run_sweep(config, db, store, "edge", executor=executor)  # completed: derived again, untouched
         assert db.get_sweep("edge").updated_at == stored_at
-    assert lrs[0] < result["best"]["lr"] < lrs[-1]
-    assert len(lrs) > 3 and last["grid"] == f"{len(lrs)}"
-    assert any("extended" in w and "past it" in w for w in last["warnings"])
-    assert result["best"]["lr"] == pytest.approx(0.03 * 64 / 16, rel=0.2)
+    assert lrs[0] < result.best["lr"] < lrs[-1]
+    assert len(lrs) > 3 and last.grid == f"{len(lrs)}"
+    assert any("extended" in w and "past it" in w for w in last.warnings)
+    assert result.best["lr"] == pytest.approx(0.03 * 64 / 16, rel=0.2)
     assert again == result
 
 

@@ -97,7 +97,7 @@ def test_the_live_views_planned_flops_are_the_users_models_own(swept: Swept, mon
 
     class Recording(sweep_module.SweepProgress):
         def __post_init__(self) -> None:
-            seen.append(list(self.planned))
+            seen.append([(work[0], work[1]) for work in self.planned])  # trials, training FLOPs of one
             super().__post_init__()
 
     monkeypatch.setattr(sweep_module, "SweepProgress", Recording)

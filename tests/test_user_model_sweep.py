@@ -15,6 +15,7 @@ import pytest
 import tomli_w
 from hf_models import TINY_CONFIGS, write_hf_config
 from micro import SMALLEST, micro_config
+from muon_flops import muon_step_flops
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
@@ -122,6 +123,15 @@ def test_plan_counts_are_the_built_models_own(tmp_path: Path, family: str) -> No
     for width, params in [*((lc.width, lc.params) for lc in p.levels), (p.target_width, p.target_params)]:
         assert params == sum(q.numel() for q in hf.build(path, width).parameters())
     assert p.levels[0].heads == 1 and p.target_params > p.levels[-1].params
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_newton_schulz_flops_are_the_built_models_own(tmp_path: Path, family: str) -> None:
+    """Every hidden matrix, an MoE's expert bank one matrix per expert, as Muon's step runs them."""
+    config = load_config(write_sweep(tmp_path, family))
+    for lc in plan(config).levels:
+        assert lc.newton_schulz_flops_per_trial > 0
+        assert lc.newton_schulz_flops_per_trial == pytest.approx(config.train.steps * muon_step_flops(config, lc.width))
 
 
 def test_a_coord_check_fail_stops_the_sweep_before_anything_is_written(tmp_path: Path) -> None:

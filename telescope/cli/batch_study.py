@@ -18,8 +18,8 @@ from telescope.cli.common import (
     NoReuseOption,
     StoreOption,
     console,
-    open_database,
     print_rows,
+    run_stored,
     trial_printer,
 )
 from telescope.errors import TelescopeError
@@ -70,12 +70,8 @@ def batch_study(
     calibration width on the same tokens, then T_L(B), R_L(B) = T_adamw / T_muon, B_tok and
     the compute-time Pareto frontier (arXiv 2505.02222 §2)."""
     from telescope.batch_study.run import check_study, run_batch_study, settings_from_config
-    from telescope.cli.checks import check_widths_fit
     from telescope.config import load_config
     from telescope.files import check_writable_folder
-    from telescope.runs.executor import make_executor
-    from telescope.runs.preflight import check_inputs
-    from telescope.storage.metrics import MetricsStore, check_sweep_name
 
     cfg = load_config(config)
     overrides = {
@@ -85,24 +81,20 @@ def batch_study(
     }
     settings = settings_from_config(cfg, _numbers(batch_sizes, int, "--batch-sizes"), **overrides)
     check_study(settings)
-    if name is not None:
-        check_sweep_name(name)
-    executor_settings = cfg.executor if executor is None else dataclasses.replace(cfg.executor, kind=executor.value)
-    check_inputs(settings.model, settings.train, executor_settings)
-    if executor_settings.ray_address is None:
-        check_widths_fit(settings.model, [settings.width], settings.train.device, "the calibration width")
-    metrics = MetricsStore(store)
-    metrics.check_writable()
     if plot is not None:
         check_writable_folder(plot)
-    runner = make_executor(executor_settings)
-    try:
-        with open_database(db, db_retry_seconds) as database:
-            result = run_batch_study(
-                settings, database, metrics, runner, name, trial_printer("train_loss"), new, not no_reuse
-            )
-    finally:
-        runner.close()
+    executor_settings = cfg.executor if executor is None else dataclasses.replace(cfg.executor, kind=executor.value)
+    result = run_stored(
+        name,
+        (settings.model, settings.train, executor_settings),
+        ([settings.width], "the calibration width"),
+        store,
+        db,
+        db_retry_seconds,
+        lambda database, metrics, runner: run_batch_study(
+            settings, database, metrics, runner, name, trial_printer("train_loss"), new, not no_reuse
+        ),
+    )
     if plot is not None:
         from telescope.batch_study.plot import plot_study
 

@@ -103,6 +103,40 @@ def open_database(db: str | None, retry_seconds: float) -> Any:
     return database
 
 
+def run_stored(
+    name: str | None,
+    inputs: tuple[Any, Any, Any],
+    fit: tuple[Iterable[int], str] | None,
+    store: str | None,
+    db: str | None,
+    retry_seconds: float,
+    run: Callable[[Any, Any, Any], Any],
+) -> Any:
+    """What a command that trains a stored run does around it: check the name, the inputs
+    (model, train, executor settings) and, on a local machine, that the widths of `fit`
+    (widths, the option naming them) fit its memory; then `run(database, metrics, executor)`
+    and close the executor."""
+    from telescope.cli.checks import check_widths_fit
+    from telescope.runs.executor import make_executor
+    from telescope.runs.preflight import check_inputs
+    from telescope.storage.metrics import MetricsStore, check_sweep_name
+
+    if name is not None:
+        check_sweep_name(name)
+    model, train, executor_settings = inputs
+    check_inputs(model, train, executor_settings)
+    if fit is not None and executor_settings.ray_address is None:
+        check_widths_fit(model, fit[0], train.device, fit[1])
+    metrics = MetricsStore(store)
+    metrics.check_writable()
+    runner = make_executor(executor_settings)
+    try:
+        with open_database(db, retry_seconds) as database:
+            return run(database, metrics, runner)
+    finally:
+        runner.close()
+
+
 def trial_printer(objective: str) -> Callable[[str, Any], None]:
     """An `on_trial` callback printing one line per finished trial: count, key, status, loss."""
     done = [0]

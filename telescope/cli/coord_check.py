@@ -24,6 +24,29 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def parse_depths(text: str) -> tuple[int, ...]:
+    """`--depths 2,4,8`: at least two positive depths, strictly increasing."""
+    try:
+        depths = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--depths must be comma-separated integers, got {text!r}") from None
+    if len(depths) < 2 or depths[0] < 1 or any(b <= a for a, b in zip(depths, depths[1:])):
+        raise ConfigError(f"--depths needs at least two positive depths, strictly increasing, got {text!r}")
+    return depths
+
+
+DepthsOption = Annotated[
+    str | None,
+    typer.Option(help="Check across these depths (comma-separated, increasing) at one width; the first is the base."),
+]
+DepthAlphaOption = Annotated[
+    float,
+    typer.Option(
+        "--depth-alpha", help="The depth rule's branch exponent: 0 off, 0.5 depth-muP, 1 CompleteP (docs: Depth)."
+    ),
+]
+
+
 def coord_check(
     parametrization: Annotated[
         str, typer.Option("--parametrization", "-p", help="paper, muon, adamw or sp.")
@@ -36,6 +59,9 @@ def coord_check(
     threshold: Annotated[float, typer.Option(help="Largest |log-log slope| that passes.")] = 0.25,
     head_dim: Annotated[int, typer.Option(help="Attention head dimension.")] = 32,
     depth: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
+    depths: DepthsOption = None,
+    width: Annotated[int, typer.Option(help="With --depths: the one width checked.")] = 64,
+    depth_alpha: DepthAlphaOption = 0.0,
     data: Annotated[str, typer.Option(help="'stdlib' (default corpus) or a path.")] = "stdlib",
     seed: Annotated[int, typer.Option(help="Seed for init and data order.")] = 0,
     model: Annotated[
@@ -47,21 +73,28 @@ def coord_check(
     plot: Annotated[str | None, typer.Option(help="Write the activation plot to this PNG.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the per-layer verdicts as JSON.")] = False,
 ) -> None:
-    """Train each width a few steps and check that every layer's activation size is
-    width-independent. Exit 0 if every layer passes, 1 otherwise."""
+    """Train each width (or, with --depths, each depth) a few steps and check that every
+    layer's activation size does not move with it. Exit 0 if every layer passes, 1 otherwise."""
     from telescope.cli.checks import check_plot_file, check_widths_fit
     from telescope.cli.common import model_rules, positive_number
     from telescope.coord.study import CoordCheckSettings, plot_coord_check
     from telescope.coord.study import coord_check as run_coord_check
+    from telescope.parametrization import check_depth_alpha
 
-    shape = ModelShape(depth=depth, head_dim=head_dim)
+    shape = ModelShape(depth=depth, head_dim=head_dim, depth_alpha=check_depth_alpha(depth_alpha, "--depth-alpha"))
+    checked_depths = parse_depths(depths) if depths is not None else ()
+    if checked_depths and model is not None:
+        raise ConfigError("--depths checks the built-in proxy; your model's factory decides its own depth")
+    checked_widths = (width,) if checked_depths else parse_widths(widths)
     if model is None:
-        check_widths_fit(shape, parse_widths(widths), "cpu", "--widths")
+        deepest = ModelShape(depth=checked_depths[-1], head_dim=head_dim) if checked_depths else shape
+        check_widths_fit(deepest, checked_widths, "cpu", "--width" if checked_depths else "--widths")
     if plot:
         check_plot_file(Path(plot))
     settings = CoordCheckSettings(
         parametrization=parametrization,
-        widths=parse_widths(widths),
+        widths=checked_widths,
+        depths=checked_depths,
         steps=steps,
         lr=positive_number(lr, "--lr"),
         threshold=positive_number(threshold, "--threshold"),
@@ -83,14 +116,14 @@ def coord_check(
         }
         for v in result.layers
     ]
+    axis = f"depths {depths} at width {width}, depth_alpha {depth_alpha:g}" if checked_depths else f"widths {widths}"
     if json_out:
-        typer.echo(
-            json.dumps(
-                {"parametrization": parametrization, "lr": result.lr, "passed": result.passed, "layers": rows}, indent=2
-            )
-        )
+        payload = {"parametrization": parametrization, "axis": settings.axis, "lr": result.lr, "passed": result.passed}
+        if checked_depths:
+            payload |= {"depths": list(checked_depths), "width": width, "depth_alpha": depth_alpha}
+        typer.echo(json.dumps(payload | {"layers": rows}, indent=2))
     else:
-        print_rows(rows, title=f"coord check: {parametrization}, widths {widths}, {steps} steps, lr {result.lr:g}")
+        print_rows(rows, title=f"coord check: {parametrization}, {axis}, {steps} steps, lr {result.lr:g}")
         console.print(
             f"{'PASS' if result.passed else 'FAIL'}: |slope| <= {threshold} "
             f"{'for every layer' if result.passed else 'violated'}"

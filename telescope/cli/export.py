@@ -44,6 +44,14 @@ def export(
         ),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    target_depth: Annotated[
+        int | None,
+        typer.Option(
+            "--target-depth",
+            min=1,
+            help="Blocks of the model you will train. Default: [depths] target, else the proxies'.",
+        ),
+    ] = None,
     target_config: Annotated[
         Path | None,
         typer.Option(
@@ -61,7 +69,9 @@ def export(
     if output is not None and fmt is ExportFormat.table:
         raise TelescopeError("--format table is for reading on screen; write json, yaml or toml with --output")
     with Database(db, create=False) as database:
-        payload = export_sweep(database, sweep, target_width, None if target_config is None else str(target_config))
+        payload = export_sweep(
+            database, sweep, target_width, None if target_config is None else str(target_config), target_depth
+        )
     if fmt is ExportFormat.table:
         print_export(payload)
         return
@@ -151,6 +161,9 @@ def print_export(payload: dict[str, Any]) -> None:
         f"muon_lr_ratio {fp['muon_lr_ratio']:g}; torch {fp['torch']}",
         highlight=False,
     )
+    depth = payload.get("depth") or {}
+    if depth.get("target_depth") is not None:
+        console.print(_depth_line(depth, payload["groups"]), highlight=False)
     horizon = payload.get("measured_on", {}).get("horizon")
     if horizon:
         console.print(
@@ -162,3 +175,22 @@ def print_export(payload: dict[str, Any]) -> None:
         console.print(styled("note:", "cyan", f" {note}"), highlight=False)
     for warning in prov["warnings"]:
         console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)
+
+
+def _depth_line(depth: dict[str, Any], groups: list[dict[str, Any]]) -> str:
+    """The depth rule in one line: proxies' and target's depth, alpha, and its factors."""
+    lead = f"depth: proxies of {depth['proxy_depth']} blocks, exported for {depth['target_depth']}"
+    if not depth.get("alpha"):
+        same = depth["proxy_depth"] == depth["target_depth"]
+        return lead + ("" if same else "; depth_alpha = 0: no depth factors (check: telescope transfer-check --depths)")
+    factors = sorted(
+        {
+            f"{g['role']}{' in blocks' if g.get('in_block') else ''}: "
+            f"lr x{g['lr_depth']:.4g}, eps x{g['eps_depth']:.4g}"
+            for g in groups
+            if g.get("lr_depth", 1.0) != 1.0 or g.get("eps_depth", 1.0) != 1.0
+        }
+    )
+    return f"{lead} (alpha {depth['alpha']:g}): residual branches x{depth.get('branch_multiplier', 1.0):.4g}" + (
+        f"; {'; '.join(factors)}" if factors else ""
+    )

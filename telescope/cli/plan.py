@@ -29,6 +29,10 @@ def plan(
     Like `telescope sweep`, it first checks that the data loads and fits the model and that
     the device exists here (exit 2 if not); --no-data-check skips that."""
     cfg = load_sweep_config(config, model, rules)
+    if cfg.user_model:
+        from telescope.models.depth import check_user_blocks
+
+        check_user_blocks(cfg.source, cfg.widths.base, cfg.model.depth_alpha)
     if not no_data_check:
         from telescope.runs.preflight import check_inputs
 
@@ -72,8 +76,9 @@ def _total_rows(p: Plan) -> list[dict[str, object]]:
         },
         {
             "quantity": "one target run",
-            "value": f"{readable.flops(p.target_flops)} (width {p.target_width}, {readable.count(p.target_params)} "
-            "params)",
+            "value": f"{readable.flops(p.target_flops)} (width {p.target_width}"
+            + (f", depth {p.target_depth}" if p.target_depth is not None else "")
+            + f", {readable.count(p.target_params)} params)",
         },
         {"quantity": "sweep / target run", "value": f"{p.ratio:.3g}x"},
         {
@@ -81,4 +86,18 @@ def _total_rows(p: Plan) -> list[dict[str, object]]:
             "value": f"{readable.flops(p.brute_force_flops)} in {p.brute_force_trials} trials",
         },
         {"quantity": "saving vs brute force", "value": f"{p.saving:.3g}x"},
+        *_depth_rows(p),
+    ]
+
+
+def _depth_rows(p: Plan) -> list[dict[str, object]]:
+    """With [depths]: the same sweep with proxies of the target's depth, and what the shallow ones save."""
+    if p.full_depth_sweep_flops is None:
+        return []
+    return [
+        {
+            "quantity": f"same sweep at depth {p.target_depth}",
+            "value": f"{readable.flops(p.full_depth_sweep_flops)} (proxies of the target's depth)",
+        },
+        {"quantity": f"saving of depth {p.proxy_depth} proxies", "value": f"{p.depth_saving:.3g}x"},
     ]

@@ -78,6 +78,10 @@ def sweep(
         settings = dataclasses.replace(settings, kind="ray", ray_address=ray_address)
     sweep_name = check_sweep_name(name or cfg.name or config.stem)
     check_inputs(cfg.model, cfg.train, settings)  # before Ray starts and the plan prints
+    if cfg.user_model:
+        from telescope.models.depth import check_user_blocks
+
+        check_user_blocks(cfg.source, cfg.widths.base, cfg.model.depth_alpha)
     checks: dict = {}
     if cfg.user_model:
         checks["model_check"] = _check_user_model(cfg)
@@ -111,7 +115,7 @@ def sweep(
                 checks=checks,
                 reuse=not no_reuse,
             )
-            payload = export_sweep(database, result["sweep"])
+            payload = export_sweep(database, result.sweep)
     finally:
         runner.close()
     print_export(payload)

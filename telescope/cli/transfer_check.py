@@ -1,4 +1,4 @@
-"""`telescope transfer-check [CONFIG]`: does the optimal learning rate transfer across width?"""
+"""`telescope transfer-check [CONFIG]`: does the optimal learning rate transfer across width (or depth)?"""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from telescope.cli.common import (
     NoReuseOption,
     StoreOption,
     console,
-    open_database,
     print_rows,
+    run_stored,
     styled,
     trial_printer,
 )
+from telescope.errors import TelescopeError
 
 
 def transfer_check(
@@ -34,6 +35,20 @@ def transfer_check(
     ] = None,
     widths: Annotated[
         str | None, typer.Option(help="Comma-separated widths. Default 64,256; with CONFIG its base and 4x base.")
+    ] = None,
+    depths: Annotated[
+        str | None,
+        typer.Option(help="Check across these depths (comma-separated, increasing) at one width instead of widths."),
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(help="With --depths: the width. Default 64, or the config's base width.")
+    ] = None,
+    depth_alpha: Annotated[
+        float | None,
+        typer.Option(
+            "--depth-alpha",
+            help="The depth rule's branch exponent: 0 off, 0.5 depth-muP, 1 CompleteP. Default: the config's, else 0.",
+        ),
     ] = None,
     points: Annotated[int, typer.Option(help="Learning rates per line, in steps of sqrt(2).")] = 5,
     steps: Annotated[int | None, typer.Option(help="Training steps per trial. Default 200, or the config's.")] = None,
@@ -61,20 +76,23 @@ def transfer_check(
     plot: Annotated[Path | None, typer.Option(help="Draw loss vs lr per width, optima marked, to this PNG.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole result as one JSON object.")] = False,
 ) -> None:
-    """Line-sweep the learning rate at each width, locate the optima and judge whether they
-    stay put: exit 0 on PASS, 1 on FAIL, 2 on bad input. Trials are stored and resumable."""
-    from telescope.cli.checks import check_plot_file, check_widths_fit
-    from telescope.cli.coord_check import parse_widths
-    from telescope.runs.executor import make_executor
-    from telescope.runs.preflight import check_inputs
-    from telescope.storage.metrics import MetricsStore, check_sweep_name
+    """Line-sweep the learning rate at each width (or, with --depths, each depth at one width),
+    locate the optima and judge whether they stay put: exit 0 on PASS, 1 on FAIL, 2 on bad
+    input. Trials are stored and resumable."""
+    from telescope.cli.checks import check_plot_file
+    from telescope.cli.coord_check import parse_depths, parse_widths
     from telescope.transfer_check.plot import check_plot_path
     from telescope.transfer_check.run import check_settings, run_transfer_check
 
+    if depths is None and width is not None:
+        raise TelescopeError("--width sets the one width of a check across --depths; for widths pass --widths")
+    if depths is not None and widths is not None:
+        raise TelescopeError("--depths checks one width: give it with --width, not --widths")
+    checked = parse_widths(widths) if widths else (width,) if width is not None else None
     settings, executor_settings = build_settings(
         config,
         parametrization,
-        parse_widths(widths) if widths else None,
+        checked,
         points,
         steps,
         seeds,
@@ -82,27 +100,31 @@ def transfer_check(
         threshold,
         model,
         rules,
+        parse_depths(depths) if depths else (),
     )
+    if depth_alpha is not None:
+        from telescope.parametrization import check_depth_alpha
+
+        alpha = check_depth_alpha(depth_alpha, "--depth-alpha")
+        settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, depth_alpha=alpha))
     if executor is not None:
         executor_settings = dataclasses.replace(executor_settings, kind=executor.value)
-    if name is not None:
-        check_sweep_name(name)
     if plot is not None:
         check_plot_file(check_plot_path(plot))
     check_settings(settings)
-    check_inputs(settings.model, settings.train, executor_settings)
-    if not settings.user_model and executor_settings.ray_address is None:
-        check_widths_fit(settings.model, settings.widths, settings.train.device, "--widths")
-    metrics = MetricsStore(store)
-    metrics.check_writable()
-    runner = make_executor(executor_settings)
-    try:
-        with open_database(db, db_retry_seconds) as database:
-            result = run_transfer_check(
-                settings, database, metrics, runner, name, trial_printer(settings.objective), plot, new, not no_reuse
-            )
-    finally:
-        runner.close()
+    # The deepest model decides whether the widths fit the device's memory.
+    deepest = dataclasses.replace(settings.model, depth=max(settings.depths or (settings.model.depth,)))
+    result = run_stored(
+        name,
+        (deepest, settings.train, executor_settings),
+        None if settings.user_model else (settings.widths, "--width" if settings.depths else "--widths"),
+        store,
+        db,
+        db_retry_seconds,
+        lambda database, metrics, runner: run_transfer_check(
+            settings, database, metrics, runner, name, trial_printer(settings.objective), plot, new, not no_reuse
+        ),
+    )
     if json_out:
         from telescope.transfer_check.run import dumps
 
@@ -123,19 +145,20 @@ def build_settings(
     threshold: float,
     model: str | None,
     rules: Path | None = None,
+    depths: tuple[int, ...] = (),
 ):
     """(CheckSettings, ExecutorSettings) from the built-in defaults or a sweep config (its
     model: the built-in proxy or the user's own, replaced by --model and --rules as
     `telescope sweep` replaces it)."""
     from telescope.cli.common import load_sweep_config, model_rules
-    from telescope.transfer_check.run import CheckSettings, settings_from_config
+    from telescope.transfer_check.run import DEFAULT_DEPTH_WIDTH, CheckSettings, settings_from_config
     from telescope.trials.base import ExecutorSettings
 
-    common: dict[str, Any] = {"points": points, "seeds": seeds, "threshold": threshold}
+    common: dict[str, Any] = {"points": points, "seeds": seeds, "threshold": threshold, "depths": depths}
     if config is None:
         settings = CheckSettings(**common, model_factory=model, model_rules=model_rules(rules, model))
-        if widths is not None:
-            settings = dataclasses.replace(settings, widths=widths)
+        if widths is not None or depths:
+            settings = dataclasses.replace(settings, widths=widths or (DEFAULT_DEPTH_WIDTH,))
         executor_settings = ExecutorSettings(kind="ray", cpus_per_trial=1.0)
     else:
         cfg = load_sweep_config(config, model, rules)
@@ -156,9 +179,10 @@ def build_settings(
 def print_result(result) -> None:
     """The table of optima, the per-doubling drift table, the verdict and its reasons."""
     v, s = result.verdict, result.settings
+    axis, bigger = s.axis, "deeper" if s.depths else "wider"
     widths = [
         {
-            "width": r.width,
+            axis: r.width,
             "optimum lr": f"{r.optimum_lr:.4g}",
             "steps": f"{r.optimum_steps:+.2f}",
             "best loss": f"{r.best_loss:.4f}",
@@ -167,19 +191,20 @@ def print_result(result) -> None:
         }
         for r in v.widths
     ]
+    across = f" across depth at width {s.widths[0]} (depth_alpha {s.model.depth_alpha:g})" if s.depths else ""
     console.print(
-        f"transfer check {result.name}: {s.parametrization}, lr {s.center:.3g} x {s.step:.3g}^k, "
+        f"transfer check {result.name}: {s.parametrization}{across}, lr {s.center:.3g} x {s.step:.3g}^k, "
         f"{s.points} points, {s.seeds} seed(s), {s.train.steps} steps",
         highlight=False,
     )
-    print_rows(widths, title="optima per width")
+    print_rows(widths, title=f"optima per {axis}")
     doublings = [
         {
-            "widths": f"{d.width_lo} -> {d.width_hi}",
+            f"{axis}s": f"{d.width_lo} -> {d.width_hi}",
             "drift/doubling": f"{d.drift_per_doubling:+.2f}"
             + (f" ± {d.drift_std:.2f}" if d.drift_std is not None else ""),
             "within": "yes" if d.drift_ok else "NO",
-            "wider better": "yes" if d.wider_better else "NO",
+            f"{bigger} better": "yes" if d.wider_better else "NO",
         }
         for d in v.doublings
     ]

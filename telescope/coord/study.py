@@ -1,4 +1,5 @@
-"""Coord check: does every layer's activation size stay constant as the proxy widens?
+"""Coord check: does every layer's activation size stay constant as the proxy widens (or
+deepens)?
 
 Each width trains `steps` steps on real data at a constant LR. After every step (and at
 init) a fixed probe batch goes through the model and forward hooks record the mean
@@ -6,6 +7,11 @@ init) a fixed probe batch goes through the model and forward hooks record the me
 log(size) against log(width) at the last step is the verdict: |slope| <= threshold passes.
 The slope of each layer's change since init, mean |out_t - out_0|, is reported without a
 verdict (under `paper`'s 1/m hidden LR it is negative by design).
+
+Across depths (`depths`, at one width) the layers are the embedding, the last block's
+attention and MLP outputs (before the branch multiplier), the residual stream leaving the
+last block and the logits, and the slope is against log(depth): without the depth rule the
+residual stream grows with depth; with CompleteP's (alpha = 1) it does not.
 """
 
 from __future__ import annotations
@@ -49,6 +55,18 @@ class CoordCheckSettings:
     model_rules: tuple[tuple[str, str], ...] = ()  # its role rules, before FOREIGN_RULES
     hf_config: str | None = None  # or a Hugging Face config.json to build it from (telescope.models.hf)
     hf_config_hash: str | None = None
+    # Check across these depths (increasing) at the width widths[0] instead, the first the
+    # base depth; the depth rule's alpha is shape.depth_alpha. Built-in proxy only.
+    depths: tuple[int, ...] = ()
+
+    @property
+    def axis(self) -> str:
+        return "depth" if self.depths else "width"
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The values along the checked axis: the depths, or the widths."""
+        return self.depths or self.widths
 
 
 @dataclass(frozen=True)
@@ -84,6 +102,18 @@ def layer_modules(model: Transformer) -> dict[str, torch.nn.Module]:
     return layers
 
 
+def depth_layer_modules(model: Transformer) -> dict[str, torch.nn.Module]:
+    """The layers measured across depths: the same five at every depth."""
+    last = model.blocks[-1]
+    return {
+        "embedding": model.embed,
+        "last.attn": last.attn,
+        "last.mlp": last.mlp,
+        "residual": last,
+        "logits": model.lm_head,
+    }
+
+
 def foreign_layer_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """For a user's model: every module that owns a parameter (by name, in registration
     order), then the whole model as "logits" (its output, the output multiplier applied)."""
@@ -95,20 +125,26 @@ def foreign_layer_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return layers
 
 
-def build_checked_model(settings: CoordCheckSettings, width: int, base_width: int, lr: float):
-    """(model, optimizers, measured layers) at `width`: the proxy, or the user's model
-    parametrized per the same table, with the proxy's optimizers (weight decay 0)."""
+def build_checked_model(settings: CoordCheckSettings, width: int, base_width: int, lr: float, depth: int | None = None):
+    """(model, optimizers, measured layers) at `width` (and `depth` blocks, across depths):
+    the proxy, or the user's model parametrized per the same table, with the proxy's
+    optimizers (weight decay 0)."""
     generator = torch.Generator().manual_seed(settings.seed)
     if settings.model_factory is None and settings.hf_config is None:
-        model = build_model(settings.shape, width, base_width, settings.parametrization, generator)
-        optimizers = build_optimizers(model, settings.parametrization, lr, 0.0, width, base_width)
-        return model, optimizers, layer_modules(model)
+        shape = replace(settings.shape, depth=depth) if depth is not None else settings.shape
+        base_depth = settings.depths[0] if depth is not None else None
+        model = build_model(shape, width, base_width, settings.parametrization, generator, base_depth)
+        optimizers = build_optimizers(model, settings.parametrization, lr, 0.0, width, base_width, depth=model.depth)
+        layers = depth_layer_modules(model) if depth is not None else layer_modules(model)
+        return model, optimizers, layers
     from telescope.models import model_maker
     from telescope.models.foreign import build_foreign_optimizers, build_user_model
 
     rules = with_defaults(settings.model_rules)
     maker, label = model_maker(settings.model_factory, settings.hf_config, settings.hf_config_hash)
-    model = build_user_model(maker, settings.parametrization, width, base_width, settings.seed, rules, label)
+    model = build_user_model(
+        maker, settings.parametrization, width, base_width, settings.seed, rules, label, settings.shape.depth_alpha
+    )
     optimizers = build_foreign_optimizers(model, settings.parametrization, lr, 0.0, width, base_width, rules=rules)
     return model, optimizers, foreign_layer_modules(model)
 
@@ -132,7 +168,13 @@ def log_log_slope(widths: list[int], values: np.ndarray) -> float:
 
 
 def _check(settings: CoordCheckSettings) -> None:
-    if len(settings.widths) < 2 or len(set(settings.widths)) != len(settings.widths):
+    if settings.depths:
+        ds = settings.depths
+        if len(ds) < 2 or ds[0] < 1 or any(b <= a for a, b in zip(ds, ds[1:])):
+            raise ConfigError(f"--depths needs at least two positive, strictly increasing depths, got {list(ds)}")
+        if settings.model_factory is not None or settings.hf_config is not None:
+            raise ConfigError("--depths checks the built-in proxy; your model's factory decides its own depth")
+    elif len(settings.widths) < 2 or len(set(settings.widths)) != len(settings.widths):
         raise ConfigError(f"--widths needs at least two distinct widths, got {settings.widths}")
     if settings.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {settings.seeds}")
@@ -144,10 +186,10 @@ def _check(settings: CoordCheckSettings) -> None:
         raise ConfigError(f"--threshold must be > 0, got {settings.threshold}")
 
 
-def _probe_width(settings: CoordCheckSettings, width: int, base_width: int, lr: float, data):
-    """(sizes, changes, final loss) for one width; sizes/changes are {layer: (steps+1,)}."""
+def _probe_width(settings: CoordCheckSettings, width: int, base_width: int, lr: float, data, depth: int | None = None):
+    """(sizes, changes, final loss) for one width (and depth); sizes/changes are {layer: (steps+1,)}."""
     B, T = settings.batch_size, settings.shape.seq_len
-    model, optimizers, layers = build_checked_model(settings, width, base_width, lr)
+    model, optimizers, layers = build_checked_model(settings, width, base_width, lr, depth)
     probe_inputs, _ = data.val_batches(1, B, T)[0]
     if settings.model_factory is not None or settings.hf_config is not None:
         from telescope.coord.model_check import check_forward
@@ -196,18 +238,21 @@ def _probe_width(settings: CoordCheckSettings, width: int, base_width: int, lr: 
 
 
 def coord_check(settings: CoordCheckSettings) -> CoordCheckResult:
-    """Train every width `settings.steps` steps and judge each layer's width scaling."""
+    """Train every width (or depth) `settings.steps` steps and judge each layer's scaling."""
     _check(settings)
     get_table(settings.parametrization)
     lr = settings.lr
-    widths = sorted(settings.widths)
+    widths = sorted(settings.sizes)
     data = load_data(settings.data)
     sizes: dict[str, list[list[float]]] = {}
     changes: dict[str, list[list[float]]] = {}
     final_losses = []
-    for width in widths:
+    for size in widths:
+        width, depth = (settings.widths[0], size) if settings.depths else (size, None)
         runs = [
-            _probe_width(replace(settings, seed=settings.seed + i), width, widths[0], lr, data)
+            _probe_width(
+                replace(settings, seed=settings.seed + i), width, width if depth else widths[0], lr, data, depth
+            )
             for i in range(settings.seeds)
         ]
         for name in runs[0][0]:
@@ -239,7 +284,7 @@ def plot_coord_check(result: CoordCheckResult, path: str) -> None:
 
     from telescope.plotting import fitting_scale, new_figure, wrapped
 
-    widths = sorted(result.settings.widths)
+    widths = sorted(result.settings.sizes)
     n = len(result.layers)
     cols = min(4, n)
     rows = (n + cols - 1) // cols
@@ -259,12 +304,13 @@ def plot_coord_check(result: CoordCheckResult, path: str) -> None:
             ax.set_ylim(0.0, float(arr.max()) * 1.1 or 1.0)
         mark = "PASS" if verdict.passed else "FAIL"
         ax.set_title(wrapped(verdict.layer, 34) + f"\nslope {verdict.slope:+.2f} {mark}", fontsize=8)
-        ax.set_xlabel("width", fontsize=7)
+        ax.set_xlabel(result.settings.axis, fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in axes[n:]:
         ax.axis("off")
+    alpha = f", depth_alpha {result.settings.shape.depth_alpha:g}" if result.settings.depths else ""
     fig.suptitle(
-        f"coord check: {result.settings.parametrization}, lr {result.lr:g}, steps 0..{steps} (dark to light)",
+        f"coord check: {result.settings.parametrization}{alpha}, lr {result.lr:g}, steps 0..{steps} (dark to light)",
         fontsize=9,
     )
     with atomic_write(path) as f:

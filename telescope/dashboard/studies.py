@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from telescope.batch_study.run import KIND as BATCH_STUDY
 from telescope.config import parse_config
+from telescope.results import SweepResult
 from telescope.spec import SWEEPABLE, Status, objective_value
 from telescope.storage.database import Database
 from telescope.storage.rows import LevelRow, SweepRow, TrialRow
@@ -106,17 +107,16 @@ def _level_studies(sweep: SweepRow, levels: list[LevelRow], trials: list[TrialRo
 
 
 def _sweep_answer(sweep: SweepRow) -> dict[str, Any] | None:
-    result = sweep.result
-    if not result or "best" not in result:
+    if not sweep.result or "best" not in sweep.result:
         return None
-    extrapolated = {row["name"]: row["at_target"] for row in result.get("drift") or []}
+    result = SweepResult.from_dict(sweep.result)
     return _present(
         {
-            "best": result.get("best"),
-            "best_loss": result.get("best_loss"),
-            "calibration_width": result.get("calibration_width"),
-            "target_width": result.get("target_width"),
-            "at_target_width": extrapolated or None,
+            "best": result.best,
+            "best_loss": result.best_loss,
+            "calibration_width": result.calibration_width,
+            "target_width": result.target_width,
+            "at_target_width": {d.name: d.at_target for d in result.drift or ()} or None,
         }
     )
 

@@ -4,6 +4,8 @@ text column (telescope.data.text). Read with pyarrow alone.
 Arrow IPC files (a Hugging Face `save_to_disk` folder's `data-*.arrow`) are mapped and read
 without copying. Parquet pages are encoded, so a Parquet token column is written once to a
 raw token file in the cache (keyed by the file's path, size and mtime) and mapped from there.
+Reading it lazily instead would decode a whole row group for every window a batch draws,
+and its documents' lengths (which the split needs) are only known by decoding it all anyway.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from telescope.data.text import cache_dir, visible_files
-from telescope.data.tokens import Runs, TokenFile, file_identity, map_file
+from telescope.data.tokens import Runs, TokenFile, bounds, file_identity, map_file, remember_range
 from telescope.errors import DataError, TelescopeError
 from telescope.files import atomic_write
 
@@ -147,18 +149,21 @@ def open_parquet_tokens(path: Path, column: str) -> TokenFile:
         raise DataError(f"{path}: column {column!r} holds {kind}, not token ids (a list of integers)")
     dtype = np.dtype(kind.value_type.to_pandas_dtype()).newbyteorder("<")
     if not docs_path.is_file():
-        _convert(path, parquet, column, dtype, tokens_path, docs_path)
+        remember_range(identity, _convert(path, parquet, column, dtype, tokens_path, docs_path))
     docs = np.load(docs_path)
     mapped = map_file(tokens_path)
     tokens = np.frombuffer(mapped, dtype=dtype, count=int(docs[-1]))
     return TokenFile(path, tokens, docs, (mapped,), identity)
 
 
-def _convert(path: Path, parquet: Any, column: str, dtype: np.dtype, tokens_path: Path, docs_path: Path) -> None:
-    """Row group by row group, so memory holds one row group's decoding at a time."""
+def _convert(
+    path: Path, parquet: Any, column: str, dtype: np.dtype, tokens_path: Path, docs_path: Path
+) -> tuple[int, int]:
+    """Write the column's tokens and document starts, row group by row group (memory holds one
+    row group's decoding at a time); return the token range, found on the way."""
     import pyarrow as pa
 
-    ends, total = [np.zeros(1, dtype=np.int64)], 0
+    ends, total, ranges = [np.zeros(1, dtype=np.int64)], 0, []
     try:
         with atomic_write(tokens_path, make_parents=True) as f:
             for group in range(parquet.num_row_groups):
@@ -167,7 +172,10 @@ def _convert(path: Path, parquet: Any, column: str, dtype: np.dtype, tokens_path
                     values = chunk.values[int(offsets[0]) : int(offsets[-1])]
                     if values.null_count:
                         raise DataError(f"{path}: column {column!r} has null token ids")
-                    f.write(values.to_numpy(zero_copy_only=False).astype(dtype, copy=False))
+                    tokens = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+                    if len(tokens):
+                        ranges.append(bounds([tokens]))
+                    f.write(tokens)
                     ends.append(offsets[1:] - offsets[0] + total)
                     total += len(values)
             if total == 0:
@@ -180,3 +188,4 @@ def _convert(path: Path, parquet: Any, column: str, dtype: np.dtype, tokens_path
         raise DataError(f"{path}: cannot cache its token column ({e})") from None
     finally:
         pa.default_memory_pool().release_unused()
+    return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)

@@ -55,6 +55,8 @@ def check_measured_on(
     proxies = (payload.get("measured_on") or {}).get("model")
     if not proxies:
         return  # an export from before telescope recorded it
+    if payload.get("target_depth") is not None:  # exported for that depth: the target may be deeper
+        proxies = {**proxies, "depth": payload["target_depth"]}
     found = differences(describe(model, rules), proxies)
     if not found:
         return

@@ -28,9 +28,17 @@ from torch import nn
 
 from telescope.errors import ConfigError, TelescopeError
 from telescope.models import FACTORY_SPEC
+from telescope.models.depth import apply_depth, export_depth, user_depth
 from telescope.models.describe import check_measured_on
 from telescope.optim.groups import Optimizers, build_optimizers
-from telescope.parametrization import Role, Table, check_same_fingerprint, fingerprint, get_table, width_multiplier
+from telescope.parametrization import (
+    Role,
+    Table,
+    check_same_fingerprint,
+    fingerprint,
+    get_table,
+    width_multiplier,
+)
 from telescope.roles import (
     FOREIGN_RULES,
     KindRule,
@@ -63,6 +71,7 @@ __all__ = [  # the roles' names are here too: users port a model with this one m
     "optimizers_from_export",
     "output_module",
     "parametrize",
+    "user_depth",
 ]
 
 
@@ -135,15 +144,20 @@ def build_user_model(
     seed: int,
     rules: Sequence[RuleLike] | None = None,
     name: str | None = None,
+    depth_alpha: float = 0.0,
+    base_depth: int | None = None,
 ) -> nn.Module:
     """`factory(width)` (a callable, or a "package.module:factory" spec) built from `seed` and
-    parametrized per `table`: how trials, coord checks and transfer checks get the user's model."""
+    parametrized per `table`: how trials, coord checks and transfer checks get the user's model.
+    With the depth rule on (`depth_alpha` > 0) its residual branches get the branch
+    multiplier against `base_depth` (default: its own depth) through forward hooks."""
     if isinstance(factory, str):
         factory, name = load_factory(factory), factory
     with torch.random.fork_rng(devices=[]):  # the factory's own init draws from the global RNG
         torch.manual_seed(seed)
         model = make_model(factory, width, name)
     parametrize(model, table, width, base_width, rules, generator=torch.Generator().manual_seed(seed))
+    apply_depth(model, table, depth_alpha, base_depth, rules)
     return model
 
 
@@ -220,7 +234,9 @@ def parametrize(
     too must equal the target width. The model's embedding dim must equal the width. Given
     an export, a model that differs from the proxies it was measured on in anything but
     width (head dim, QK-norm, MLP form, tying, vocabulary, experts, depth) gets one warning
-    line on stderr, or a TelescopeError with `strict=True`.
+    line on stderr, or a TelescopeError with `strict=True`. An export with the depth rule on
+    also puts its branch multiplier on the model's residual blocks, whose number must equal
+    the export's target depth.
 
     Telescope's own proxy already does all this in `build_model`: do not parametrize it."""
     t, width, base_width = _parametrization_of(table, width, base_width)
@@ -230,6 +246,9 @@ def parametrize(
     _check_width(classified, width)
     init_parameters(classified, t, width, base_width, generator)
     _apply_output_multiplier(classified, t, width, base_width)
+    if _is_export(table):
+        alpha, proxy_depth, _ = export_depth(load_export(table), model, rules)  # type: ignore[arg-type]
+        apply_depth(model, t, alpha, proxy_depth, rules)
     setattr(model, _APPLIED, {"table": t.name, "width": width, "base_width": base_width})
     return roles_of(classified)
 
@@ -351,11 +370,13 @@ def _embedding_width(classified: Sequence[ParamRole]) -> int | None:
     return dims.pop() if len(dims) == 1 else None
 
 
-def _export_role_values(payload: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
-    values: dict[str, tuple[float, float]] = {}
+def _export_role_values(payload: Mapping[str, Any]) -> dict[tuple[str, bool | None], tuple[float, float]]:
+    """(lr, weight decay) per (role, inside a residual block); the second is None when the
+    export's depth rule is off (then a role has one value wherever it is)."""
+    values: dict[tuple[str, bool | None], tuple[float, float]] = {}
     for group in payload["groups"]:
         pair = (float(group["lr"]), float(group["weight_decay"]))
-        if values.setdefault(group["role"], pair) != pair:
+        if values.setdefault((group["role"], group.get("in_block")), pair) != pair:
             raise TelescopeError(f"export gives role {group['role']!r} two different lr/weight_decay values")
     return values
 
@@ -382,7 +403,10 @@ def optimizers_from_export(
     base = payload["base"]
     ratio = float(base.get("muon_lr_ratio", 1.0))
     recipe = Recipe.from_fingerprint(payload["fingerprint"])
-    check_same_fingerprint(fingerprint(table, ratio, recipe), payload["fingerprint"], ignore=("torch", "model"))
+    alpha, proxy_depth, _ = export_depth(payload, model, rules)
+    check_same_fingerprint(
+        fingerprint(table, ratio, recipe, depth_alpha=alpha), payload["fingerprint"], ignore=("torch", "model")
+    )
     width, base_width = int(payload["target_width"]), int(payload["base_width"])
     _check_width(
         classify(model, rules),
@@ -407,14 +431,16 @@ def optimizers_from_export(
         ratio,
         as_rules(rules),
         recipe=recipe,
+        depth=user_depth(model, rules, alpha, proxy_depth),
     )
     exported = _export_role_values(payload)
     rows: list[dict[str, Any]] = []
     for opt in optimizers.optimizers:
         kind = "muon" if not isinstance(opt, torch.optim.AdamW) else "adamw"
         for group in opt.param_groups:
-            if group["role"] in exported:  # roles the export lacks (e.g. a tied sweep's output) come from the table
-                lr, wd = exported[group["role"]]
+            where = (group["role"], group.get("in_block"))
+            if where in exported:  # roles the export lacks (e.g. a tied sweep's output) come from the table
+                lr, wd = exported[where]
                 group["peak_lr"] = group["lr"] = lr
                 group["weight_decay"] = wd
                 group["lr_factor"] = lr / float(base["lr"])

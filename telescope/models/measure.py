@@ -1,6 +1,7 @@
 """The user's model measured without memory: built on the meta device at any width, its
-exact parameter counts and its forward FLOPs per token (torch's FLOP counter over one
-sequence), for `telescope plan` and the cost model."""
+exact parameter counts, its forward FLOPs per token (torch's FLOP counter over one
+sequence) and its hidden matrices (Muon's Newton-Schulz work), for `telescope plan` and the
+cost model."""
 
 from __future__ import annotations
 
@@ -38,6 +39,20 @@ def measure(source: ModelSource, width: int, seq_len: int) -> tuple[int, int, fl
         c.param.numel() for c in classify(model, with_defaults(source.rules)) if c.role in ("embedding", "output")
     )
     return total, total - embedding, _forward_flops_per_token(model, seq_len)
+
+
+@functools.cache
+def hidden_matrices(source: ModelSource, width: int) -> tuple[tuple[int, int], ...]:
+    """(rows, cols) of every hidden matrix of the user's model at `width`, the matrices Muon
+    orthogonalises each step: an (E, A, B) expert bank is E matrices of A x B."""
+    from telescope.roles import classify, with_defaults
+
+    model = build_on_meta(source, width)
+    out: list[tuple[int, int]] = []
+    for c in classify(model, with_defaults(source.rules)):
+        if c.role == "hidden" and len(c.shape) >= 2:
+            out += [(c.shape[-2], c.shape[-1])] * (c.shape[0] if len(c.shape) == 3 else 1)
+    return tuple(out)
 
 
 def _forward_flops_per_token(model: nn.Module, seq_len: int) -> float | None:

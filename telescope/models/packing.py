@@ -50,17 +50,25 @@ def build_trial_module(spec: TrialSpec, seed: int, device: str | torch.device | 
     from telescope.roles import with_defaults
 
     maker, label = model_maker(spec.model_factory, spec.hf_config, spec.hf_config_hash)
+    rules = with_defaults(spec.model_rules)
     if device is not None and torch.device(device).type == "meta":
-        from telescope.models.foreign import apply_output_multiplier, make_model
+        from telescope.models.foreign import apply_depth, apply_output_multiplier, make_model
 
         with torch.device("meta"):
             model = make_model(maker, spec.width, label)
-        apply_output_multiplier(
-            model, spec.parametrization, spec.width, spec.base_width, with_defaults(spec.model_rules)
-        )
+        apply_output_multiplier(model, spec.parametrization, spec.width, spec.base_width, rules)
+        apply_depth(model, spec.parametrization, spec.model.depth_alpha, spec.base_depth, rules)
         return model
     return build_user_model(
-        maker, spec.parametrization, spec.width, spec.base_width, seed, with_defaults(spec.model_rules), label
+        maker,
+        spec.parametrization,
+        spec.width,
+        spec.base_width,
+        seed,
+        rules,
+        label,
+        spec.model.depth_alpha,
+        spec.base_depth,
     )
 
 

@@ -1,6 +1,7 @@
 """The optimizers a table asks for, for any classified model: Muon for the Muon roles
 (hidden matrices, expert banks per expert), AdamW for the rest, one param group per
-(role, LR factor, weight decay) with its absolute peak LR.
+(role, LR factor, weight decay, depth factors) with its absolute peak LR (and, for AdamW,
+its epsilon: the depth rule scales it inside residual blocks).
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from telescope.blocks import find_blocks
 from telescope.errors import ConfigError
 from telescope.parametrization import (
     LR_ADJUST,
+    NO_DEPTH,
     NS_COEFFICIENTS,
     NS_STEPS,
+    Depth,
     Table,
     get_table,
     group_lr,
+    in_blocks,
     width_multiplier,
 )
 from telescope.roles import PROXY_RULES, RuleLike, classify
@@ -99,11 +104,15 @@ def param_groups(
     base_width: int,
     muon_lr_ratio: float = 1.0,
     rules: Sequence[RuleLike] = PROXY_RULES,
+    depth: Depth = NO_DEPTH,
 ) -> dict[str, list[dict]]:
     """Param groups per optimizer ("muon", "adamw"): one per distinct (role, LR factor,
-    weight decay), each with its absolute peak LR and the role it serves. Every trainable
-    parameter lands in exactly one group."""
+    weight decay, depth factors), each with its absolute peak LR, the role it serves and
+    its epsilon factor (`eps_factor`, times the recipe's AdamW epsilon). With the depth rule
+    on, parameters inside the model's residual blocks (telescope.blocks) get the table's
+    depth factors for `depth`. Every trainable parameter lands in exactly one group."""
     m = width_multiplier(width, base_width)
+    blocks = [name for name, _ in find_blocks(model, rules)] if depth.on else []
     groups: dict[tuple, dict] = {}
     for c in classify(model, rules):
         rule = table.rule(c.role)
@@ -112,17 +121,21 @@ def param_groups(
                 f"parameter {c.name!r} has {len(c.shape)} dims; Muon takes matrices (or a 3-D bank of them); "
                 "give it another role with a rule"
             )
-        key = (rule.optimizer, c.role, rule.lr_factor(m), rule.weight_decay)
+        inside = in_blocks(c.aliases, blocks) if depth.on else None
+        lr_depth, wd_depth, eps_depth = table.depth.factors(c.role, bool(inside), depth)
+        key = (rule.optimizer, c.role, rule.lr_factor(m), rule.weight_decay, inside, lr_depth, wd_depth, eps_depth)
         if key not in groups:
-            peak = group_lr(rule, m, lr, muon_lr_ratio)
+            peak = group_lr(rule, m, lr, muon_lr_ratio) * lr_depth
             groups[key] = {
                 "params": [],
                 "names": [],
                 "role": c.role,
-                "lr_factor": peak / lr if lr else rule.lr_factor(m),
+                "in_block": inside,
+                "lr_factor": peak / lr if lr else rule.lr_factor(m) * lr_depth,
                 "peak_lr": peak,
                 "lr": peak,
-                "weight_decay": weight_decay if rule.weight_decay else 0.0,
+                "weight_decay": weight_decay * wd_depth if rule.weight_decay else 0.0,
+                "eps_factor": eps_depth,
             }
         groups[key]["params"].append(c.param)
         groups[key]["names"].append(c.name)
@@ -143,11 +156,12 @@ def build_optimizers(
     rules: Sequence[RuleLike] = PROXY_RULES,
     muon_cls: type[torch.optim.Optimizer] | None = None,
     recipe: Recipe = Recipe(),
+    depth: Depth = NO_DEPTH,
 ) -> Optimizers:
     """Muon (5 NS steps, match_rms_adamw, coupled weight decay) for the Muon roles, AdamW
     for the rest, as the table says, with the recipe's momentum, betas, eps and gradient
-    clipping (default: momentum 0.95, Nesterov, betas (0.9, 0.95), eps 1e-8, no clipping).
-    `muon_cls` defaults to ours."""
+    clipping (default: momentum 0.95, Nesterov, betas (0.9, 0.95), eps 1e-8, no clipping),
+    and the table's depth factors at `depth` (none by default). `muon_cls` defaults to ours."""
     table = get_table(table) if isinstance(table, str) else table
     if lr <= 0 or weight_decay < 0 or muon_lr_ratio <= 0:
         raise ConfigError(
@@ -157,7 +171,9 @@ def build_optimizers(
         from telescope.optim.muon import Muon
 
         muon_cls = Muon
-    groups = param_groups(model, table, lr, weight_decay, width, base_width, muon_lr_ratio, rules)
+    groups = param_groups(model, table, lr, weight_decay, width, base_width, muon_lr_ratio, rules, depth)
+    for group in groups["adamw"]:
+        group["eps"] = recipe.adamw_eps * group["eps_factor"]
     optimizers: list[torch.optim.Optimizer] = []
     if groups["muon"]:
         optimizers.append(

@@ -3,7 +3,8 @@
 Built bottom-up like nanoGPT: norm -> rotary -> attention -> MLP -> block -> model.
 Pre-norm RMSNorm, QK-norm, rotary embeddings, gated MLP, no biases, fixed head_dim with
 heads = width / head_dim, grouped KV heads, optional tied embeddings. The table's forward
-multipliers live inside the modules, so `forward` returns the real logits.
+multipliers live inside the modules, so `forward` returns the real logits; so does the
+depth rule's branch multiplier (L_base / L)^alpha on every attention and MLP output.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from telescope.errors import ConfigError
-from telescope.parametrization import Table, get_table, width_multiplier
+from telescope.parametrization import Depth, Table, check_depth_alpha, get_table, width_multiplier
 from telescope.roles import PROXY_RULES, ParamRole, classify
 from telescope.spec import ModelShape
 
@@ -108,25 +109,34 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, shape: ModelShape, multiplier: float):
+    """Pre-norm attention then MLP, each residual branch scaled by `branch` (the depth rule's
+    multiplier; 1 when it is off)."""
+
+    def __init__(self, width: int, shape: ModelShape, multiplier: float, branch: float = 1.0):
         super().__init__()
+        self.branch = branch
         self.attn_norm = RMSNorm(width)
         self.attn = Attention(width, shape.head_dim, shape.kv_ratio, multiplier)
         self.mlp_norm = RMSNorm(width)
         self.mlp = MLP(width, round(shape.mlp_ratio * width), multiplier)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self._scaled(self.attn(self.attn_norm(x), cos, sin))
+        return x + self._scaled(self.mlp(self.mlp_norm(x)))
+
+    def _scaled(self, y: Tensor) -> Tensor:
+        return y if self.branch == 1.0 else y * self.branch
 
 
 class Transformer(nn.Module):
-    def __init__(self, shape: ModelShape, width: int, base_width: int, table: Table):
+    def __init__(self, shape: ModelShape, width: int, base_width: int, table: Table, base_depth: int | None = None):
         super().__init__()
         self.shape, self.width, self.base_width, self.table = shape, width, base_width, table
+        self.depth = Depth(shape.depth, base_depth or shape.depth, shape.depth_alpha)
         m = width_multiplier(width, base_width)
+        branch = table.branch_multiplier(self.depth)
         self.embed = Embedding(shape.vocab_size, width, table.embedding.multiplier(m))
-        self.blocks = nn.ModuleList(Block(width, shape, table.hidden.multiplier(m)) for _ in range(shape.depth))
+        self.blocks = nn.ModuleList(Block(width, shape, table.hidden.multiplier(m), branch) for _ in range(shape.depth))
         self.norm = RMSNorm(width)
         self.lm_head = Linear(width, shape.vocab_size, table.output.multiplier(m))
         if shape.tied_embeddings:
@@ -180,6 +190,7 @@ def check_shape(shape: ModelShape, width: int) -> None:
         raise ConfigError(f"model.kv_ratio {shape.kv_ratio} does not divide the {heads} heads of width {width}")
     if shape.vocab_size < 2 or shape.seq_len < 1 or shape.mlp_ratio <= 0:
         raise ConfigError("model.vocab_size, model.seq_len and model.mlp_ratio must be positive")
+    check_depth_alpha(shape.depth_alpha)
 
 
 def build_model(
@@ -188,11 +199,16 @@ def build_model(
     base_width: int,
     table: str | Table = "paper",
     generator: torch.Generator | None = None,
+    base_depth: int | None = None,
 ) -> Transformer:
-    """The proxy at `width`, initialised per `table` (on the current default device)."""
+    """The proxy at `width`, initialised per `table` (on the current default device), its
+    residual branches scaled by the depth rule for `shape.depth` blocks against `base_depth`
+    (default: its own depth, so by 1)."""
     check_shape(shape, width)
+    if base_depth is not None and base_depth < 1:
+        raise ConfigError(f"base depth must be >= 1, got {base_depth}")
     table = get_table(table) if isinstance(table, str) else table
-    model = Transformer(shape, width, base_width, table)
+    model = Transformer(shape, width, base_width, table, base_depth)
     if model.embed.weight.device.type != "meta":
         init_weights(model, generator)
     return model

@@ -48,10 +48,10 @@ def answer_rows(sweeps: list[Compared]) -> list[dict[str, Any]]:
         row("parametrization", [s.data.config.parametrization for s in sweeps]),
         row("widths", [" -> ".join(str(lv.width) for lv in s.data.levels) for s in sweeps]),
         row("trials", [sum(len(lv.trials) for lv in s.data.levels) for s in sweeps]),
-        row("best loss", [readable.loss(s.data.result.get("best_loss")) for s in sweeps]),
+        row("best loss", [readable.loss(s.data.result.best_loss) for s in sweeps]),
     ]
     for name in swept:
-        rows.append(row(f"{name} chosen", [_value(s.data.result["best"].get(name)) for s in sweeps]))
+        rows.append(row(f"{name} chosen", [_value(s.data.result.best.get(name)) for s in sweeps]))
         rows.append(row(f"{name} at target", [_value(s.export["extrapolated"].get(name)) for s in sweeps]))
         rows.append(row(f"{name} to use", [_value(s.export["recommendation"]["values"].get(name)) for s in sweeps]))
     rows.append(row("target width", [s.export["target_width"] for s in sweeps]))
@@ -70,7 +70,7 @@ def draw_comparison(sweeps: list[Compared]) -> Figure:
         if shown:
             _draw_curves(ax, shown, s.data.objective)
         ax.set_title(
-            f"{s.data.name} ({s.data.config.parametrization}): best {readable.loss(s.data.result.get('best_loss'))}",
+            f"{s.data.name} ({s.data.config.parametrization}): best {readable.loss(s.data.result.best_loss)}",
             fontsize="medium",
         )
     for ax in axes[1:]:

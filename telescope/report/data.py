@@ -11,14 +11,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from telescope.config import SweepConfig, parse_config
-from telescope.errors import TelescopeError
-from telescope.search import Axis
+from telescope.results import SweepResult, finished_sweep
+from telescope.search import Axis, AxisDrift
 from telescope.spec import SWEEPABLE, Status
 from telescope.storage.database import Database
-from telescope.storage.rows import LevelRow, SweepRow, TrialRow
+from telescope.storage.rows import LevelRow, TrialRow
 
 # Float columns are compared with this relative tolerance: the trial values and the level
 # grid are written from the same floats, so in practice they are equal.
@@ -55,7 +55,7 @@ class SweepData:
 
     name: str
     config: SweepConfig
-    result: dict[str, Any]
+    result: SweepResult
     levels: tuple[LevelData, ...]
 
     @property
@@ -72,32 +72,22 @@ class SweepData:
 
     @property
     def target_width(self) -> int:
-        return int(self.result.get("target_width") or self.config.widths.target)
+        return self.result.target_width
 
     def axis(self, name: str) -> Axis:
         return next(a for a in self.axes if a.name == name)
 
 
-def require_finished(db: Database, name: str) -> SweepRow:
-    """The sweep row, or a TelescopeError when it does not exist or has not finished."""
-    row = db.require_sweep(name)
-    if row.kind != "sweep":
-        raise TelescopeError(f"{name!r} is a {row.kind}, not a sweep")
-    if row.status != "completed" or not row.result:
-        raise TelescopeError(f"sweep {name!r} has not finished (status {row.status}); run it to the end first")
-    return row
-
-
 def load_sweep(db: Database, name: str) -> SweepData:
     """Read a finished sweep: config, stored result, levels and every trial."""
-    row = require_finished(db, name)
+    row, result = finished_sweep(db, name)
     config = parse_config(row.config)
     trials_by_level: dict[int, list[TrialPoint]] = {}
     for t in db.trials(name):
         if t.finished:
             trials_by_level.setdefault(t.level, []).append(_trial_point(t, config.objective))
     levels = tuple(_level_data(lv, trials_by_level.get(lv.level, [])) for lv in db.levels(name))
-    return SweepData(name=name, config=config, result=row.result or {}, levels=levels)
+    return SweepData(name=name, config=config, result=result, levels=levels)
 
 
 def _trial_point(t: TrialRow, objective: str) -> TrialPoint:
@@ -333,22 +323,20 @@ class DriftSeries:
 
     name: str
     optima: tuple[tuple[int, float], ...]  # (width, best value) per level
-    fit: dict[str, Any] | None  # the sweep result's drift row for this hyperparameter
+    fit: AxisDrift | None  # the sweep's drift fit for this hyperparameter
     target_width: int
 
     def fitted(self) -> Callable[[float], float] | None:
         if self.fit is None:
             return None
-        x_inf, alpha = self.fit["x_inf"], self.fit["alpha"]
-        return lambda inv_width: x_inf * math.exp(-alpha * inv_width)
+        return self.fit.at_inverse_width
 
 
 def drift_series(data: SweepData) -> list[DriftSeries]:
-    fits = {row["name"]: row for row in data.result.get("drift") or []}
     out = []
     for name in data.swept:
         optima = tuple((lv.width, lv.best[name]) for lv in data.levels if lv.best and name in lv.best)
-        out.append(DriftSeries(name, optima, fits.get(name), data.target_width))
+        out.append(DriftSeries(name, optima, data.result.drift_of(name), data.target_width))
     return out
 
 

@@ -130,10 +130,9 @@ def render_markdown(report: ReportData, figures: dict[str, str], report_dir: Pat
         _cost_section(report),
         _figures_section(figures),
     ]
-    model_check = report.sweep.result.get("model_check")
-    if model_check:
-        parts.append(_model_check_section(model_check))
-    check = report.sweep.result.get("transfer_check")
+    if report.sweep.result.model_check:
+        parts.append(_model_check_section(report.sweep.result.model_check))
+    check = report.sweep.result.transfer_check
     if check:
         parts.append(_transfer_check_section(check, report_dir))
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -149,8 +148,7 @@ def _header(r: ReportData) -> str:
             f"- parametrization: `{d.config.parametrization}`; objective: `{d.objective}`",
             f"- swept: {', '.join(f'{a.name} in [{num(a.lo)}, {num(a.hi)}] ({a.points} points)' for a in d.axes)}",
             f"- held fixed: {', '.join(f'{k}={num(v)}' for k, v in d.config.search.fixed) or 'nothing'}",
-            f"- widths: base {w.base}, calibration {d.result.get('calibration_width', w.calibration)}, target "
-            f"{d.target_width}",
+            f"- widths: base {w.base}, calibration {d.result.calibration_width}, target {d.target_width}",
         ]
     )
 
@@ -217,33 +215,32 @@ def _levels_section(r: ReportData) -> str:
 
 def _answer_section(r: ReportData) -> str:
     result = r.sweep.result
-    drift = {row["name"]: row for row in result.get("drift") or []}
     advice = r.export["recommendation"]
     rows = []
-    for name, value in result["best"].items():
-        d = drift.get(name)
-        se = d.get("log_at_target_se") if d else None
+    for name, value in result.best.items():
+        d = result.drift_of(name)
+        se = d.log_at_target_se if d else None
         rows.append(
             (
                 name,
                 value,
-                d["x_inf"] if d else None,
-                d["alpha"] if d else None,
-                d["at_target"] if d else None,
+                d.x_inf if d else None,
+                d.alpha if d else None,
+                d.at_target if d else None,
                 math.exp(se) if se is not None else None,
                 advice["use"].get(name),
             )
         )
-    for name, value in result.get("fixed", {}).items():
+    for name, value in result.fixed.items():
         rows.append((f"{name} (fixed)", value, None, None, None, None, "fixed"))
     lines = [
         "## Chosen values",
         "",
-        f"The chosen values are the best point at the calibration width {result['calibration_width']} "
-        f"({result['objective']} {readable.loss(result['best_loss'])}). "
+        f"The chosen values are the best point at the calibration width {result.calibration_width} "
+        f"({result.objective} {readable.loss(result.best_loss)}). "
         + (
             "The drift fit log x*(n) = log x_inf - alpha/n over the level optima extrapolates them to the target width."
-            if drift
+            if result.drift
             else "One level only: no drift fit."
         ),
         "",
@@ -294,7 +291,7 @@ def _answer_section(r: ReportData) -> str:
 
 
 def _warnings_section(r: ReportData) -> str:
-    warnings = r.sweep.result.get("warnings") or []
+    warnings = r.sweep.result.warnings
     body = "\n".join(f"- {w}" for w in warnings) if warnings else "None."
     return f"## Warnings\n\n{body}"
 

@@ -311,9 +311,9 @@ def draw_drift(series: list[DriftSeries], sweep: str = "") -> Figure:
         target = 1.0 / s.target_width
         if fitted is not None and inv:
             u = np.linspace(0.0, max(inv) * 1.1, 100)
-            ax.plot(u, [fitted(x) for x in u], "-", color="tab:orange", label=f"fit: alpha={s.fit['alpha'] + 0.0:.3g}")
-            at_target = s.fit["at_target"]
-            se = s.fit.get("log_at_target_se")
+            ax.plot(u, [fitted(x) for x in u], "-", color="tab:orange", label=f"fit: alpha={s.fit.alpha + 0.0:.3g}")
+            at_target = s.fit.at_target
+            se = s.fit.log_at_target_se
             yerr = None
             if se:
                 yerr = [[at_target - at_target * math.exp(-se)], [at_target * math.exp(se) - at_target]]
@@ -346,8 +346,8 @@ def draw_drift(series: list[DriftSeries], sweep: str = "") -> Figure:
 
 
 def _error_ends(s: DriftSeries) -> list[float]:
-    se = s.fit.get("log_at_target_se") if s.fit else None
-    return [s.fit["at_target"] * math.exp(-se), s.fit["at_target"] * math.exp(se)] if se else []
+    se = s.fit.log_at_target_se if s.fit else None
+    return [s.fit.at_target * math.exp(-se), s.fit.at_target * math.exp(se)] if se else []
 
 
 def _log_limits(values: list[float], pad: float = 1.3) -> tuple[float, float]:

@@ -17,7 +17,6 @@ server.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -26,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from telescope.errors import StorageError
+from telescope.numbers import finite_or_none
 from telescope.spec import FINISHED, SWEEPABLE, Status, TrialResult, TrialSpec
 from telescope.storage.connection import OpenDatabase, retried
 from telescope.storage.metrics import check_sweep_name, check_trial_key
@@ -46,13 +46,6 @@ from telescope.storage.schema import LEVEL_STATUSES, SWEEP_KINDS, SWEEP_STATUSES
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _finite(value: float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 class Database(OpenDatabase):
@@ -253,10 +246,10 @@ class Database(OpenDatabase):
             raise ValueError(f"best point has unknown hyperparameters {sorted(unknown)}; known: {SWEEPABLE}")
         with self._writing(sweep) as session:
             row = self._require_level_in(session, sweep, level)
-            row.best_lr = _finite(best.get("lr"))
-            row.best_weight_decay = _finite(best.get("weight_decay"))
-            row.best_muon_lr_ratio = _finite(best.get("muon_lr_ratio"))
-            row.best_loss = _finite(best_loss)
+            row.best_lr = finite_or_none(best.get("lr"))
+            row.best_weight_decay = finite_or_none(best.get("weight_decay"))
+            row.best_muon_lr_ratio = finite_or_none(best.get("muon_lr_ratio"))
+            row.best_loss = finite_or_none(best_loss)
             row.warnings = "\n".join(warnings) if warnings else None
             row.status = status
             row.finished_at = _now() if status == "completed" else None
@@ -355,11 +348,11 @@ class Database(OpenDatabase):
             params = [
                 {
                     "status": Status(result.status).value,
-                    "train_loss": _finite(result.train_loss),
-                    "val_loss": _finite(result.val_loss),
+                    "train_loss": finite_or_none(result.train_loss),
+                    "val_loss": finite_or_none(result.val_loss),
                     "tokens": int(result.tokens),
-                    "flops": _finite(result.flops),
-                    "wall_time": _finite(result.wall_time),
+                    "flops": finite_or_none(result.flops),
+                    "wall_time": finite_or_none(result.wall_time),
                     "steps": int(result.steps),
                     "device": result.device or None,
                     "error": result.error,

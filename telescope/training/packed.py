@@ -24,7 +24,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from telescope.models.packing import logits_of, vmap_quietly
 from telescope.optim.groups import param_groups
 from telescope.optim.muon import adjusted_lr, momentum_update, zeropower_via_newtonschulz5
-from telescope.parametrization import LR_ADJUST, NS_COEFFICIENTS, NS_STEPS, Table
+from telescope.parametrization import LR_ADJUST, NS_COEFFICIENTS, NS_STEPS, Depth, Table
 from telescope.proxy.model import build_model
 from telescope.roles import PROXY_RULES, with_defaults
 from telescope.spec import TrialSpec
@@ -38,8 +38,9 @@ class PackedProxies:
         first = specs[0]
         models = [_build(first, spec.seed, table) for spec in specs]
         rules = with_defaults(first.model_rules) if first.user_model else PROXY_RULES
+        depth = _depth(models[0], first, rules)
         groups = [
-            param_groups(m, table, s.lr, s.weight_decay, s.width, s.base_width, s.muon_lr_ratio, rules)
+            param_groups(m, table, s.lr, s.weight_decay, s.width, s.base_width, s.muon_lr_ratio, rules, depth)
             for m, s in zip(models, specs)
         ]
         stacked, _ = stack_module_state(models)
@@ -134,7 +135,7 @@ class PackedProxies:
                 p.mul_(decay.view(per_trial))
             exp_avg.lerp_(p.grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.recipe.adamw_eps)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.recipe.adamw_eps * group["eps_factor"])
             p.sub_(exp_avg / denom * step_size.view(per_trial))
 
     def _buffer(self, p: Tensor, name: str) -> Tensor:
@@ -152,8 +153,18 @@ def _build(spec: TrialSpec, seed: int | None, table: Table) -> torch.nn.Module:
         return build_trial_module(spec, seed or 0, device="meta" if seed is None else None)
     if seed is None:
         with torch.device("meta"):
-            return build_model(spec.model, spec.width, spec.base_width, table)
-    return build_model(spec.model, spec.width, spec.base_width, table, torch.Generator().manual_seed(seed))
+            return build_model(spec.model, spec.width, spec.base_width, table, base_depth=spec.base_depth)
+    generator = torch.Generator().manual_seed(seed)
+    return build_model(spec.model, spec.width, spec.base_width, table, generator, spec.base_depth)
+
+
+def _depth(model: torch.nn.Module, spec: TrialSpec, rules) -> Depth:
+    """The pack's place on the depth axis (the same for every trial of it)."""
+    if not spec.user_model:
+        return model.depth
+    from telescope.models.foreign import user_depth
+
+    return user_depth(model, rules, spec.model.depth_alpha, spec.base_depth)
 
 
 def _packed_group(params: dict[str, Tensor], groups: Sequence[dict], device: torch.device) -> dict:
@@ -164,4 +175,5 @@ def _packed_group(params: dict[str, Tensor], groups: Sequence[dict], device: tor
         "peak_lr": torch.tensor([g["peak_lr"] for g in groups], dtype=torch.float32, device=device),
         "weight_decay": torch.tensor([g["weight_decay"] for g in groups], dtype=torch.float32, device=device),
         "decays": any(g["weight_decay"] for g in groups),  # else the multiply by 1 is skipped
+        "eps_factor": groups[0]["eps_factor"],  # a depth factor: every trial of a pack has the same depth
     }

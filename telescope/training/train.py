@@ -19,6 +19,7 @@ from telescope.data import load_train_data
 from telescope.errors import ConfigError, TelescopeError
 from telescope.models import model_identity
 from telescope.models.packing import logits_of
+from telescope.numbers import finite_or_none
 from telescope.optim.groups import Optimizers, build_optimizers
 from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.model import build_model
@@ -186,10 +187,6 @@ def validation_losses(learner: "_Evaluated | PackedProxies", batches, device: to
     return (total / len(batches)).tolist()
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def train_flops(spec: TrialSpec, tokens: int, model: nn.Module | None = None) -> float:
     """The proxy's cost model; for a user's model the 6 * params * tokens rule."""
     if spec.user_model and model is not None:
@@ -206,19 +203,38 @@ def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tu
     generator = torch.Generator().manual_seed(spec.seed)
     recipe = spec.train.recipe
     if not spec.user_model:
-        model = build_model(spec.model, spec.width, spec.base_width, table, generator).to(device)
+        model = build_model(spec.model, spec.width, spec.base_width, table, generator, spec.base_depth).to(device)
         optimizers = build_optimizers(
-            model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, recipe=recipe
+            model,
+            table,
+            spec.lr,
+            spec.weight_decay,
+            spec.width,
+            spec.base_width,
+            spec.muon_lr_ratio,
+            recipe=recipe,
+            depth=model.depth,
         )
         return model, optimizers
     from telescope.models import model_maker
-    from telescope.models.foreign import build_user_model
+    from telescope.models.foreign import build_user_model, user_depth
 
     rules = with_defaults(spec.model_rules)
     maker, label = model_maker(spec.model_factory, spec.hf_config, spec.hf_config_hash)
-    model = build_user_model(maker, table, spec.width, spec.base_width, spec.seed, rules, label).to(device)
+    model = build_user_model(
+        maker, table, spec.width, spec.base_width, spec.seed, rules, label, spec.model.depth_alpha, spec.base_depth
+    ).to(device)
     optimizers = build_optimizers(
-        model, table, spec.lr, spec.weight_decay, spec.width, spec.base_width, spec.muon_lr_ratio, rules, recipe=recipe
+        model,
+        table,
+        spec.lr,
+        spec.weight_decay,
+        spec.width,
+        spec.base_width,
+        spec.muon_lr_ratio,
+        rules,
+        recipe=recipe,
+        depth=user_depth(model, rules, spec.model.depth_alpha, spec.base_depth),
     )
     return model, optimizers
 
@@ -336,7 +352,7 @@ def run_trials(
         measured = validation_losses(learner, val_batches, device)
         for i in range(k):
             if status[i] is Status.COMPLETED:
-                val_losses[i] = _finite(measured[i])
+                val_losses[i] = finite_or_none(measured[i])
                 if val_losses[i] is None:
                     status[i] = Status.DIVERGED
     wall_time = (time.perf_counter() - started) / k
@@ -350,14 +366,16 @@ def run_trials(
         results.append(
             TrialResult(
                 status=status[i],
-                train_loss=_finite(sum(tail) / len(tail)),
+                train_loss=finite_or_none(sum(tail) / len(tail)),
                 val_loss=val_losses[i],
                 tokens=tokens,
                 flops=train_flops(trial, tokens, model),
                 wall_time=wall_time,
                 steps=len(losses[i]),
                 device=where,
-                fingerprint=fingerprint(table, trial.muon_lr_ratio, trial.train.recipe, identity),
+                fingerprint=fingerprint(
+                    table, trial.muon_lr_ratio, trial.train.recipe, identity, trial.model.depth_alpha
+                ),
             )
         )
     return results

@@ -1,6 +1,8 @@
-"""Does the optimal learning rate transfer across width? The pure analysis behind
+"""Does the optimal learning rate transfer across width (or depth)? The pure analysis behind
 `telescope transfer-check`: LR lines, the sub-grid optimum locator, line extension,
 seed uncertainty and the PASS/FAIL verdict. No torch, no I/O; results come in as numbers.
+The axis is width by default; with `axis="depth"` the sizes are depths, and the rows and
+reasons say so (`depth`, `deeper_better`).
 
 One width's check is a line of base learning rates in log steps of `step` (default
 sqrt(2)) around a default. Its optimum is located below grid resolution by a parabola in
@@ -31,6 +33,8 @@ DEFAULT_MAX_EXTENSIONS = 3
 DEFAULT_THRESHOLD_STEPS = 1.0
 
 Edge = Literal["low", "high"]
+Axis = Literal["width", "depth"]
+_BIGGER = {"width": "wider", "depth": "deeper"}
 
 # Drifts that equal the threshold up to float noise (e.g. exactly one step) pass.
 _STEP_TOL = 1e-9
@@ -270,7 +274,8 @@ class DoublingRow:
 
 @dataclass(frozen=True)
 class Verdict:
-    """PASS/FAIL with the tables that explain it and one line per reason."""
+    """PASS/FAIL with the tables that explain it and one line per reason. `widths` holds
+    one row per size along `axis` (widths, or depths)."""
 
     passed: bool
     threshold_steps: float
@@ -278,16 +283,23 @@ class Verdict:
     widths: tuple[WidthRow, ...]
     doublings: tuple[DoublingRow, ...]
     reasons: tuple[str, ...]
+    axis: Axis = "width"
 
     @property
     def label(self) -> str:
         return "PASS" if self.passed else "FAIL"
 
     def width_rows(self) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in self.widths]
+        return [self._named(r.as_dict()) for r in self.widths]
 
     def doubling_rows(self) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in self.doublings]
+        return [self._named(r.as_dict()) for r in self.doublings]
+
+    def _named(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A row's keys in the axis's words: `depth_lo`, `deeper_better` across depths."""
+        if self.axis == "width":
+            return row
+        return {k.replace("width", self.axis).replace("wider", _BIGGER[self.axis]): v for k, v in row.items()}
 
 
 def verdict(
@@ -300,8 +312,9 @@ def verdict(
     seed_optima: Sequence[Sequence[float]] | None = None,
     loss_tolerance: float = 0.0,
     step: float = SQRT2,
+    axis: Axis = "width",
 ) -> Verdict:
-    """PASS iff, for every pair of consecutive widths, the optimum drifts by at most
+    """PASS iff, for every pair of consecutive widths (or depths: `axis`), the optimum drifts by at most
     `threshold_steps` grid steps per doubling, the wider width's best loss is below the
     narrower one's by more than `loss_tolerance`, and no width's optimum is unresolved.
 
@@ -325,7 +338,7 @@ def verdict(
         _doubling(a, b, seeds[i], seeds[i + 1], threshold_steps, loss_tolerance, step)
         for i, (a, b) in enumerate(zip(rows, rows[1:]))
     )
-    failures = [_unresolved_reason(r) for r in rows if r.on_edge or math.isinf(r.best_loss)]
+    failures = [_unresolved_reason(r, axis) for r in rows if r.on_edge or math.isinf(r.best_loss)]
     failures += [
         f"drift {d.drift_per_doubling:+.2f} steps per doubling between {d.width_lo} and {d.width_hi} "
         f"exceeds {threshold_steps:g}"
@@ -334,8 +347,8 @@ def verdict(
     ]
     failures += [_loss_reason(d, loss_tolerance) for d in doublings if not d.wider_better]
     passed = not failures
-    reasons = tuple(failures) if failures else _pass_reasons(rows, doublings, threshold_steps)
-    return Verdict(passed, threshold_steps, loss_tolerance, rows, doublings, reasons)
+    reasons = tuple(failures) if failures else _pass_reasons(rows, doublings, threshold_steps, axis)
+    return Verdict(passed, threshold_steps, loss_tolerance, rows, doublings, reasons, axis)
 
 
 def verdict_from_optima(
@@ -345,8 +358,9 @@ def verdict_from_optima(
     *,
     loss_tolerance: float = 0.0,
     step: float = SQRT2,
+    axis: Axis = "width",
 ) -> Verdict:
-    """`verdict` on each width's located (final, extended) line: its optimum, interpolated
+    """`verdict` on each width's (or depth's) located (final, extended) line: its optimum, interpolated
     minimum loss and edge, and with seeds the seed-mean optimum plus per-seed spreads."""
     means = [o.mean if isinstance(o, SeededOptimum) else o for o in located]
     seeds = [o.seed_lrs if isinstance(o, SeededOptimum) else () for o in located]
@@ -359,6 +373,7 @@ def verdict_from_optima(
         seed_optima=seeds,
         loss_tolerance=loss_tolerance,
         step=step,
+        axis=axis,
     )
 
 
@@ -405,11 +420,11 @@ def _drift_std(
     return math.hypot(std_lo, std_hi) / doublings
 
 
-def _unresolved_reason(row: WidthRow) -> str:
+def _unresolved_reason(row: WidthRow, axis: Axis = "width") -> str:
     if math.isinf(row.best_loss):
-        return f"every learning rate diverged at width {row.width}: no optimum"
+        return f"every learning rate diverged at {axis} {row.width}: no optimum"
     return (
-        f"optimum at width {row.width} is unresolved: still on the {row.edge} edge of its line "
+        f"optimum at {axis} {row.width} is unresolved: still on the {row.edge} edge of its line "
         f"(lr {row.optimum_lr:.3g}) after extensions"
     )
 
@@ -420,13 +435,15 @@ def _loss_reason(d: DoublingRow, tolerance: float) -> str:
     return f"loss at {d.width_hi} ({hi}) is not below loss at {d.width_lo} ({lo}){margin}"
 
 
-def _pass_reasons(rows: Sequence[WidthRow], doublings: Sequence[DoublingRow], threshold: float) -> tuple[str, ...]:
+def _pass_reasons(
+    rows: Sequence[WidthRow], doublings: Sequence[DoublingRow], threshold: float, axis: Axis = "width"
+) -> tuple[str, ...]:
     worst = max(doublings, key=lambda d: abs(d.drift_per_doubling))
     losses = " > ".join(f"{r.best_loss:.4g}" for r in rows)
     return (
         f"largest drift {worst.drift_per_doubling:+.2f} steps per doubling (between {worst.width_lo} and "
         f"{worst.width_hi}) is within {threshold:g}",
-        f"wider is better: best loss {losses}",
+        f"{_BIGGER[axis]} is better: best loss {losses}",
     )
 
 

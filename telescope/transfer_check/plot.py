@@ -1,4 +1,4 @@
-"""The transfer check's picture: loss against learning rate, one curve per width, optima marked."""
+"""The transfer check's picture: loss against learning rate, one curve per width (or depth), optima marked."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def check_plot_path(path: str | Path) -> Path:
 
 
 def plot_transfer_check(result, path: str | Path) -> Path:
-    """Draw `result` (a CheckResult) to `path`: seed-mean loss vs lr per width (log lr),
-    diverged points left out, each width's located optimum as a star."""
+    """Draw `result` (a CheckResult) to `path`: seed-mean loss vs lr per width or depth (log
+    lr), diverged points left out, each one's located optimum as a star."""
     from matplotlib import colormaps
 
     path = check_plot_path(path)
@@ -33,7 +33,7 @@ def plot_transfer_check(result, path: str | Path) -> Path:
         color = cmap(i / max(1, len(widths) - 1) * 0.85)
         points = [(lr, loss) for lr, loss in result.curves[width] if math.isfinite(loss)]
         if points:
-            ax.plot(*zip(*points), marker="o", ms=3, lw=1.2, color=color, label=f"width {width}")
+            ax.plot(*zip(*points), marker="o", ms=3, lw=1.2, color=color, label=f"{result.settings.axis} {width}")
         row = result.verdict.widths[i]
         if math.isfinite(row.best_loss):
             ax.plot([row.optimum_lr], [row.best_loss], marker="*", ms=13, color=color, mec="black", mew=0.6)
@@ -42,8 +42,10 @@ def plot_transfer_check(result, path: str | Path) -> Path:
     ax.set_xlabel("base learning rate eta0")
     ax.set_ylabel(result.settings.objective)
     worst = max(result.verdict.doublings, key=lambda d: abs(d.drift_per_doubling))
+    s = result.settings
+    across = f" across depth (width {s.widths[0]}, depth_alpha {s.model.depth_alpha:g})" if s.depths else ""
     ax.set_title(
-        f"transfer check {result.settings.parametrization}: {result.verdict.label}\n"
+        f"transfer check {s.parametrization}{across}: {result.verdict.label}\n"
         f"drift {worst.drift_per_doubling:+.2f} grid steps per doubling (limit {result.verdict.threshold_steps:g})",
         fontsize=9,
     )

@@ -1,10 +1,13 @@
 """`telescope transfer-check` end to end: LR lines per width through the sweep's executor and
 database, located optima, extensions, and the verdict (telescope.transfer_check.analysis).
+With `depths` the axis is depth instead: one width, one line per depth, the first depth the
+base depth of the depth rule (docs/design.md §8).
 
 A check is stored as a sweep of kind "transfer-check". Level i holds the first line of
-width i; the j-th extension of width i is level i + j * len(widths). Trial keys name the
-width, lr and seed, so running the same check again runs only the trials that have not
-finished, and every level's extension is a pure function of the stored results before it.
+size i (width or depth); the j-th extension of size i is level i + j * len(sizes). Trial
+keys name the width (and depth), lr and seed, so running the same check again runs only
+the trials that have not finished, and every level's extension is a pure function of the
+stored results before it.
 
 Defaults (measured on the default corpus, see README "Transfer check"): widths 64 and 256,
 5 points in steps of sqrt(2) around the table's default LR, 2 seeds, 200 steps of 16 x 64
@@ -46,6 +49,7 @@ from telescope.trials.base import Executor
 
 KIND = "transfer-check"
 DEFAULT_WIDTHS = (64, 256)
+DEFAULT_DEPTH_WIDTH = 64  # a check across depths without a config runs at this width
 DEFAULT_CHECK_POINTS = 5
 DEFAULT_SEEDS = 2
 DEFAULT_CHECK_TRAIN = TrainSettings(steps=200, batch_size=16, warmup_steps=20)
@@ -78,10 +82,21 @@ class CheckSettings:
     model_rules: tuple[tuple[str, str], ...] = ()  # role rules for the user's model, before FOREIGN_RULES
     hf_config: str | None = None  # or a Hugging Face config.json (absolute) the user's model is built from
     hf_config_hash: str | None = None
+    # Check across these depths (increasing) at the one width widths[0]; the first is the base depth.
+    depths: tuple[int, ...] = ()
 
     @property
     def user_model(self) -> bool:
         return self.model_factory is not None or self.hf_config is not None
+
+    @property
+    def axis(self) -> Literal["width", "depth"]:
+        return "depth" if self.depths else "width"
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The values along the checked axis: the depths, or the widths."""
+        return self.depths or self.widths
 
     @property
     def center(self) -> float:
@@ -108,6 +123,12 @@ class CheckSettings:
         d["base_width"], d["lr_center"] = self.base, self.center
         if self.hf_config is None:  # a check of the proxy or a factory keeps the name it had
             del d["hf_config"], d["hf_config_hash"]
+        if self.depths:
+            d["depths"] = list(self.depths)
+        else:  # a width check's settings (and so its default name) as before depth checks existed
+            del d["depths"]
+        if not self.model.depth_alpha:
+            del d["model"]["depth_alpha"]
         return d
 
     def default_name(self) -> str:
@@ -123,7 +144,15 @@ def check_settings(settings: CheckSettings) -> None:
 
     get_table(settings.parametrization)
     ws = settings.widths
-    if len(ws) < 2 or any(b <= a for a, b in zip(ws, ws[1:])) or ws[0] <= 0:
+    if settings.depths:
+        ds = settings.depths
+        if len(ds) < 2 or any(b <= a for a, b in zip(ds, ds[1:])) or ds[0] <= 0:
+            raise ConfigError(f"--depths needs at least two positive, strictly increasing depths, got {list(ds)}")
+        if len(ws) != 1 or ws[0] <= 0:
+            raise ConfigError(f"a check across depths runs at one positive width, got {list(ws)}")
+        if settings.user_model:
+            raise ConfigError("--depths checks the built-in proxy; your model decides its own depth")
+    elif len(ws) < 2 or any(b <= a for a, b in zip(ws, ws[1:])) or ws[0] <= 0:
         raise ConfigError(f"--widths needs at least two positive, strictly increasing widths, got {list(ws)}")
     if settings.points < 3:
         raise ConfigError(f"--points must be >= 3 to locate an optimum, got {settings.points}")
@@ -135,11 +164,11 @@ def check_settings(settings: CheckSettings) -> None:
         raise ConfigError(f"--threshold must be > 0 grid steps, got {settings.threshold}")
     if settings.weight_decay < 0 or settings.muon_lr_ratio <= 0:
         raise ConfigError("weight decay must be >= 0 and muon_lr_ratio > 0")
-    spec = _spec(settings, ws[0], settings.center, settings.seed_base)
+    spec = _spec(settings, settings.sizes[0], settings.center, settings.seed_base)
     check_spec(spec)
     if not settings.user_model:
-        for w in ws:
-            check_shape(settings.model, w)
+        for size in settings.sizes:
+            check_shape(_spec(settings, size, settings.center, settings.seed_base).model, spec.width)
     else:
         check_foreign_model(
             settings.model_factory,
@@ -175,7 +204,9 @@ def check_foreign_model(
     from telescope.roles import with_defaults
 
     maker, name = model_maker(factory, hf_config, hf_config_hash)
-    model = build_user_model(maker, parametrization, width, base_width, 0, with_defaults(rules), name)
+    model = build_user_model(
+        maker, parametrization, width, base_width, 0, with_defaults(rules), name, shape.depth_alpha
+    )
     label = f"factory {factory!r}" if factory is not None else name
     idx = torch.zeros(1, shape.seq_len, dtype=torch.long)
     try:
@@ -199,16 +230,19 @@ def check_foreign_model(
         )
 
 
-def _spec(settings: CheckSettings, width: int, lr: float, seed: int) -> TrialSpec:
+def _spec(settings: CheckSettings, size: int, lr: float, seed: int) -> TrialSpec:
+    """The trial at one size of the axis: a width, or (across depths) a depth at the one width."""
+    width, depth = (settings.widths[0], size) if settings.depths else (size, None)
     return TrialSpec(
         width=width,
         base_width=settings.base,
+        base_depth=settings.depths[0] if depth is not None else None,
         lr=lr,
         weight_decay=settings.weight_decay,
         muon_lr_ratio=settings.muon_lr_ratio,
         parametrization=settings.parametrization,
         seed=seed,
-        model=settings.model,
+        model=settings.model if depth is None else dataclasses.replace(settings.model, depth=depth),
         train=settings.train,
         model_factory=settings.model_factory,
         model_rules=settings.model_rules,
@@ -217,8 +251,14 @@ def _spec(settings: CheckSettings, width: int, lr: float, seed: int) -> TrialSpe
     )
 
 
-def trial_key(width: int, lr: float, seed: int) -> str:
-    return keys.trial_key(f"w{width}", {"lr": lr}, seed)
+def trial_key(width: int, lr: float, seed: int, depth: int | None = None) -> str:
+    return keys.trial_key(f"w{width}" if depth is None else f"d{depth}-w{width}", {"lr": lr}, seed)
+
+
+def _key(settings: CheckSettings, size: int, lr: float, seed: int) -> str:
+    if settings.depths:
+        return trial_key(settings.widths[0], lr, seed, size)
+    return trial_key(size, lr, seed)
 
 
 class TransferCheckFailed(Exception):
@@ -235,7 +275,7 @@ class CheckResult:
     settings: CheckSettings
     verdict: Verdict
     located: list[SeededOptimum]
-    curves: dict[int, list[tuple[float, float]]]  # width -> (lr, seed-mean loss; inf when diverged)
+    curves: dict[int, list[tuple[float, float]]]  # width (or depth) -> (lr, seed-mean loss; inf when diverged)
     trials: int
     ran: int
     failed: int = 0
@@ -247,6 +287,10 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The whole check as one JSON-able object (`--json`, and the stored result)."""
+        axis = self.settings.axis
+        across = {"axis": axis}
+        if self.settings.depths:
+            across |= {"width": self.settings.widths[0], "depth_alpha": self.settings.model.depth_alpha}
         return {
             "check": self.name,
             "parametrization": self.settings.parametrization,
@@ -254,7 +298,8 @@ class CheckResult:
             "passed": self.passed,
             "threshold_steps": self.verdict.threshold_steps,
             "reasons": list(self.verdict.reasons),
-            "widths": _json_rows(self.verdict.width_rows()),
+            **across,
+            f"{axis}s": _json_rows(self.verdict.width_rows()),
             "doublings": _json_rows(self.verdict.doubling_rows()),
             "curves": {str(w): [[lr, finite_or_none(loss)] for lr, loss in c] for w, c in self.curves.items()},
             "lr_center": self.settings.center,
@@ -345,17 +390,17 @@ def run_transfer_check(
 
 def _run(settings: CheckSettings, run: StoredRun, on_trial: Callable[[str, Any], None]) -> CheckResult:
     seeds = settings.seed_list()
-    n = len(settings.widths)
+    n = len(settings.sizes)
     located: list[SeededOptimum] = []
     curves: dict[int, list[tuple[float, float]]] = {}
     total = failed = 0
-    for i, width in enumerate(settings.widths):
+    for i, size in enumerate(settings.sizes):
 
-        def trials_of(lrs: Sequence[float], width: int = width) -> list[tuple[str, TrialSpec]]:
-            return [(trial_key(width, lr, s), _spec(settings, width, lr, s)) for lr in lrs for s in seeds]
+        def trials_of(lrs: Sequence[float], size: int = size) -> list[tuple[str, TrialSpec]]:
+            return [(_key(settings, size, lr, s), _spec(settings, size, lr, s)) for lr in lrs for s in seeds]
 
-        def assess(lrs: list[float], rows: dict[str, TrialRow], extensions: int, width: int = width) -> LineStep:
-            losses, n_failed = _loss_table(settings, rows, width, lrs, seeds)
+        def assess(lrs: list[float], rows: dict[str, TrialRow], extensions: int, size: int = size) -> LineStep:
+            losses, n_failed = _loss_table(settings, rows, size, lrs, seeds)
             optimum = locate_seeds(lrs, losses, settings.step)
             more = next_extension(
                 lrs, optimum.mean, extensions, max_extensions=settings.max_extensions, n=settings.extension_points
@@ -366,7 +411,7 @@ def _run(settings: CheckSettings, run: StoredRun, on_trial: Callable[[str, Any],
 
         lrs, step = run_line(
             run,
-            width,
+            _spec(settings, size, settings.center, settings.seed_base).width,
             lr_line(settings.center, settings.points, settings.step),
             lambda j, i=i: i + n * j,
             trials_of,
@@ -375,25 +420,30 @@ def _run(settings: CheckSettings, run: StoredRun, on_trial: Callable[[str, Any],
         )
         optimum, losses, n_failed = step.outcome
         located.append(optimum)
-        curves[width] = list(zip(lrs, [sum(col) / len(col) for col in zip(*losses)]))
+        curves[size] = list(zip(lrs, [sum(col) / len(col) for col in zip(*losses)]))
         total += len(lrs) * len(seeds)
         failed += n_failed
     verdict = verdict_from_optima(
-        settings.widths, located, settings.threshold, loss_tolerance=settings.loss_tolerance, step=settings.step
+        settings.sizes,
+        located,
+        settings.threshold,
+        loss_tolerance=settings.loss_tolerance,
+        step=settings.step,
+        axis=settings.axis,
     )
     return CheckResult(run.name, settings, verdict, located, curves, total, run.ran, failed)
 
 
 def _loss_table(
-    settings: CheckSettings, rows: dict[str, TrialRow], width: int, lrs: Sequence[float], seeds: Sequence[int]
+    settings: CheckSettings, rows: dict[str, TrialRow], size: int, lrs: Sequence[float], seeds: Sequence[int]
 ) -> tuple[list[list[float]], int]:
     """losses[k][j] for seed k at lrs[j] (+inf when diverged or failed), and the failed count.
-    Every trial of a width failing is an error: the check would have nothing to measure."""
+    Every trial of a size failing is an error: the check would have nothing to measure."""
     table, failed, errors = [], 0, []
     for s in seeds:
         line = []
         for lr in lrs:
-            row = rows[trial_key(width, lr, s)]
+            row = rows[_key(settings, size, lr, s)]
             if row.status is Status.FAILED:
                 failed += 1
                 errors.append(row.error or "unknown error")
@@ -402,7 +452,7 @@ def _loss_table(
         table.append(line)
     if failed == len(lrs) * len(seeds):
         first = (errors[0] or "").strip().splitlines()
-        raise TelescopeError(f"every trial at width {width} failed: {first[-1] if first else 'unknown error'}")
+        raise TelescopeError(f"every trial at {settings.axis} {size} failed: {first[-1] if first else 'unknown error'}")
     return table, failed
 
 
@@ -415,12 +465,15 @@ def settings_from_config(
     user's model its `[model]` names: factory or hf_config, with its rules), train settings,
     parametrization and base width; the LR line centred on the middle of its lr range (or
     its fixed lr), weight decay and muon_lr_ratio at their fixed values or the middle of
-    their ranges. Default widths: the sweep's first widths, `first_widths(config)`."""
+    their ranges. Default widths: the sweep's first widths, `first_widths(config)` (across
+    depths, its base width)."""
     values = config.search.centre()
     source = config.source
+    if widths is None:
+        widths = (config.widths.base,) if overrides.get("depths") else first_widths(config)
     return CheckSettings(
         parametrization=config.parametrization,
-        widths=tuple(widths) if widths is not None else first_widths(config),
+        widths=tuple(widths),
         base_width=config.widths.base,
         lr_center=values.get("lr"),
         weight_decay=values.get("weight_decay", 0.0),
