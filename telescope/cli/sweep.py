@@ -91,7 +91,7 @@ def sweep(
     metrics.check_writable()
     check = None
     if check_transfer:
-        from telescope.transfer_check.run import check_settings, settings_from_config
+        from telescope.transfer_check.settings import check_settings, settings_from_config
 
         check = settings_from_config(cfg, threshold=check_threshold)
         check_settings(check)
@@ -127,7 +127,8 @@ def _check_transfer(cfg, check, database, metrics, runner, sweep_name: str, forc
     the check's section and the command exits 1."""
     from telescope.cli.transfer_check import print_result
     from telescope.sweep import stop_before_level_zero
-    from telescope.transfer_check.run import KIND, run_transfer_check
+    from telescope.transfer_check.run import run_transfer_check
+    from telescope.transfer_check.settings import KIND
 
     name = f"{sweep_name}-{KIND}"
     folder = metrics.root / f"{KIND}-plots"

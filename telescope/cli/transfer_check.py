@@ -82,7 +82,8 @@ def transfer_check(
     from telescope.cli.checks import check_plot_file
     from telescope.cli.coord_check import parse_depths, parse_widths
     from telescope.transfer_check.plot import check_plot_path
-    from telescope.transfer_check.run import check_settings, run_transfer_check
+    from telescope.transfer_check.run import run_transfer_check
+    from telescope.transfer_check.settings import check_settings
 
     if depths is None and width is not None:
         raise TelescopeError("--width sets the one width of a check across --depths; for widths pass --widths")
@@ -151,7 +152,7 @@ def build_settings(
     model: the built-in proxy or the user's own, replaced by --model and --rules as
     `telescope sweep` replaces it)."""
     from telescope.cli.common import load_sweep_config, model_rules
-    from telescope.transfer_check.run import DEFAULT_DEPTH_WIDTH, CheckSettings, settings_from_config
+    from telescope.transfer_check.settings import DEFAULT_DEPTH_WIDTH, CheckSettings, settings_from_config
     from telescope.trials.base import ExecutorSettings
 
     common: dict[str, Any] = {"points": points, "seeds": seeds, "threshold": threshold, "depths": depths}

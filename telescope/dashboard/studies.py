@@ -24,7 +24,7 @@ from telescope.results import SweepResult
 from telescope.spec import SWEEPABLE, Status, objective_value
 from telescope.storage.database import Database
 from telescope.storage.rows import LevelRow, SweepRow, TrialRow
-from telescope.transfer_check.run import KIND as TRANSFER_CHECK
+from telescope.transfer_check.settings import KIND as TRANSFER_CHECK
 
 SEPARATOR = " · "
 LINE_KINDS = (TRANSFER_CHECK, BATCH_STUDY)
