@@ -27,6 +27,7 @@ from telescope.model_config import (
     model_table,
     parse_depths,
     parse_source,
+    shallow_proxy,
     user_model_shape,
 )
 from telescope.models import ModelSource
@@ -132,7 +133,7 @@ class SweepConfig:
         """Every setting with defaults filled in; `parse_config(c.to_dict()) == c`."""
         search: dict[str, Any] = {a.name: {"lo": a.lo, "hi": a.hi, "points": a.points} for a in self.search.axes}
         search |= {k: {"value": v} for k, v in self.search.fixed}
-        model = {k: v for k, v in model_table(self.model, self.source).items() if k != "depth" or not self.depths}
+        model = model_table(self.model, self.source, shallow=self.depths is not None)
         d = {
             "name": self.name,
             "objective": self.objective,
@@ -183,7 +184,7 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     model = _build(ModelShape, model_table, "model", _MODEL_RULES)
     depths = parse_depths(data, model_table, source)
     if depths is not None:
-        model = dataclasses.replace(model, depth=depths.proxy)
+        model = shallow_proxy(model, model_table, depths)
     widths = _build(Widths, _table(data, "widths", required=True), "widths", _WIDTH_RULES)
     if source.factory is None and source.hf_config is None:
         _check_widths(widths, model)

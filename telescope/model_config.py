@@ -10,6 +10,7 @@ from typing import Any, Literal, Mapping
 
 from telescope.errors import ConfigError
 from telescope.models import FACTORY_SPEC, ModelSource
+from telescope.parametrization import DEFAULT_DEPTH_ALPHA
 from telescope.spec import ModelShape
 
 
@@ -137,12 +138,15 @@ def check_user_widths(widths: Any, source: ModelSource) -> None:
         hf.at_width(config, width)
 
 
-def model_table(model: ModelShape, source: ModelSource) -> dict[str, Any]:
+def model_table(model: ModelShape, source: ModelSource, shallow: bool = False) -> dict[str, Any]:
     """The `[model]` table of a config; depth_alpha only when the depth rule is on, so a
-    config without it reads as it did before it existed."""
-    alpha = {"depth_alpha": model.depth_alpha} if model.depth_alpha else {}
+    config without it reads as it did before it existed. `shallow` (a `[depths]` section
+    gives the depth): no depth, and depth_alpha always, 0 included, since there its absence
+    means the default rule."""
+    alpha = {"depth_alpha": model.depth_alpha} if model.depth_alpha or shallow else {}
     if source.factory is None and source.hf_config is None:  # `check` waits for a --model
-        shape = {k: v for k, v in dataclasses.asdict(model).items() if k != "depth_alpha"}
+        skip = ("depth_alpha", "depth") if shallow else ("depth_alpha",)
+        shape = {k: v for k, v in dataclasses.asdict(model).items() if k not in skip}
         return shape | alpha | ({"check": source.check} if source.check != "coord" else {})
     table: dict[str, Any] = {"seq_len": model.seq_len, "vocab_size": model.vocab_size, **alpha}
     table |= {"factory": source.factory, "hf_config": source.hf_config, "hf_config_hash": source.hf_config_hash}
@@ -171,3 +175,10 @@ def parse_depths(data: Mapping[str, Any], model_table: Mapping[str, Any], source
     if depths.target < depths.proxy:
         raise ConfigError(f"depths.target: must be >= depths.proxy ({depths.proxy}), got {depths.target}")
     return depths
+
+
+def shallow_proxy(model: ModelShape, model_table: Mapping[str, Any], depths: Depths) -> ModelShape:
+    """The proxies' shape under `[depths]`: the proxy depth, and the depth rule the config names
+    or, when it names none, the measured default (README "Depth")."""
+    alpha = model.depth_alpha if "depth_alpha" in model_table else DEFAULT_DEPTH_ALPHA
+    return dataclasses.replace(model, depth=depths.proxy, depth_alpha=alpha)

@@ -242,6 +242,11 @@ def width_multiplier(width: int, base_width: int) -> float:
     return width / base_width
 
 
+# The depth rule a [depths] sweep and the checks across depth use when none is given:
+# CompleteP's, the one that transferred with Muon at the lowest loss (README "Depth", measured).
+DEFAULT_DEPTH_ALPHA = 1.0
+
+
 def check_depth_alpha(alpha: float, where: str = "model.depth_alpha") -> float:
     """`alpha` if it is in [0, 1]; else a ConfigError naming `where`."""
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0.0 <= alpha <= 1.0):

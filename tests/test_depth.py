@@ -22,7 +22,7 @@ from telescope.config import parse_config
 from telescope.coord.study import CoordCheckSettings, coord_check
 from telescope.export import export_sweep
 from telescope.models.foreign import optimizers_from_export, parametrize
-from telescope.parametrization import Depth, get_table
+from telescope.parametrization import DEFAULT_DEPTH_ALPHA, Depth, get_table
 from telescope.proxy.model import build_model
 from telescope.runs.executor import make_executor
 from telescope.spec import ModelShape
@@ -76,7 +76,8 @@ def test_depth_coord_check_cli_says_what_it_checked() -> None:
     )
     assert result.exit_code in (0, 1), result.output
     payload = json.loads(result.stdout)
-    assert (payload["axis"], payload["depths"], payload["width"], payload["depth_alpha"]) == ("depth", [1, 2], 32, 0)
+    # the measured default rule (README "Depth"), when --depth-alpha is not given
+    assert (payload["axis"], payload["depths"], payload["width"], payload["depth_alpha"]) == ("depth", [1, 2], 32, 1)
     assert [row["layer"] for row in payload["layers"]] == ["embedding", "last.attn", "last.mlp", "residual", "logits"]
 
 
@@ -343,3 +344,17 @@ def test_a_trial_without_depth_transfer_keeps_its_spec_dict_and_content_key() ->
     deep = replace(plain, model=replace(plain.model, depth_alpha=1.0), base_depth=1)
     assert TrialSpec.from_dict(deep.to_dict()) == deep and TrialSpec.from_dict(plain.to_dict()) == plain
     assert content_key(deep) != content_key(plain)
+
+
+def test_a_depths_section_without_a_rule_takes_the_measured_default() -> None:
+    """Shallow proxies need a depth rule; the one README "Depth" measured to transfer is the
+    default, and a config that names its own (0 included) keeps it."""
+    config = micro_config(depths={"proxy": 2, "target": 8})
+    del config["model"]["depth"]
+    assert parse_config(config).model.depth_alpha == DEFAULT_DEPTH_ALPHA == 1.0
+    assert parse_config(depth_config(2, 8, 0.0)).model.depth_alpha == 0.0
+    assert parse_config(depth_config(2, 8, 0.5)).model.depth_alpha == 0.5
+    assert parse_config(micro_config()).model.depth_alpha == 0.0  # no [depths]: off
+    for alpha in (0.0, 1.0):  # what is stored reads back the same (a resume's config)
+        stored = parse_config(depth_config(2, 8, alpha)).to_dict()
+        assert parse_config(stored).model.depth_alpha == alpha and "depth" not in stored["model"]

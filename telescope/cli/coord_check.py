@@ -40,9 +40,11 @@ DepthsOption = Annotated[
     typer.Option(help="Check across these depths (comma-separated, increasing) at one width; the first is the base."),
 ]
 DepthAlphaOption = Annotated[
-    float,
+    float | None,
     typer.Option(
-        "--depth-alpha", help="The depth rule's branch exponent: 0 off, 0.5 depth-muP, 1 CompleteP (docs: Depth)."
+        "--depth-alpha",
+        help="With --depths: the depth rule's branch exponent, 0 off, 0.5 depth-muP, 1 CompleteP (the default; "
+        "README: Depth).",
     ),
 ]
 
@@ -61,7 +63,7 @@ def coord_check(
     depth: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
     depths: DepthsOption = None,
     width: Annotated[int, typer.Option(help="With --depths: the one width checked.")] = 64,
-    depth_alpha: DepthAlphaOption = 0.0,
+    depth_alpha: DepthAlphaOption = None,
     data: Annotated[str, typer.Option(help="'stdlib' (default corpus) or a path.")] = "stdlib",
     seed: Annotated[int, typer.Option(help="Seed for init and data order.")] = 0,
     model: Annotated[
@@ -79,10 +81,12 @@ def coord_check(
     from telescope.cli.common import model_rules, positive_number
     from telescope.coord.study import CoordCheckSettings, plot_coord_check
     from telescope.coord.study import coord_check as run_coord_check
-    from telescope.parametrization import check_depth_alpha
+    from telescope.parametrization import DEFAULT_DEPTH_ALPHA, check_depth_alpha
 
-    shape = ModelShape(depth=depth, head_dim=head_dim, depth_alpha=check_depth_alpha(depth_alpha, "--depth-alpha"))
     checked_depths = parse_depths(depths) if depths is not None else ()
+    if depth_alpha is None:
+        depth_alpha = DEFAULT_DEPTH_ALPHA if checked_depths else 0.0
+    shape = ModelShape(depth=depth, head_dim=head_dim, depth_alpha=check_depth_alpha(depth_alpha, "--depth-alpha"))
     if checked_depths and model is not None:
         raise ConfigError("--depths checks the built-in proxy; your model's factory decides its own depth")
     checked_widths = (width,) if checked_depths else parse_widths(widths)

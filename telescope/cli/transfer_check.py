@@ -47,7 +47,8 @@ def transfer_check(
         float | None,
         typer.Option(
             "--depth-alpha",
-            help="The depth rule's branch exponent: 0 off, 0.5 depth-muP, 1 CompleteP. Default: the config's, else 0.",
+            help="The depth rule's branch exponent: 0 off, 0.5 depth-muP, 1 CompleteP. Default: the config's when it "
+            "has the rule on, else 1 (README: Depth).",
         ),
     ] = None,
     points: Annotated[int, typer.Option(help="Learning rates per line, in steps of sqrt(2).")] = 5,
@@ -103,10 +104,10 @@ def transfer_check(
         rules,
         parse_depths(depths) if depths else (),
     )
-    if depth_alpha is not None:
-        from telescope.parametrization import check_depth_alpha
+    if depth_alpha is not None or (depths and not settings.model.depth_alpha):
+        from telescope.parametrization import DEFAULT_DEPTH_ALPHA, check_depth_alpha
 
-        alpha = check_depth_alpha(depth_alpha, "--depth-alpha")
+        alpha = check_depth_alpha(DEFAULT_DEPTH_ALPHA if depth_alpha is None else depth_alpha, "--depth-alpha")
         settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, depth_alpha=alpha))
     if executor is not None:
         executor_settings = dataclasses.replace(executor_settings, kind=executor.value)
