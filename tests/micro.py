@@ -44,6 +44,11 @@ def write_micro_config(path: Path, **sections: dict[str, Any]) -> Path:
     return path
 
 
+# `telescope trial` small enough for a test: three steps of width 32 on the CPU.
+TINY_TRIAL = ["trial", "--width", "32", "--head-dim", "16", "--steps", "3"]
+TINY_TRIAL += ["--batch-size", "2", "--seq-len", "16", "--device", "cpu"]
+
+
 def sweep_command(config: Path, url: str, store: Path, *options: str) -> list[str]:
     """`telescope sweep CONFIG --db URL --store STORE [options]`, as a process runs it."""
     return [sys.executable, "-m", "telescope", "sweep", str(config), "--db", url, "--store", str(store), *options]
@@ -59,7 +64,12 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "timed out") -> None
 
 def run_micro_sweep(url: str, store: Path, name: str = "micro", **sections: dict[str, Any]) -> dict[str, Any]:
     """Run a micro sweep to the end in-process; returns its result as stored (a dict)."""
-    config = parse_config(micro_config(**sections))
+    return run_config_sweep(url, store, name, micro_config(**sections))
+
+
+def run_config_sweep(url: str, store: Path, name: str, document: dict[str, Any]) -> dict[str, Any]:
+    """Run a whole sweep config (a TOML document's dict) to the end in-process; its result as stored."""
+    config = parse_config(document)
     executor = make_executor(config.executor)
     try:
         with Database(url) as db:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from foreign_models import ResidualLM
-from micro import SMALLEST, micro_config
+from micro import SMALLEST, micro_config, run_config_sweep
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
@@ -24,11 +24,8 @@ from telescope.export import export_sweep
 from telescope.models.foreign import optimizers_from_export, parametrize
 from telescope.parametrization import DEFAULT_DEPTH_ALPHA, Depth, get_table
 from telescope.proxy.model import build_model
-from telescope.runs.executor import make_executor
 from telescope.spec import ModelShape
 from telescope.storage.database import Database
-from telescope.storage.metrics import MetricsStore
-from telescope.sweep import run_sweep
 
 runner = CliRunner()
 
@@ -39,17 +36,6 @@ def depth_config(proxy: int, target: int, alpha: float, **sections) -> dict:
     del config["model"]["depth"]
     config["model"]["depth_alpha"] = alpha
     return config
-
-
-def run_config(url: str, store: Path, name: str, config: dict) -> dict:
-    """Run a whole sweep config (a TOML document's dict) to the end in-process."""
-    parsed = parse_config(config)
-    executor = make_executor(parsed.executor)
-    try:
-        with Database(url) as db:
-            return run_sweep(parsed, db, MetricsStore(store), name, executor=executor).to_dict()
-    finally:
-        executor.close()
 
 
 # --------------------------------------------------------------------------- the built-in proxy
@@ -122,7 +108,7 @@ def test_transfer_check_across_depths_reports_like_the_width_check(tmp_path: Pat
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 def test_export_at_target_depth_differs_by_exactly_the_table_factors(tmp_path: Path, alpha: float) -> None:
     url = f"sqlite:///{tmp_path / 't.db'}"
-    run_config(url, tmp_path / "store", "deep", depth_config(2, 8, alpha, **SMALLEST))
+    run_config_sweep(url, tmp_path / "store", "deep", depth_config(2, 8, alpha, **SMALLEST))
     with Database(url, create=False) as db:
         at_proxy = export_sweep(db, "deep", target_depth=2)
         at_target = export_sweep(db, "deep")  # [depths] target
@@ -183,7 +169,7 @@ def test_depths_sweep_runs_end_to_end_and_resumes_after_sigkill(tmp_path: Path) 
     url, store = f"sqlite:///{tmp_path / 't.db'}", tmp_path / "store"
     sections = depth_config(1, 4, 1.0, train={"steps": 30}, narrowing={"min_points": 3})
     sections["name"] = "deep"
-    reference = run_config(url, store, "uninterrupted", sections)
+    reference = run_config_sweep(url, store, "uninterrupted", sections)
     path = tmp_path / "deep.toml"
     path.write_bytes(tomli_w.dumps(sections).encode())
 

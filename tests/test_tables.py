@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from micro import SMALLEST, run_micro_sweep
+from micro import SMALLEST, TINY_TRIAL, run_micro_sweep
 from typer.testing import CliRunner
 
 from telescope import readable
@@ -63,21 +63,7 @@ def test_status_wide_shows_every_column(smallest_sweep_db: str) -> None:
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_trial_prints_completed_whole(width: int) -> None:
-    args = [
-        "trial",
-        "--width",
-        "32",
-        "--head-dim",
-        "16",
-        "--steps",
-        "3",
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "16",
-        "--device",
-        "cpu",
-    ]
+    args = TINY_TRIAL
     result = runner.invoke(app, args, terminal_width=width)
     assert result.exit_code == 0, result.output
     assert max(map(len, result.stdout.splitlines())) <= width

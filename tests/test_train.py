@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+from micro import TINY_TRIAL
 from typer.testing import CliRunner
 
 from telescope.cli.main import app
@@ -78,22 +79,7 @@ def test_trial_learns_on_the_default_corpus():
 def test_trial_cli_prints_json():
     out = CliRunner().invoke(
         app,
-        [
-            "trial",
-            "--width",
-            "32",
-            "--head-dim",
-            "16",
-            "--steps",
-            "3",
-            "--batch-size",
-            "2",
-            "--seq-len",
-            "16",
-            "--device",
-            "cpu",
-            "--json",
-        ],
+        [*TINY_TRIAL, "--json"],
     )
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)

@@ -83,19 +83,17 @@ def write_mds(
     """index.json and shards of samples {"id": int32, "tokens": ndarray} (columns sorted, as MDSWriter does)."""
     folder.mkdir(parents=True, exist_ok=True)
     names, encodings, sizes = ["id", "tokens"], ["int32", encoding], [4, None]
-    config = json.dumps(
-        {
-            "column_encodings": encodings,
-            "column_names": names,
-            "column_sizes": sizes,
-            "compression": compression,
-            "format": "mds",
-            "hashes": [],
-            "size_limit": None,
-            "version": 2,
-        },
-        sort_keys=True,
-    ).encode()
+    columns = {
+        "column_encodings": encodings,
+        "column_names": names,
+        "column_sizes": sizes,
+        "compression": compression,
+        "format": "mds",
+        "hashes": [],
+        "size_limit": None,
+        "version": 2,
+    }
+    config = json.dumps(columns, sort_keys=True).encode()
     shards, first = [], 0
     for part in _batched(docs, samples_per_shard):
         samples = []
@@ -110,21 +108,8 @@ def write_mds(
             f.write(struct.pack("<I", len(part)) + offsets.astype(np.uint32).tobytes() + config)
             for sample in samples:
                 f.write(sample)
-        shards.append(
-            {
-                "column_encodings": encodings,
-                "column_names": names,
-                "column_sizes": sizes,
-                "compression": compression,
-                "format": "mds",
-                "hashes": [],
-                "raw_data": {"basename": basename, "bytes": int(offsets[-1]), "hashes": {}},
-                "samples": len(part),
-                "size_limit": None,
-                "version": 2,
-                "zip_data": None,
-            }
-        )
+        raw = {"basename": basename, "bytes": int(offsets[-1]), "hashes": {}}
+        shards.append({**columns, "raw_data": raw, "samples": len(part), "zip_data": None})
         first += len(part)
     (folder / "index.json").write_text(json.dumps({"shards": shards, "version": 2}))
     return folder

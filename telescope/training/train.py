@@ -23,7 +23,7 @@ from telescope.numbers import finite_or_none
 from telescope.optim.groups import Optimizers, build_optimizers
 from telescope.parametrization import Table, fingerprint, get_table
 from telescope.proxy.model import build_model
-from telescope.roles import with_defaults
+from telescope.roles import PROXY_RULES, with_defaults
 from telescope.spec import (
     MetricsCallback,
     Status,
@@ -200,30 +200,20 @@ def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tu
     """The model the trial trains, initialised from `spec.seed` on `device`, and its optimizers
     (with the spec's recipe): the proxy, or the user's model (a factory or a Hugging Face
     config) parametrized per the same table."""
-    generator = torch.Generator().manual_seed(spec.seed)
-    recipe = spec.train.recipe
     if not spec.user_model:
+        generator = torch.Generator().manual_seed(spec.seed)
         model = build_model(spec.model, spec.width, spec.base_width, table, generator, spec.base_depth).to(device)
-        optimizers = build_optimizers(
-            model,
-            table,
-            spec.lr,
-            spec.weight_decay,
-            spec.width,
-            spec.base_width,
-            spec.muon_lr_ratio,
-            recipe=recipe,
-            depth=model.depth,
-        )
-        return model, optimizers
-    from telescope.models import model_maker
-    from telescope.models.foreign import build_user_model, user_depth
+        rules, depth = PROXY_RULES, model.depth
+    else:
+        from telescope.models import model_maker
+        from telescope.models.foreign import build_user_model, user_depth
 
-    rules = with_defaults(spec.model_rules)
-    maker, label = model_maker(spec.model_factory, spec.hf_config, spec.hf_config_hash)
-    model = build_user_model(
-        maker, table, spec.width, spec.base_width, spec.seed, rules, label, spec.model.depth_alpha, spec.base_depth
-    ).to(device)
+        rules = with_defaults(spec.model_rules)
+        maker, label = model_maker(spec.model_factory, spec.hf_config, spec.hf_config_hash)
+        model = build_user_model(
+            maker, table, spec.width, spec.base_width, spec.seed, rules, label, spec.model.depth_alpha, spec.base_depth
+        ).to(device)
+        depth = user_depth(model, rules, spec.model.depth_alpha, spec.base_depth)
     optimizers = build_optimizers(
         model,
         table,
@@ -233,8 +223,8 @@ def build_trial_model(spec: TrialSpec, table: Table, device: torch.device) -> tu
         spec.base_width,
         spec.muon_lr_ratio,
         rules,
-        recipe=recipe,
-        depth=user_depth(model, rules, spec.model.depth_alpha, spec.base_depth),
+        recipe=spec.train.recipe,
+        depth=depth,
     )
     return model, optimizers
 
