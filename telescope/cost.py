@@ -25,9 +25,10 @@ sequence (2 x parameters when its forward cannot run on the meta device, e.g. an
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from telescope.parametrization import NS_STEPS, get_table
 from telescope.spec import ModelShape
@@ -126,9 +127,11 @@ class Plan:
     brute_force_flops: float
     saving: float  # brute_force_flops / sweep_flops
     # Possible extra cost: when the last level's best sits on its sub-grid's corner, each step
-    # of its edge extension adds this many trials (one more line per swept axis) at its width.
+    # of its edge extension adds this many trials (one more line per swept axis) at its width;
+    # on average, with the best equally likely in any cell, one step adds the expected count.
     extension_trials_per_step: int = 0
     extension_flops_per_step: float = 0.0
+    expected_extension_trials: float = 0.0
     # With [depths]: the proxies' and the target's depth, and the same sweep with proxies of
     # the target's depth (what the shallow proxies save: full_depth_sweep_flops / sweep_flops).
     proxy_depth: int | None = None
@@ -179,6 +182,7 @@ def plan(config: SweepConfig) -> Plan:
     brute_trials = math.prod(a.points for a in config.search.axes) * config.seeds.per_point
     last = config.levels()[-1]
     extension = (math.prod(n + 1 for n in last.counts) - math.prod(last.counts)) * last.seeds
+    expected_extension = expected_extension_trials(last.counts) * last.seeds
     return Plan(
         name=config.name,
         tokens_per_trial=tokens,
@@ -195,8 +199,20 @@ def plan(config: SweepConfig) -> Plan:
         saving=brute_trials * target_flops / sweep,
         extension_trials_per_step=extension,
         extension_flops_per_step=extension * levels[-1].flops_per_trial,
+        expected_extension_trials=expected_extension,
         **depths,
     )
+
+
+def expected_extension_trials(counts: Sequence[int]) -> float:
+    """Points one step of edge extension adds to a grid of `counts` points per axis, on
+    average over where its best sits, each cell equally likely: an axis of n > 1 points grows
+    by one line when the best is at either end, with probability 2 / n (search.extended_grid)."""
+    expected = 0.0
+    for grows in itertools.product((False, True), repeat=len(counts)):
+        chance = math.prod((2 / n if g else 1 - 2 / n) if n > 1 else float(not g) for n, g in zip(counts, grows))
+        expected += chance * (math.prod(n + g for n, g in zip(counts, grows)) - math.prod(counts))
+    return expected
 
 
 Costs = Callable[[int], tuple[ParamCounts, float, int | None]]  # width -> (counts, FLOPs per trial, heads)

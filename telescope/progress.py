@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from telescope.remaining import Estimate, LevelWork, RemainingTime
+from telescope.remaining import Estimate, Growth, LevelWork, RemainingTime
 from telescope.spec import Status
 
 
@@ -49,7 +49,7 @@ class SweepProgress:
     # (LevelWork, or a tuple of the first two or all three).
     planned: Sequence[LevelWork | tuple]
     console: Console = field(default_factory=Console)
-    growth: int = 0  # trials one step of the last level's growth past its edges adds
+    growth: Growth = Growth()  # trials one step of the last level's growth past its edges adds
     level: int | None = None  # None until the first level starts
     width: int = 0
     total: int = 0
@@ -178,16 +178,19 @@ class SweepProgress:
 
     def closing_note(self) -> str:
         """The time taken, and after the first level: the time it then estimated was left and
-        the time it took, e.g. `sweep took 0:08:14; after the first level: estimated 0:03:36
-        to go (0:05:42 if the last level grows), took 0:06:59 (the last level grew 2 steps)`."""
+        the time it took, e.g. `sweep took 0:08:14; after the first level: estimated 0:04:28
+        to go (0:03:36 to 0:05:42 as the last level grows), took 0:04:51, 8% more (the last
+        level grew 1 step)`."""
         took = f"sweep took {clock(self.elapsed())}"
         if self._first_estimate is None:
             return took
         at, estimate = self._first_estimate
-        guess = f"{clock(estimate.low)} to go"
-        if estimate.high > estimate.low:
-            guess += f" ({clock(estimate.high)} if the last level grows)"
-        actual = clock(self.elapsed() - at)
+        guess = f"{clock(estimate.expected)} to go{_range_text(estimate)}"
+        spent = self.elapsed() - at
+        actual = clock(spent)
+        if estimate.expected > 0:
+            off = round(100 * (spent / estimate.expected - 1))
+            actual += f", {abs(off)}% {'more' if off >= 0 else 'less'}"
         grew = self._clock.grew()
         if grew:
             actual += f" (the last level grew {grew} step{'s' if grew > 1 else ''})"
@@ -215,13 +218,17 @@ class SweepProgress:
 
 
 def remaining_text(estimate: Estimate | None, grown: bool = False) -> str:
-    """`~0:03:36 remaining`, `~0:03:36 remaining (~0:05:42 if the last level grows)`."""
+    """`~0:04:28 remaining`, `~0:04:28 remaining (0:03:36 to 0:05:42 as the last level grows)`."""
     if estimate is None:
         return "~? remaining"
-    text = f"~{clock(estimate.low)} remaining"
-    if estimate.high > estimate.low:
-        text += f" (~{clock(estimate.high)} if the last level grows{' again' if grown else ''})"
-    return text
+    return f"~{clock(estimate.expected)} remaining{_range_text(estimate, grown)}"
+
+
+def _range_text(estimate: Estimate, grown: bool = False) -> str:
+    if estimate.high <= estimate.low:
+        return ""
+    growing = "it grows further" if grown else "the last level grows"
+    return f" ({clock(estimate.low)} to {clock(estimate.high)} as {growing})"
 
 
 _open_views: list[SweepProgress] = []

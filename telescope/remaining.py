@@ -20,8 +20,10 @@ elementwise work). Each finished level measures the model at its width:
 
 The last level grows one grid step past each sub-grid edge its best sits on, again and
 again (telescope.search.extended_grid), which a plan cannot foresee. Until that level
-has finished, the estimate is a range: `low` if it does not grow, `high` if it grows one
-step (Plan.extension_trials_per_step trials at its width).
+has finished, the estimate is a range, `low` if it does not grow and `high` if it grows one
+step along every axis (Plan.extension_trials_per_step trials at its width), around
+`expected`: one step as it grows on average, with its best equally likely in any cell
+(Plan.expected_extension_trials; on a 3 x 3 grid 8 cells of 9 are on an edge).
 """
 
 from __future__ import annotations
@@ -107,12 +109,22 @@ def _nonnegative_fit(features: list[tuple[float, ...]], seconds: list[float]) ->
     return tuple(float(c) for c in best[1])
 
 
+class Growth(NamedTuple):
+    """Trials one step of the last level's growth past its edges adds: along every axis
+    (`step`), and on average over where its best sits (`expected`)."""
+
+    step: int = 0
+    expected: float = 0.0
+
+
 class Estimate(NamedTuple):
     """Seconds left: `low` if the last level does not grow past its edges, `high` if it
-    grows one step (equal when it cannot, or has finished)."""
+    grows one step along every axis, `expected` if it grows one step as on average (all
+    three equal when it cannot grow, or has finished)."""
 
     low: float
     high: float
+    expected: float
 
 
 @dataclass
@@ -152,10 +164,10 @@ class RemainingTime:
     """
 
     levels: list[_Level]
-    growth: int = 0  # trials one step of the last level's growth adds
+    growth: Growth = Growth()
 
     @classmethod
-    def from_plan(cls, planned: Sequence[LevelWork], growth: int = 0) -> "RemainingTime":
+    def from_plan(cls, planned: Sequence[LevelWork], growth: Growth = Growth()) -> "RemainingTime":
         return cls([_Level(LevelWork(*work)) for work in planned], growth)
 
     def start(self, level: int, trials: int) -> None:
@@ -210,5 +222,6 @@ class RemainingTime:
                 per_trial = own if lv is self.levels[-1] else per_trial
             else:
                 left += max(0.0, expected - spent)
-        growth = self.growth * per_trial if self.levels[-1].ended is None else 0.0
-        return Estimate(left, left + growth)
+        if self.levels[-1].ended is not None:
+            return Estimate(left, left, left)
+        return Estimate(left, left + self.growth.step * per_trial, left + self.growth.expected * per_trial)

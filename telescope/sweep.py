@@ -17,7 +17,7 @@ from rich.console import Console
 from telescope.config import SweepConfig
 from telescope.cost import plan
 from telescope.progress import SweepProgress
-from telescope.remaining import LevelWork
+from telescope.remaining import Growth, LevelWork
 from telescope.results import LevelResult, SweepResult
 from telescope.runs.executor import make_executor
 from telescope.runs.keys import trial_key
@@ -115,7 +115,8 @@ def _run_levels(config: SweepConfig, run: StoredRun, console: Console) -> SweepR
     warnings: list[str] = []
     previous_best = None
     grid = initial_grid(config.search.axes, config.widths.base)
-    with SweepProgress(planned, console=console, growth=costs.extension_trials_per_step) as progress:
+    growth = Growth(costs.extension_trials_per_step, costs.expected_extension_trials)
+    with SweepProgress(planned, console=console, growth=growth) as progress:
         for index in range(len(plans)):
             outcomes = _run_level(config, run, grid, progress)
             best = best_point(grid, outcomes)

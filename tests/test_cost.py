@@ -9,7 +9,7 @@ import pytest
 from muon_flops import muon_step_flops
 
 from telescope.config import load_config
-from telescope.cost import forward_flops_per_token, param_counts, plan, train_flops
+from telescope.cost import expected_extension_trials, forward_flops_per_token, param_counts, plan, train_flops
 from telescope.spec import ModelShape
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -86,3 +86,12 @@ def test_newton_schulz_flops_are_what_a_muon_step_computes(parametrization):
         assert 0.3 < p.levels[-1].newton_schulz_flops_per_trial / p.levels[-1].flops_per_trial < 0.6
     else:  # AdamW everywhere: no Newton-Schulz
         assert all(lc.newton_schulz_flops_per_trial == 0 for lc in p.levels)
+
+
+def test_expected_extension_averages_where_the_best_may_sit_on_the_grid():
+    # 3 x 3: 4 corners grow both axes (+7), 4 edge middles one (+3), the centre none.
+    assert expected_extension_trials([3, 3]) == pytest.approx((4 * 7 + 4 * 3) / 9)
+    assert expected_extension_trials([2, 3]) == pytest.approx(5.0)  # a 2-point axis always grows
+    assert expected_extension_trials([1, 5]) == pytest.approx(2 / 5)  # a single value never does
+    p = plan(load_config(Path(__file__).parent.parent / "examples" / "tiny-cpu.toml"))
+    assert (p.extension_trials_per_step, p.expected_extension_trials) == (7, pytest.approx(40 / 9))

@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from telescope.progress import SweepProgress
-from telescope.remaining import PRIOR_FIXED_SHARE, Estimate
+from telescope.remaining import PRIOR_FIXED_SHARE, Estimate, Growth
 from telescope.spec import Status
 
 
@@ -65,7 +65,7 @@ def test_levels_count_from_0_as_plan_status_and_report_do(clock):
     ]
     assert "level 3" not in out.getvalue()
     # 2 trials at 5 s, then 2 at 5 * (0.6 + 0.4 * 4) = 11 s and 2 at 5 * (0.6 + 0.4 * 16) = 35 s
-    assert lines[3] == "sweep took 0:00:30; after the first level: estimated 0:01:32 to go, took 0:00:20"
+    assert lines[3] == "sweep took 0:00:30; after the first level: estimated 0:01:32 to go, took 0:00:20, 78% less"
 
 
 def test_counts(clock):
@@ -84,7 +84,7 @@ def test_remaining_time_after_the_first_level_uses_its_seconds_per_flop(clock):
     run_level(progress, clock, 0, 32, 10, 1e9, 20.0)  # 2 s per trial of 1 GFLOP
     # 5 trials of 4x the FLOPs: a share of level 0's 2 s stays, the rest grows 4x
     level_1 = 5 * 2.0 * (PRIOR_FIXED_SHARE + (1 - PRIOR_FIXED_SHARE) * 4)
-    assert progress.eta() == Estimate(pytest.approx(level_1), pytest.approx(level_1))
+    assert progress.eta() == Estimate(*3 * [pytest.approx(level_1)])
     progress.start_level(1, 64, 5)
     progress.trial_started()
     clock.now += 4.0
@@ -131,10 +131,10 @@ def test_an_extended_level_counts_its_new_trials(clock):
 
 def test_while_the_last_level_may_grow_the_view_gives_a_range_and_the_note_says_what_happened(clock):
     out = io.StringIO()
-    progress = SweepProgress([(2, 1e9), (2, 1e9)], console=Console(file=out, width=100), growth=3)
+    progress = SweepProgress([(2, 1e9), (2, 1e9)], console=Console(file=out, width=100), growth=Growth(3, 2.0))
     with progress:
-        run_level(progress, clock, 0, 32, 2, 1e9, 10.0)  # 5 s per trial
-        assert "~0:00:10 remaining (~0:00:25 if the last level grows)" in text_of(progress)
+        run_level(progress, clock, 0, 32, 2, 1e9, 10.0)  # 5 s per trial: 2 trials, 2 more on average, 3 at most
+        assert "~0:00:20 remaining (0:00:10 to 0:00:25 as the last level grows)" in text_of(progress)
         progress.start_level(1, 64, 2)
         for _ in range(2):
             progress.trial_started()
@@ -142,7 +142,7 @@ def test_while_the_last_level_may_grow_the_view_gives_a_range_and_the_note_says_
         for _ in range(2):
             progress.trial_finished(Status.COMPLETED, 1e9, 10.0)
         progress.extend_level(3)
-        assert "~0:00:15 remaining (~0:00:30 if the last level grows again)" in text_of(progress)
+        assert "~0:00:25 remaining (0:00:15 to 0:00:30 as it grows further)" in text_of(progress)
         for _ in range(3):
             progress.trial_started()
         clock.now += 15.0
@@ -151,17 +151,17 @@ def test_while_the_last_level_may_grow_the_view_gives_a_range_and_the_note_says_
         progress.end_level()
         assert "~0:00:00 remaining" in text_of(progress) and "grows" not in text_of(progress)
     assert out.getvalue().splitlines()[-1] == (
-        "sweep took 0:00:35; after the first level: estimated 0:00:10 to go "
-        "(0:00:25 if the last level grows), took 0:00:25 (the last level grew 1 step)"
+        "sweep took 0:00:35; after the first level: estimated 0:00:20 to go "
+        "(0:00:10 to 0:00:25 as the last level grows), took 0:00:25, 25% more (the last level grew 1 step)"
     )
 
 
 def test_the_note_says_when_the_last_level_did_not_grow(clock):
     out = io.StringIO()
-    with SweepProgress([(2, 1e9), (2, 1e9)], console=Console(file=out, width=100), growth=3) as progress:
+    with SweepProgress([(2, 1e9), (2, 1e9)], console=Console(file=out, width=100), growth=Growth(3, 2.0)) as progress:
         run_level(progress, clock, 0, 32, 2, 1e9, 10.0)
         run_level(progress, clock, 1, 64, 2, 1e9, 12.0)
     assert out.getvalue().splitlines()[-1] == (
-        "sweep took 0:00:22; after the first level: estimated 0:00:10 to go "
-        "(0:00:25 if the last level grows), took 0:00:12 (the last level did not grow)"
+        "sweep took 0:00:22; after the first level: estimated 0:00:20 to go "
+        "(0:00:10 to 0:00:25 as the last level grows), took 0:00:12, 40% less (the last level did not grow)"
     )

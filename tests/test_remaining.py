@@ -3,7 +3,7 @@ measured widths, and the range the last level's growth past its edges opens."""
 
 import pytest
 
-from telescope.remaining import PRIOR_FIXED_SHARE, Estimate, LevelWork, RemainingTime, TrialCost, fit_trial_cost
+from telescope.remaining import PRIOR_FIXED_SHARE, Estimate, Growth, LevelWork, RemainingTime, TrialCost, fit_trial_cost
 
 # The README's tiny sweep: widths 32, 64, 128 (training and Newton-Schulz FLOPs of one trial).
 W32 = LevelWork(25, 33.3e9, 3.07e9)
@@ -68,16 +68,17 @@ def test_timings_that_follow_the_model_are_predicted_exactly_after_one_and_two_l
     # One width: exact when the prior's fixed share is the truth (2.4 s here, at width 32).
     rate = (1 - PRIOR_FIXED_SHARE) * 2.4 / (W32.flops + W32.muon_flops)
     as_prior = TrialCost(PRIOR_FIXED_SHARE * 2.4, rate, rate)
-    clock = RemainingTime.from_plan(planned, growth=7)
+    clock = RemainingTime.from_plan(planned, growth=Growth(7, 40 / 9))
     now = run(clock, 0, 0.0, as_prior(W32))
     assert clock.remaining(now).low == pytest.approx(9 * as_prior(W64) + 9 * as_prior(W128))
     # Two widths: exact for any fixed share, with one rate for both kinds of FLOPs.
     one_rate = TrialCost(0.4, 3e-11, 3e-11)
-    clock = RemainingTime.from_plan(planned, growth=7)
+    clock = RemainingTime.from_plan(planned, growth=Growth(7, 40 / 9))
     now = run(clock, 1, run(clock, 0, 0.0, one_rate(W32)), one_rate(W64))
-    low, high = clock.remaining(now)
+    low, high, expected = clock.remaining(now)
     assert low == pytest.approx(9 * one_rate(W128))
-    assert high == pytest.approx(low + 7 * one_rate(W128))  # one step of growth: 7 trials at width 128
+    assert high == pytest.approx(low + 7 * one_rate(W128))  # one step on both axes: 7 trials at width 128
+    assert expected == pytest.approx(low + 40 / 9 * one_rate(W128))  # as a 3 x 3 grid grows on average
 
 
 def test_the_prior_split_after_one_width():
@@ -85,30 +86,32 @@ def test_the_prior_split_after_one_width():
     now = run(clock, 0, 0.0, 10.0)
     # 2 trials of 5x the FLOPs: the prior's fixed share of 10 s, and the rest 5x.
     assert clock.remaining(now) == Estimate(
-        *2 * [pytest.approx(2 * 10.0 * (PRIOR_FIXED_SHARE + 5 * (1 - PRIOR_FIXED_SHARE)))]
+        *3 * [pytest.approx(2 * 10.0 * (PRIOR_FIXED_SHARE + 5 * (1 - PRIOR_FIXED_SHARE)))]
     )
 
 
 def test_the_range_stands_until_the_last_level_ends_and_grows_with_it():
-    clock = RemainingTime.from_plan([LevelWork(4, 1e9), LevelWork(2, 1e9)], growth=3)
+    clock = RemainingTime.from_plan([LevelWork(4, 1e9), LevelWork(2, 1e9)], growth=Growth(3, 1.5))
     now = run(clock, 0, 0.0, 5.0)
-    assert clock.remaining(now) == (pytest.approx(10.0), pytest.approx(25.0))  # 2 trials; 3 more if it grows
+    # 2 trials; 3 more if it grows along every axis, 1.5 on average
+    assert clock.remaining(now) == (pytest.approx(10.0), pytest.approx(25.0), pytest.approx(17.5))
     now = run(clock, 1, now, 5.0, end=False)
-    assert clock.remaining(now) == (0.0, pytest.approx(15.0))  # its best may sit on an edge: 3 more
-    clock.extend(1, 3)  # it did: 3 more trials planned now, and maybe 3 more after them
+    assert clock.remaining(now) == (0.0, pytest.approx(15.0), pytest.approx(7.5))  # its best may sit on an edge
+    clock.extend(1, 3)  # it did: 3 more trials planned now, and maybe more after them
     assert clock.grew() == 1
-    assert clock.remaining(now) == (pytest.approx(15.0), pytest.approx(30.0))
+    assert clock.remaining(now) == (pytest.approx(15.0), pytest.approx(30.0), pytest.approx(22.5))
     now = run(clock, 1, now, 5.0)
-    assert clock.remaining(now) == (0.0, 0.0)
+    assert clock.remaining(now) == (0.0, 0.0, 0.0)
 
 
 def test_a_last_level_slower_than_the_model_says_prices_its_growth_at_its_own_rate():
-    clock = RemainingTime.from_plan([LevelWork(2, 1e9), LevelWork(4, 1e9)], growth=2)
+    clock = RemainingTime.from_plan([LevelWork(2, 1e9), LevelWork(4, 1e9)], growth=Growth(2, 1.0))
     now = run(clock, 0, 0.0, 1.0)
     for _ in range(4):
         clock.start_trial(1, now)
     now += 20.0
     clock.finish_trial(1, resumed=False)  # 1 of 4 done after 20 s: 20 / (1 + 3/2) = 8 s per trial
-    low, high = clock.remaining(now)
+    low, high, expected = clock.remaining(now)
     assert low == pytest.approx(8.0 * (3 - 1.5))
     assert high == pytest.approx(low + 2 * 8.0)
+    assert expected == pytest.approx(low + 1 * 8.0)

@@ -72,7 +72,7 @@ def _total_rows(p: Plan) -> list[dict[str, object]]:
         {
             "quantity": "edge extension (possible)",
             "value": f"up to +{p.extension_trials_per_step} trials ({readable.flops(p.extension_flops_per_step)}) per "
-            "step",
+            f"step, +{p.expected_extension_trials:.1f} on average",
         },
         {
             "quantity": "one target run",
