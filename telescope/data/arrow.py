@@ -10,10 +10,14 @@ and its documents' lengths (which the split needs) are only known by decoding it
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -23,6 +27,7 @@ from telescope.errors import DataError, TelescopeError
 from telescope.files import atomic_write
 
 _CONVERTED_FORMAT = 1
+DECODE_THREADS = 8  # row groups decoded at once by a first open (memory: one row group each)
 
 
 def is_token_type(kind: Any) -> bool:
@@ -156,6 +161,31 @@ def open_parquet_tokens(path: Path, column: str) -> TokenFile:
     return TokenFile(path, tokens, docs, (mapped,), identity)
 
 
+def _row_groups(path: Path, column: str, groups: int) -> Iterator[Any]:
+    """The column of each row group in order, decoded on up to DECODE_THREADS threads (pyarrow
+    decodes without the GIL; each thread reads through its own ParquetFile), at most one row
+    group per thread decoded ahead of the one being written."""
+    import pyarrow.parquet as pq
+
+    local = threading.local()
+
+    def decode(group: int) -> Any:
+        if not hasattr(local, "file"):
+            local.file = pq.ParquetFile(path)
+        return local.file.read_row_group(group, columns=[column], use_threads=False).column(0)
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, min(DECODE_THREADS, cpus, groups))
+    with ThreadPoolExecutor(threads) as pool:
+        pending: collections.deque[Future] = collections.deque()
+        for group in range(groups):
+            pending.append(pool.submit(decode, group))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _convert(
     path: Path, parquet: Any, column: str, dtype: np.dtype, tokens_path: Path, docs_path: Path
 ) -> tuple[int, int]:
@@ -166,8 +196,8 @@ def _convert(
     ends, total, ranges = [np.zeros(1, dtype=np.int64)], 0, []
     try:
         with atomic_write(tokens_path, make_parents=True) as f:
-            for group in range(parquet.num_row_groups):
-                for chunk in parquet.read_row_group(group, columns=[column], use_threads=False).column(0).chunks:
+            for decoded in _row_groups(path, column, parquet.num_row_groups):
+                for chunk in decoded.chunks:
                     offsets = _offsets(chunk)
                     values = chunk.values[int(offsets[0]) : int(offsets[-1])]
                     if values.null_count:
