@@ -15,7 +15,7 @@ import torch
 from micro import run_micro_sweep
 
 from telescope.data import load as loading
-from telescope.data import load_data, tokenized, tokens
+from telescope.data import load_data, preparing, tokenized, tokens
 from telescope.data.testing import write_hf_arrow, write_mds, write_megatron, write_parquet_tokens
 from telescope.errors import ConfigError, DataError
 
@@ -388,3 +388,21 @@ def test_bad_data_from_the_cli_is_one_line_and_nothing_is_written(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and re.search(named, lines[0]), result.output
         assert not db.exists() and not store.exists()
+
+
+def test_a_first_open_says_what_it_prepares_once_and_a_later_open_says_nothing(tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr(preparing, "SHOW_BYTES", 0)  # as if each file were gigabytes
+    sources = document_formats(tmp_path, documents(), per_shard=100)
+    expected = {
+        "megatron": "finding the largest token of corpus_text_document.bin",
+        "arrow": "finding the largest token of data-00000-of-00001.arrow",
+        "parquet": "converting the input_ids column of corpus.parquet",
+        "mds": "finding the largest token of shard.00000.mds",
+    }
+    for kind, line in expected.items():
+        load_data(sources[kind])
+        assert f"{line} (0.0 GiB; once, later opens read the cache)" in capfd.readouterr().err
+    loading._load_resolved.cache_clear()  # a new process: the token ranges come from the cache
+    for source in sources.values():
+        load_data(source)
+    assert capfd.readouterr().err == ""

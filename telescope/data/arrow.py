@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from telescope.data.preparing import preparing
 from telescope.data.text import cache_dir, visible_files
 from telescope.data.tokens import Runs, TokenFile, bounds, file_identity, map_file, remember_range
 from telescope.errors import DataError, TelescopeError
@@ -194,8 +195,13 @@ def _convert(
     import pyarrow as pa
 
     ends, total, ranges = [np.zeros(1, dtype=np.int64)], 0, []
+    meta = parquet.metadata
+    size = sum(meta.row_group(g).column(0).num_values for g in range(meta.num_row_groups)) * dtype.itemsize
     try:
-        with atomic_write(tokens_path, make_parents=True) as f:
+        with (
+            preparing(f"converting the {column} column of {path.name}", size) as advance,
+            atomic_write(tokens_path, make_parents=True) as f,
+        ):
             for decoded in _row_groups(path, column, parquet.num_row_groups):
                 for chunk in decoded.chunks:
                     offsets = _offsets(chunk)
@@ -206,6 +212,7 @@ def _convert(
                     if len(tokens):
                         ranges.append(bounds([tokens]))
                     f.write(tokens)
+                    advance(tokens.nbytes)
                     ends.append(offsets[1:] - offsets[0] + total)
                     total += len(values)
             if total == 0:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from telescope.data.corpus import TokenData
+from telescope.data.preparing import preparing
 from telescope.data.split import streams_by_file, tail_split
 from telescope.data.text import TextSplit, cache_dir
 from telescope.data.tokens import TokenFile, file_identity, map_file, view
@@ -76,12 +77,17 @@ def _cached_side(stem: Path, side: str, docs: list[bytes], tokenizer: Any) -> To
 def _encode(docs: list[bytes], tokenizer: Any, tokens_path: Path, docs_path: Path) -> None:
     lengths = [0]
     try:
-        with atomic_write(tokens_path, make_parents=True) as f:
+        with (
+            preparing(f"tokenizing {len(docs):,} documents", sum(map(len, docs))) as advance,
+            atomic_write(tokens_path, make_parents=True) as f,
+        ):
             for i in range(0, len(docs), _BATCH_DOCS):
-                texts = [d.decode("utf-8", errors="replace") for d in docs[i : i + _BATCH_DOCS]]
+                batch = docs[i : i + _BATCH_DOCS]
+                texts = [d.decode("utf-8", errors="replace") for d in batch]
                 for encoding in tokenizer.encode_batch(texts, add_special_tokens=True):
                     f.write(np.asarray(encoding.ids, dtype="<u4").tobytes())
                     lengths.append(len(encoding.ids))
+                advance(sum(map(len, batch)))
         with atomic_write(docs_path) as f:
             np.save(f, np.cumsum(lengths, dtype=np.int64))
     except TelescopeError as e:

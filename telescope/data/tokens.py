@@ -18,10 +18,11 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from telescope.data.preparing import preparing
 from telescope.errors import DataError, TelescopeError
 from telescope.files import atomic_write
 
@@ -109,7 +110,9 @@ class TokenFile:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         blocks = _read_runs(self.tokens, self.path) if isinstance(self.tokens, Runs) else _array_blocks(self)
-        return remember_range(self.identity, bounds(blocks))
+        size = len(self.tokens) * np.dtype(self.tokens.dtype).itemsize
+        with preparing(f"finding the largest token of {self.path.name}", size) as advance:
+            return remember_range(self.identity, bounds(_counted(blocks, advance)))
 
 
 def remember_range(identity: str, token_range: tuple[int, int]) -> tuple[int, int]:
@@ -156,6 +159,12 @@ def bounds(blocks: Iterable[np.ndarray]) -> tuple[int, int]:
         hi = top if hi is None else max(hi, top)
     assert hi is not None, "readers refuse files without tokens"
     return lo, hi
+
+
+def _counted(blocks: Iterable[np.ndarray], advance: Callable[[int], None]) -> Iterator[np.ndarray]:
+    for block in blocks:
+        yield block
+        advance(block.nbytes)
 
 
 def _array_blocks(file: TokenFile) -> Iterator[np.ndarray]:
