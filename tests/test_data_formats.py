@@ -406,3 +406,23 @@ def test_a_first_open_says_what_it_prepares_once_and_a_later_open_says_nothing(t
     for source in sources.values():
         load_data(source)
     assert capfd.readouterr().err == ""
+
+
+def test_a_later_open_reads_the_layout_from_the_cache_not_the_headers_spread_through_the_file(tmp_path, monkeypatch):
+    from telescope.data import arrow, mds
+
+    sources = document_formats(tmp_path, documents(), per_shard=100)
+    first = {kind: load_data(sources[kind]) for kind in ("arrow", "mds")}
+    loading._load_resolved.cache_clear()
+
+    def unread(*args, **kwargs):
+        raise AssertionError("read the headers again")
+
+    monkeypatch.setattr(arrow, "_arrow_layout", unread)
+    monkeypatch.setattr(mds, "_shard_layout", unread)
+    for kind, data in first.items():
+        assert same_batches(load_data(sources[kind]), data)
+    loading._load_resolved.cache_clear()
+    write_mds(tmp_path / "mds", documents(seed=1), samples_per_shard=100)  # changed shards: read again
+    with pytest.raises(AssertionError, match="read the headers again"):
+        load_data(sources["mds"])

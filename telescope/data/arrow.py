@@ -23,7 +23,16 @@ import numpy as np
 
 from telescope.data.preparing import preparing
 from telescope.data.text import cache_dir, visible_files
-from telescope.data.tokens import Runs, TokenFile, bounds, file_identity, map_file, remember_range
+from telescope.data.tokens import (
+    Runs,
+    TokenFile,
+    bounds,
+    file_identity,
+    map_file,
+    remember_range,
+    remembered_layout,
+    view,
+)
 from telescope.errors import DataError, TelescopeError
 from telescope.files import atomic_write
 
@@ -59,8 +68,9 @@ def arrow_files(root: Path) -> list[Path]:
     return [p for p in visible_files(root) if p.suffix == ".arrow"]
 
 
-def read_arrow(path: Path) -> tuple[Any, Any]:
-    """(table over the mapped file, mapping): the IPC stream format, or the file format."""
+def read_arrow(path: Path, schema_only: bool = False) -> tuple[Any, Any]:
+    """(table over the mapped file, mapping): the IPC stream format, or the file format;
+    `schema_only`: (its schema, mapping), read from its first message or footer alone."""
     import pyarrow as pa
 
     if not path.is_file():
@@ -68,18 +78,33 @@ def read_arrow(path: Path) -> tuple[Any, Any]:
     mapped = map_file(path)
     for open_ipc in (pa.ipc.open_stream, pa.ipc.open_file):
         try:
-            return open_ipc(pa.BufferReader(pa.py_buffer(mapped))).read_all(), mapped
+            reader = open_ipc(pa.BufferReader(pa.py_buffer(mapped)))
+            return reader.schema if schema_only else reader.read_all(), mapped
         except (pa.ArrowException, OSError):
             continue
     raise DataError(f"{path}: not a readable Arrow IPC file")
 
 
 def arrow_column_type(path: Path, column: str) -> Any:
-    table, _ = read_arrow(path)
-    return _check_column(path, table.schema, column)
+    schema, _ = read_arrow(path, schema_only=True)
+    return _check_column(path, schema, column)
 
 
 def open_arrow_tokens(path: Path, column: str) -> TokenFile:
+    """The column's tokens where they lie in the mapped file (record batches are runs of them)."""
+    identity = file_identity(path, f"arrow-{column}")
+    layout = remembered_layout(identity, lambda: _arrow_layout(path, column))
+    mapped = map_file(path)
+    dtype, starts, counts = np.dtype(str(layout["dtype"])), layout["starts"], layout["counts"]
+    if len(starts) == 1:
+        tokens = view(mapped, dtype, int(starts[0]), int(counts[0]))
+    else:
+        tokens = Runs(mapped, dtype, starts, counts)
+    return TokenFile(path, tokens, layout["docs"], (mapped,), identity)
+
+
+def _arrow_layout(path: Path, column: str) -> dict[str, np.ndarray]:
+    """Where each record batch's tokens lie in the file, their dtype, and document starts."""
     table, mapped = read_arrow(path)
     kind = _check_column(path, table.schema, column)
     if not is_token_type(kind):
@@ -97,16 +122,16 @@ def open_arrow_tokens(path: Path, column: str) -> TokenFile:
         first += len(values)
     if not parts:
         raise DataError(f"{path}: column {column!r} is empty")
-    docs = _distinct(np.concatenate([[0], *doc_ends]))
-    if len(parts) == 1:
-        tokens = parts[0]
-    else:
-        base = np.frombuffer(mapped, dtype=np.uint8).ctypes.data
-        starts = np.array([p.ctypes.data - base for p in parts])
-        if (starts < 0).any() or (starts >= len(mapped)).any():
-            raise DataError(f"{path}: compressed Arrow buffers cannot be mapped; save it uncompressed")
-        tokens = Runs(mapped, parts[0].dtype, starts, np.array([len(p) for p in parts]))
-    return TokenFile(path, tokens, docs, (mapped,), file_identity(path, f"arrow-{column}"))
+    base = np.frombuffer(mapped, dtype=np.uint8).ctypes.data
+    starts = np.array([p.ctypes.data - base for p in parts], dtype=np.int64)
+    if (starts < 0).any() or (starts >= len(mapped)).any():
+        raise DataError(f"{path}: compressed Arrow buffers cannot be mapped; save it uncompressed")
+    return {
+        "dtype": np.array(parts[0].dtype.newbyteorder("<").str),
+        "starts": starts,
+        "counts": np.array([len(p) for p in parts], dtype=np.int64),
+        "docs": _distinct(np.concatenate([[0], *doc_ends])),
+    }
 
 
 def _distinct(starts: np.ndarray) -> np.ndarray:

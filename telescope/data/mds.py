@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from telescope.data.tokens import Runs, TokenFile, file_identity, map_file, release, view
+from telescope.data.tokens import Runs, TokenFile, file_identity, map_file, release, remembered_layout, view
 from telescope.errors import DataError
 
 VALUE_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 32: "uint32", 33: "int32", 64: "uint64", 65: "int64"}
@@ -75,7 +75,16 @@ def _open_shard(root: Path, shard: dict[str, Any], column: str | None) -> TokenF
     if not path.is_file():
         raise DataError(f"{path}: not found (listed in index.json)")
     col = _token_column(path, shard, column)
-    sizes = shard["column_sizes"]
+    encoding, sizes = shard["column_encodings"][col], shard["column_sizes"]
+    identity = file_identity(path, f"mds-{col}-{encoding}-{sizes}")
+    layout = remembered_layout(identity, lambda: _shard_layout(path, col, encoding, sizes))
+    mapped = map_file(path)
+    tokens = Runs(mapped, np.dtype(str(layout["dtype"])), layout["starts"], layout["counts"])
+    return TokenFile(path, tokens, np.concatenate([[0], np.cumsum(layout["counts"])]), (mapped,), identity)
+
+
+def _shard_layout(path: Path, col: int, encoding: str, sizes: list[int | None]) -> dict[str, np.ndarray]:
+    """Where each sample's tokens lie in the shard, and their dtype, read from its headers."""
     variable = [i for i, s in enumerate(sizes) if s is None]
     mapped = map_file(path)
     u8 = np.frombuffer(mapped, dtype=np.uint8)
@@ -102,7 +111,7 @@ def _open_shard(root: Path, shard: dict[str, Any], column: str | None) -> TokenF
         for i, s in enumerate(sizes)
     ]
     data = starts + 4 * len(variable) + sum(column_bytes[:col], np.zeros(n, dtype=np.int64))
-    _, *args = shard["column_encodings"][col].split(":") + [None, None]
+    _, *args = encoding.split(":") + [None, None]
     dtype_name, shape = args[0], args[1]
     head = np.zeros(n, dtype=np.int64)
     if dtype_name is None:
@@ -121,9 +130,7 @@ def _open_shard(root: Path, shard: dict[str, Any], column: str | None) -> TokenF
     counts, remainder = np.divmod(column_bytes[col] - head, itemsize)
     if remainder.any() or (counts < 0).any():
         raise DataError(f"{path}: token column sizes do not match its {dtype_name} values")
-    tokens = Runs(mapped, np.dtype(dtype_name).newbyteorder("<"), data + head, counts)
-    if len(tokens) == 0:
+    if counts.sum() == 0:
         raise DataError(f"{path}: token column is empty")
-    docs = np.concatenate([[0], np.cumsum(counts)])
     release((mapped,))  # the sample headers just read touched every page
-    return TokenFile(path, tokens, docs, (mapped,), file_identity(path, f"mds-{col}"))
+    return {"dtype": np.array(np.dtype(dtype_name).newbyteorder("<").str), "starts": data + head, "counts": counts}

@@ -4,7 +4,8 @@ Every token reader returns `TokenFile`s: a 1-D token sequence over a read-only m
 of the file, and, where the format marks them, its document boundaries. The largest token
 of a file (and its smallest, where that is negative) is found by one pass over its tokens,
 bound by memory bandwidth (a 4 GB file in the page cache: well under a second), and cached
-on disk keyed by the file's path, size and modification time. Pages a scan, an open or a
+on disk keyed by the file's path, size and modification time; so is the layout of formats
+whose tokens lie between headers (Arrow record batches, MDS samples). Pages a scan, an open or a
 batch touched are handed back to the kernel (`release`), so resident memory does not grow
 with the file.
 """
@@ -125,15 +126,39 @@ def remember_range(identity: str, token_range: tuple[int, int]) -> tuple[int, in
     return token_range
 
 
+def remembered_layout(identity: str, read: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """A file's layout (the arrays an open reads from headers spread through it: where its
+    runs of tokens lie, where its documents start), from the on-disk cache or `read()`, then
+    cached: from disk, reading every record batch's or sample's header of a 4 GB file takes
+    seconds, the cached arrays milliseconds."""
+    path = _cache_path(identity, ".npz")
+    try:
+        with np.load(path) as saved:
+            return {name: saved[name] for name in saved.files}
+    except (OSError, ValueError, KeyError):
+        pass
+    layout = read()
+    try:
+        with atomic_write(path, make_parents=True) as f:
+            np.savez(f, **layout)
+    except TelescopeError:
+        pass  # a read-only cache only costs the next process a reread
+    return layout
+
+
 def file_identity(path: Path, layout: str) -> str:
     st = path.stat()
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{layout}|v{_STATS_FORMAT}"
 
 
 def _stats_path(identity: str) -> Path:
+    return _cache_path(identity, ".json")
+
+
+def _cache_path(identity: str, suffix: str) -> Path:
     from telescope.data.text import cache_dir
 
-    return cache_dir() / "token-ranges" / f"{hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()}.json"
+    return cache_dir() / "token-ranges" / f"{hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()}{suffix}"
 
 
 def release(maps: tuple[mmap.mmap, ...]) -> None:
