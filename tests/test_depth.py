@@ -207,7 +207,8 @@ def test_depths_sweep_runs_end_to_end_and_resumes_after_sigkill(tmp_path: Path) 
         result = db.get_sweep("deep").result
         trials = db.trials("deep")
         export = export_sweep(db, "deep")
-    assert len(trials) == 27 and all(t.finished for t in trials)
+    # as many as the uninterrupted sweep ran (whether the last level grows depends on the CPU's kernels)
+    assert len(trials) == sum(lv["trials"] for lv in reference["levels"]) and all(t.finished for t in trials)
     for t in trials:
         if t.key in cut and cut[t.key].finished:  # finished trials were not run again
             assert (t.attempts, t.val_loss) == (cut[t.key].attempts, cut[t.key].val_loss)

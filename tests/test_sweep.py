@@ -83,7 +83,7 @@ def _sweep_process(config: Path, url: str, store: Path, name: str) -> subprocess
 
 
 def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_url: str) -> None:
-    config = write_config(tmp_path, steps=30, min_points=3)  # 3 levels of 3x3: 27 trials
+    config = write_config(tmp_path, steps=30, min_points=3)  # 3 levels of 3x3: 27 trials and any growth
     store = tmp_path / "store"
     reference = run_micro_sweep(db_url, store, "uninterrupted", train={"steps": 30}, narrowing={"min_points": 3})
 
@@ -122,7 +122,8 @@ def test_sweep_killed_mid_level_resumes_to_the_same_answer(tmp_path: Path, db_ur
 
     proc = _sweep_process(config, db_url, store, "interrupted")
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    assert_complete(db_url, store, "interrupted", expected_trials=27)
+    # as many as the uninterrupted sweep ran (whether the last level grows depends on the CPU's kernels)
+    assert_complete(db_url, store, "interrupted", expected_trials=sum(lv["trials"] for lv in reference["levels"]))
     with Database(db_url, create=False) as db:
         resumed = db.get_sweep("interrupted").result
         finished_before = {t.key: t for t in cut if t.finished}
