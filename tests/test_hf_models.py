@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 
 import hf_models
@@ -226,3 +227,17 @@ def test_cli_model_with_model_output_and_a_rules_file(tmp_path) -> None:
     rules.write_text("[[rule]]\npattern = 'decoder\\.weight'\nrole = \"head\"\n")
     out = runner.invoke(app, ["coord-check", "--model", "foreign_models:decoder_lm", "--rules", str(rules)])
     assert out.exit_code == 2 and "has role 'head'" in out.stderr
+
+
+def test_coord_check_of_a_users_model_judges_each_layer_within_the_bounds_the_sweep_uses() -> None:
+    """`coord-check --model` and the sweep's check before training judge alike: a hidden
+    layer under `paper` may shrink by design (1/m LR), an embedding may not."""
+    args = ["coord-check", "--model", "hf_models:llama", "--widths", "32,64,128", "--head-dim", "16", "--json"]
+    rows = {row["layer"]: row for row in json.loads(CliRunner().invoke(app, args).stdout)["layers"]}
+    down = next(row for layer, row in rows.items() if layer.endswith("down_proj"))
+    assert (down["passes"], rows["model.embed_tokens"]["passes"]) == ("-0.75..+0.25", "-0.25..+0.25")
+    for row in rows.values():
+        low, high = (float(x) for x in row["passes"].split(".."))
+        assert row["verdict"] == ("PASS" if low <= row["slope"] <= high else "FAIL")
+    muon = {row["layer"]: row for row in json.loads(CliRunner().invoke(app, [*args, "-p", "muon"]).stdout)["layers"]}
+    assert next(row for layer, row in muon.items() if layer.endswith("down_proj"))["passes"] == "-0.25..+0.25"

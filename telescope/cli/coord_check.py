@@ -81,6 +81,7 @@ def coord_check(
     from telescope.cli.common import model_rules, positive_number
     from telescope.coord.study import CoordCheckSettings, plot_coord_check
     from telescope.coord.study import coord_check as run_coord_check
+    from telescope.coord.verdict import bounds_text
     from telescope.parametrization import DEFAULT_DEPTH_ALPHA, check_depth_alpha
 
     checked_depths = parse_depths(depths) if depths is not None else ()
@@ -115,6 +116,7 @@ def coord_check(
         {
             "layer": v.layer,
             "slope": round(v.slope, 3),
+            "passes": bounds_text(v.low, v.high),
             "change_slope": round(v.change_slope, 3),
             "verdict": "PASS" if v.passed else "FAIL",
         }
@@ -128,8 +130,11 @@ def coord_check(
         typer.echo(json.dumps(payload | {"layers": rows}, indent=2))
     else:
         print_rows(rows, title=f"coord check: {parametrization}, {axis}, {steps} steps, lr {result.lr:g}")
-        console.print(
-            f"{'PASS' if result.passed else 'FAIL'}: |slope| <= {threshold} "
-            f"{'for every layer' if result.passed else 'violated'}"
+        rule = (
+            f"|slope| <= {threshold}"
+            if model is None
+            else f"each layer's slope between the shrinking {parametrization} designs for it and +{threshold}"
         )
+        verdict = "PASS" if result.passed else "FAIL"
+        console.print(f"{verdict}: {rule} {'for every layer' if result.passed else 'violated'}", markup=False)
     raise typer.Exit(0 if result.passed else 1)

@@ -121,7 +121,6 @@ def coord_verdict(config: Any, widths: tuple[int, ...]) -> UserModelCheck:
     """The coord check of the user's proxies at `widths` (base width: the narrowest), on the
     sweep's data, judged per layer (see the bounds above COORD_STEPS)."""
     from telescope.coord.study import CoordCheckSettings, coord_check
-    from telescope.parametrization import get_table
 
     source = config.source
     settings = CoordCheckSettings(
@@ -138,19 +137,30 @@ def coord_verdict(config: Any, widths: tuple[int, ...]) -> UserModelCheck:
         hf_config_hash=source.hf_config_hash,
     )
     result = coord_check(settings)
-    roles, readout = layer_roles(source, config.widths.base)
-    widths = tuple(sorted(settings.widths))
-    layers = judge_layers(widths, result.sizes, roles, readout, get_table(config.parametrization), THRESHOLD)
+    layers = tuple(LayerSlope(v.layer, v.roles, v.slope, v.passed, v.low, v.high) for v in result.layers)
     return UserModelCheck(
         "coord",
-        all(layer.passed for layer in layers),
-        widths,
+        result.passed,
+        tuple(sorted(settings.widths)),
         settings.steps,
         result.lr,
         THRESHOLD,
         layers,
         settings.seeds,
     )
+
+
+def judge_user_layers(
+    settings: Any, widths: tuple[int, ...], sizes: Mapping[str, np.ndarray]
+) -> tuple[LayerSlope, ...]:
+    """The layers of the user's model that `settings` (CoordCheckSettings) checked, judged
+    within the bounds its table designs for each (see above COORD_STEPS)."""
+    from telescope.models import ModelSource
+    from telescope.parametrization import get_table
+
+    source = ModelSource(settings.model_factory, settings.hf_config, settings.hf_config_hash, settings.model_rules)
+    roles, readout = layer_roles(source, min(widths))
+    return judge_layers(widths, sizes, roles, readout, get_table(settings.parametrization), settings.threshold)
 
 
 def layer_roles(source: Any, width: int) -> tuple[dict[str, set[str]], set[str]]:

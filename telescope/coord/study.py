@@ -4,7 +4,9 @@ deepens)?
 Each width trains `steps` steps on real data at a constant LR. After every step (and at
 init) a fixed probe batch goes through the model and forward hooks record the mean
 |output| of every layer, logits included (after their multipliers). Per layer the slope of
-log(size) against log(width) at the last step is the verdict: |slope| <= threshold passes.
+log(size) against log(width) at the last step is the verdict: |slope| <= threshold passes;
+a user's model's layers pass within bounds of their own (telescope.coord.model_check:
+down to the shrinking its parametrization designs for them, up to +threshold).
 The slope of each layer's change since init, mean |out_t - out_0|, is reported without a
 verdict (under `paper`'s 1/m hidden LR it is negative by design).
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from telescope.coord.verdict import LayerSlope
 from telescope.data import load_data
 from telescope.errors import ConfigError
 from telescope.files import atomic_write
@@ -75,6 +78,9 @@ class LayerVerdict:
     slope: float  # d log(mean |activation|) / d log(width) at the last step
     change_slope: float  # the same for mean |activation - activation at init|
     passed: bool
+    low: float  # the slope passes within [low, high]
+    high: float
+    roles: str = ""  # a user's layer: the roles of its own parameters, e.g. "hidden, vector"
 
 
 @dataclass
@@ -261,11 +267,20 @@ def coord_check(settings: CoordCheckSettings) -> CoordCheckResult:
         final_losses.append(float(np.mean([loss for _, _, loss in runs])))
     size_arrays = {name: np.array(v) for name, v in sizes.items()}
     change_arrays = {name: np.array(v) for name, v in changes.items()}
-    layers = []
-    for name, arr in size_arrays.items():
-        slope = log_log_slope(widths, arr[:, -1])
-        change_slope = log_log_slope(widths, change_arrays[name][:, -1])
-        layers.append(LayerVerdict(name, slope, change_slope, bool(abs(slope) <= settings.threshold)))
+    if settings.model_factory is None and settings.hf_config is None:
+        judged = [
+            _symmetric(name, log_log_slope(widths, arr[:, -1]), settings.threshold) for name, arr in size_arrays.items()
+        ]
+    else:  # within the bounds the table designs for each layer
+        from telescope.coord.model_check import judge_user_layers
+
+        judged = judge_user_layers(settings, tuple(widths), size_arrays)
+    layers = [
+        LayerVerdict(
+            v.layer, v.slope, log_log_slope(widths, change_arrays[v.layer][:, -1]), v.passed, v.low, v.high, v.roles
+        )
+        for v in judged
+    ]
     return CoordCheckResult(
         settings=settings,
         lr=lr,
@@ -274,6 +289,10 @@ def coord_check(settings: CoordCheckSettings) -> CoordCheckResult:
         changes=change_arrays,
         final_losses=final_losses,
     )
+
+
+def _symmetric(layer: str, slope: float, threshold: float) -> LayerSlope:
+    return LayerSlope(layer, "", slope, bool(abs(slope) <= threshold), -threshold, threshold)
 
 
 def plot_coord_check(result: CoordCheckResult, path: str) -> None:
