@@ -236,6 +236,7 @@ def _newton_schulz_costs(config: SweepConfig, width: int) -> float:
 
 def _user_model_costs(config: SweepConfig, tokens: int) -> Costs:
     from telescope.models.measure import measure
+    from telescope.models.measure import train_flops as model_train_flops
 
     head_dim = None
     if config.source.hf_config is not None:
@@ -244,8 +245,8 @@ def _user_model_costs(config: SweepConfig, tokens: int) -> Costs:
         head_dim = hf.head_dim(hf.read_config(config.source.hf_config))
 
     def costs(width: int) -> tuple[ParamCounts, float, int | None]:
-        total, non_embedding, forward = measure(config.source, width, config.model.seq_len)
-        per_token = forward if forward is not None else 2.0 * total
-        return ParamCounts(total, non_embedding), 3.0 * per_token * tokens, head_dim and width // head_dim
+        total, non_embedding, _ = measure(config.source, width, config.model.seq_len)
+        flops = model_train_flops(config.source, width, config.model.seq_len, tokens)
+        return ParamCounts(total, non_embedding), flops, head_dim and width // head_dim
 
     return costs

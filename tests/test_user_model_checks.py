@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from telescope.cli.main import app
 from telescope.config import load_config
 from telescope.coord.verdict import UserModelCheck
+from telescope.spec import Status
 from telescope.storage.database import Database
 
 runner = CliRunner()
@@ -112,6 +113,15 @@ def test_the_live_views_planned_flops_are_the_users_models_own(swept: Swept, mon
     tokens = plan(config).tokens_per_trial
     assert seen == [own]
     assert all(flops != train_flops(config.model, lc.width, tokens) for lc, (_, flops) in zip(plan(config).levels, own))
+
+
+def test_each_trial_stores_the_training_flops_plan_counted_for_its_width(swept: Swept) -> None:
+    from telescope.cost import plan
+
+    per_trial = {lc.width: lc.flops_per_trial for lc in plan(load_config(swept.folder / "sweep.toml")).levels}
+    with Database(swept.url, create=False) as db:
+        trials = [t for t in db.trials("s") if t.status is Status.COMPLETED]
+    assert trials and all(t.flops == pytest.approx(per_trial[t.width]) for t in trials)
 
 
 def test_a_resume_finds_the_same_config_however_its_path_is_spelled(tmp_path: Path, monkeypatch) -> None:

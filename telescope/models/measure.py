@@ -41,6 +41,13 @@ def measure(source: ModelSource, width: int, seq_len: int) -> tuple[int, int, fl
     return total, total - embedding, _forward_flops_per_token(model, seq_len)
 
 
+def train_flops(source: ModelSource, width: int, seq_len: int, tokens: int) -> float:
+    """Training FLOPs of the user's model at `width` over `tokens` tokens: 3 x its forward
+    FLOPs per token (2 x its parameters when the forward cannot run on the meta device)."""
+    total, _, forward = measure(source, width, seq_len)
+    return 3.0 * (forward if forward is not None else 2.0 * total) * tokens
+
+
 @functools.cache
 def hidden_matrices(source: ModelSource, width: int) -> tuple[tuple[int, int], ...]:
     """(rows, cols) of every hidden matrix of the user's model at `width`, the matrices Muon

@@ -187,10 +187,14 @@ def validation_losses(learner: "_Evaluated | PackedProxies", batches, device: to
     return (total / len(batches)).tolist()
 
 
-def train_flops(spec: TrialSpec, tokens: int, model: nn.Module | None = None) -> float:
-    """The proxy's cost model; for a user's model the 6 * params * tokens rule."""
-    if spec.user_model and model is not None:
-        return 6.0 * sum(p.numel() for p in model.parameters()) * tokens
+def train_flops(spec: TrialSpec, tokens: int) -> float:
+    """The trial's training FLOPs as `telescope plan` counts them (telescope.cost)."""
+    if spec.user_model:
+        from telescope.models import ModelSource
+        from telescope.models.measure import train_flops as model_train_flops
+
+        source = ModelSource(spec.model_factory, spec.hf_config, spec.hf_config_hash, spec.model_rules)
+        return model_train_flops(source, spec.width, spec.model.seq_len, tokens)
     from telescope.cost import train_flops as cost_train_flops
 
     return cost_train_flops(spec.model, spec.width, tokens)
@@ -346,7 +350,6 @@ def run_trials(
                 if val_losses[i] is None:
                     status[i] = Status.DIVERGED
     wall_time = (time.perf_counter() - started) / k
-    model = learner.model if isinstance(learner, _Single) else None
     where = describe_device(device) + (f", pack of {k}" if k > 1 else "")
     identity = model_identity(spec.model_factory, spec.hf_config, spec.hf_config_hash)
     results = []
@@ -359,7 +362,7 @@ def run_trials(
                 train_loss=finite_or_none(sum(tail) / len(tail)),
                 val_loss=val_losses[i],
                 tokens=tokens,
-                flops=train_flops(trial, tokens, model),
+                flops=train_flops(trial, tokens),
                 wall_time=wall_time,
                 steps=len(losses[i]),
                 device=where,
