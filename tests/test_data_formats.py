@@ -426,3 +426,12 @@ def test_a_later_open_reads_the_layout_from_the_cache_not_the_headers_spread_thr
     write_mds(tmp_path / "mds", documents(seed=1), samples_per_shard=100)  # changed shards: read again
     with pytest.raises(AssertionError, match="read the headers again"):
         load_data(sources["mds"])
+
+
+def test_an_unreadable_layout_cache_is_read_again_from_the_file(tmp_path):
+    sources = document_formats(tmp_path, documents(), per_shard=100)
+    first = load_data(sources["mds"])
+    for cached in (tmp_path / "cache").rglob("*.npz"):
+        cached.write_bytes(b"PK\x03\x04 not a zip")
+    loading._load_resolved.cache_clear()
+    assert same_batches(load_data(sources["mds"]), first)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import mmap
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -135,7 +136,7 @@ def remembered_layout(identity: str, read: Callable[[], dict[str, np.ndarray]]) 
     try:
         with np.load(path) as saved:
             return {name: saved[name] for name in saved.files}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # none yet, or unreadable: read the file again
         pass
     layout = read()
     try:
