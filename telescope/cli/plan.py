@@ -70,9 +70,9 @@ def _total_rows(p: Plan) -> list[dict[str, object]]:
     return [
         {"quantity": "sweep", "value": f"{readable.flops(p.sweep_flops)} in {p.sweep_trials} trials"},
         {
-            "quantity": "edge extension (possible)",
-            "value": f"up to +{p.extension_trials_per_step} trials ({readable.flops(p.extension_flops_per_step)}) per "
-            f"step, +{p.expected_extension_trials:.1f} on average",
+            "quantity": "edge extension (average)",
+            "value": f"+{p.expected_extension_trials:.1f} trials a step, at most +{p.extension_trials_per_step} "
+            f"({readable.flops(p.extension_flops_per_step)})",
         },
         {
             "quantity": "one target run",
