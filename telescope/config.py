@@ -118,10 +118,7 @@ class SweepConfig:
             seed=seed,
             model=self.model,
             train=self.train,
-            model_factory=self.source.factory,
-            model_rules=self.source.rules,
-            hf_config=self.source.hf_path,
-            hf_config_hash=self.source.hf_config_hash,
+            **self.source.carried(),
             **values,
         )
 

@@ -36,12 +36,17 @@ def run_level(
 ) -> None:
     """All of a level's trials at once, finishing `seconds` later."""
     progress.start_level(level, width, trials)
+    run_trials(progress, clock, trials, flops, seconds)
+    progress.end_level()
+
+
+def run_trials(progress: SweepProgress, clock: Clock, trials: int, flops: float, seconds: float) -> None:
+    """`trials` more trials of the level under way, started at once and finished `seconds` later."""
     for _ in range(trials):
         progress.trial_started()
     clock.now += seconds
     for _ in range(trials):
         progress.trial_finished(Status.COMPLETED, flops, seconds)
-    progress.end_level()
 
 
 def test_first_frame_says_what_is_planned_not_level_1_of_width_0(clock):
@@ -119,11 +124,7 @@ def test_the_dashboard_and_a_database_notice_are_rows_of_the_view(clock, monkeyp
 def test_an_extended_level_counts_its_new_trials(clock):
     progress = SweepProgress([(2, 1e9)], console=Console(file=io.StringIO()))
     progress.start_level(0, 32, 2)
-    for _ in range(2):
-        progress.trial_started()
-    clock.now += 10.0
-    for _ in range(2):
-        progress.trial_finished(Status.COMPLETED, 1e9, 10.0)
+    run_trials(progress, clock, 2, 1e9, 10.0)
     progress.extend_level(3)  # the edge extension: 3 more trials at the same width
     assert "2/5 done" in text_of(progress)
     assert progress.eta().low == pytest.approx(3 * 5.0)  # 10 s for the first two
@@ -136,18 +137,10 @@ def test_while_the_last_level_may_grow_the_view_gives_a_range_and_the_note_says_
         run_level(progress, clock, 0, 32, 2, 1e9, 10.0)  # 5 s per trial: 2 trials, 2 more on average, 3 at most
         assert "~0:00:20 remaining (0:00:10 to 0:00:25 as the last level grows)" in text_of(progress)
         progress.start_level(1, 64, 2)
-        for _ in range(2):
-            progress.trial_started()
-        clock.now += 10.0
-        for _ in range(2):
-            progress.trial_finished(Status.COMPLETED, 1e9, 10.0)
+        run_trials(progress, clock, 2, 1e9, 10.0)
         progress.extend_level(3)
         assert "~0:00:25 remaining (0:00:15 to 0:00:30 as it grows further)" in text_of(progress)
-        for _ in range(3):
-            progress.trial_started()
-        clock.now += 15.0
-        for _ in range(3):
-            progress.trial_finished(Status.COMPLETED, 1e9, 15.0)
+        run_trials(progress, clock, 3, 1e9, 15.0)
         progress.end_level()
         assert "~0:00:00 remaining" in text_of(progress) and "grows" not in text_of(progress)
     assert out.getvalue().splitlines()[-1] == (

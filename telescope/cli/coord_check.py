@@ -81,7 +81,6 @@ def coord_check(
     from telescope.cli.common import model_rules, positive_number
     from telescope.coord.study import CoordCheckSettings, plot_coord_check
     from telescope.coord.study import coord_check as run_coord_check
-    from telescope.coord.verdict import bounds_text
     from telescope.parametrization import DEFAULT_DEPTH_ALPHA, check_depth_alpha
 
     checked_depths = parse_depths(depths) if depths is not None else ()
@@ -116,7 +115,7 @@ def coord_check(
         {
             "layer": v.layer,
             "slope": round(v.slope, 3),
-            "passes": bounds_text(v.low, v.high),
+            "passes": v.bounds(),
             "change_slope": round(v.change_slope, 3),
             "verdict": "PASS" if v.passed else "FAIL",
         }

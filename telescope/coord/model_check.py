@@ -122,7 +122,6 @@ def coord_verdict(config: Any, widths: tuple[int, ...]) -> UserModelCheck:
     sweep's data, judged per layer (see the bounds above COORD_STEPS)."""
     from telescope.coord.study import CoordCheckSettings, coord_check
 
-    source = config.source
     settings = CoordCheckSettings(
         parametrization=config.parametrization,
         widths=widths,
@@ -131,10 +130,7 @@ def coord_verdict(config: Any, widths: tuple[int, ...]) -> UserModelCheck:
         threshold=THRESHOLD,
         shape=config.model,
         data=config.train.data,
-        model_factory=source.factory,
-        model_rules=source.rules,
-        hf_config=source.hf_path,
-        hf_config_hash=source.hf_config_hash,
+        **config.source.carried(),
     )
     result = coord_check(settings)
     layers = tuple(LayerSlope(v.layer, v.roles, v.slope, v.passed, v.low, v.high) for v in result.layers)
@@ -158,8 +154,7 @@ def judge_user_layers(
     from telescope.models import ModelSource
     from telescope.parametrization import get_table
 
-    source = ModelSource(settings.model_factory, settings.hf_config, settings.hf_config_hash, settings.model_rules)
-    roles, readout = layer_roles(source, min(widths))
+    roles, readout = layer_roles(ModelSource.carried_by(settings), min(widths))
     return judge_layers(widths, sizes, roles, readout, get_table(settings.parametrization), settings.threshold)
 
 

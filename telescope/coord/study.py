@@ -18,7 +18,8 @@ residual stream grows with depth; with CompleteP's (alpha = 1) it does not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,14 +74,11 @@ class CoordCheckSettings:
 
 
 @dataclass(frozen=True)
-class LayerVerdict:
-    layer: str
-    slope: float  # d log(mean |activation|) / d log(width) at the last step
-    change_slope: float  # the same for mean |activation - activation at init|
-    passed: bool
-    low: float  # the slope passes within [low, high]
-    high: float
-    roles: str = ""  # a user's layer: the roles of its own parameters, e.g. "hidden, vector"
+class LayerVerdict(LayerSlope):
+    """A layer's slope (d log(mean |activation|) / d log(width) at the last step) and its
+    verdict, with `change_slope`: the same for mean |activation - activation at init|."""
+
+    change_slope: float = math.nan
 
 
 @dataclass
@@ -276,10 +274,7 @@ def coord_check(settings: CoordCheckSettings) -> CoordCheckResult:
 
         judged = judge_user_layers(settings, tuple(widths), size_arrays)
     layers = [
-        LayerVerdict(
-            v.layer, v.slope, log_log_slope(widths, change_arrays[v.layer][:, -1]), v.passed, v.low, v.high, v.roles
-        )
-        for v in judged
+        LayerVerdict(**asdict(v), change_slope=log_log_slope(widths, change_arrays[v.layer][:, -1])) for v in judged
     ]
     return CoordCheckResult(
         settings=settings,

@@ -27,12 +27,8 @@ class LayerSlope:
         return min(self.slope - self.low, self.high - self.slope) if math.isfinite(self.slope) else -math.inf
 
     def bounds(self) -> str:
-        return bounds_text(self.low, self.high)
-
-
-def bounds_text(low: float, high: float) -> str:
-    """E.g. `-0.75..+0.25`: the slopes a layer passes within."""
-    return f"{low:+.2f}..{high:+.2f}"
+        """E.g. `-0.75..+0.25`."""
+        return f"{self.low:+.2f}..{self.high:+.2f}"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,20 @@ class ModelSource:
         """The config.json's absolute path: what trials carry, so a worker elsewhere finds it."""
         return None if self.hf_config is None else os.path.abspath(os.path.expanduser(self.hf_config))
 
+    def carried(self) -> dict[str, Any]:
+        """The model as a TrialSpec and the checks' settings carry it, as their keyword arguments."""
+        return {
+            "model_factory": self.factory,
+            "model_rules": self.rules,
+            "hf_config": self.hf_path,
+            "hf_config_hash": self.hf_config_hash,
+        }
+
+    @classmethod
+    def carried_by(cls, carrier: Any) -> "ModelSource":
+        """The model a TrialSpec or a check's settings carry (the inverse of `carried`)."""
+        return cls(carrier.model_factory, carrier.hf_config, carrier.hf_config_hash, carrier.model_rules)
+
 
 def model_identity(factory: str | None, hf_config: str | None, hf_config_hash: str | None) -> dict[str, Any] | None:
     """What the trial fingerprint says about the model: the factory spec, or the Hugging Face

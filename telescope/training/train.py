@@ -193,8 +193,7 @@ def train_flops(spec: TrialSpec, tokens: int) -> float:
         from telescope.models import ModelSource
         from telescope.models.measure import train_flops as model_train_flops
 
-        source = ModelSource(spec.model_factory, spec.hf_config, spec.hf_config_hash, spec.model_rules)
-        return model_train_flops(source, spec.width, spec.model.seq_len, tokens)
+        return model_train_flops(ModelSource.carried_by(spec), spec.width, spec.model.seq_len, tokens)
     from telescope.cost import train_flops as cost_train_flops
 
     return cost_train_flops(spec.model, spec.width, tokens)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from telescope.errors import ConfigError, TelescopeError
+from telescope.models import ModelSource
 from telescope.runs import keys
 from telescope.spec import ModelShape, TrainSettings, TrialSpec
 from telescope.transfer_check.analysis import (
@@ -214,7 +215,6 @@ def settings_from_config(
     their ranges. Default widths: the sweep's first widths, `first_widths(config)` (across
     depths, its base width)."""
     values = config.search.centre()
-    source = config.source
     if widths is None:
         widths = (config.widths.base,) if overrides.get("depths") else first_widths(config)
     return CheckSettings(
@@ -228,10 +228,7 @@ def settings_from_config(
         model=config.model,
         train=config.train,
         seed_base=config.seeds.base,
-        model_factory=source.factory,
-        model_rules=source.rules,
-        hf_config=source.hf_path,
-        hf_config_hash=source.hf_config_hash,
+        **config.source.carried(),
         **overrides,
     )
 
@@ -262,8 +259,5 @@ def trial_spec(settings: CheckSettings, size: int, lr: float, seed: int) -> Tria
         seed=seed,
         model=settings.model if depth is None else dataclasses.replace(settings.model, depth=depth),
         train=settings.train,
-        model_factory=settings.model_factory,
-        model_rules=settings.model_rules,
-        hf_config=settings.hf_config,
-        hf_config_hash=settings.hf_config_hash,
+        **ModelSource.carried_by(settings).carried(),
     )
